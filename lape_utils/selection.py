@@ -1,0 +1,850 @@
+"""The result type of neuron identification, and the paper's published neuron files.
+
+A :class:`NeuronSelection` says, for every language, which FFN neurons of every layer
+belong to it. It is what :func:`lape_utils.lape.identify` returns, what the
+deactivation/steering code consumes, and what is saved to disk (with a JSON sidecar
+carrying config and provenance).
+
+The published LAPE neuron sets of Tang et al. (ACL 2024) use a simpler format,
+``List[List[LongTensor]]`` indexed ``mask[language][layer]``; :meth:`NeuronSelection.to_official`
+and :meth:`NeuronSelection.from_official` convert to and from it, and
+:func:`official_path` / :func:`download_official` find or fetch the published files.
+
+Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OFFICIAL_LANGUAGES",
+    "OFFICIAL_MODELS",
+    "OFFICIAL_REPO",
+    "NeuronSelection",
+    "OfficialModel",
+    "default_official_cache",
+    "download_official",
+    "from_official",
+    "official_path",
+    "official_url",
+]
+
+#: Language order of the published neuron files (index 0..6).
+OFFICIAL_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr", "es", "vi", "id", "ja")
+
+#: The authors' public repository.
+OFFICIAL_REPO = "RUCAIBox/Language-Specific-Neurons"
+
+_FORMAT = "lape_utils.NeuronSelection"
+_FORMAT_VERSION = 1
+_TABLES = ("selected", "selected_prob", "selected_entropy", "selected_score")
+
+
+class OfficialModel(NamedTuple):
+    """What is known about one published neuron file.
+
+    Attributes:
+        n_layers: Transformer layers of the model (= lists per language in the file).
+        n_neurons: FFN intermediate size of the model.
+        n_languages: Language lists held by the file (6 files lack ``ja``).
+        commit: Commit of ``RUCAIBox/Language-Specific-Neurons`` holding the file at the
+            repository root (taken from a stored copy of the repository's file list).
+        sha256: SHA-256 of the copy in ``shared/data/official-lape-neurons`` (believed to be
+            a byte copy of the upstream file; a mismatch on download is logged, not fatal).
+    """
+
+    n_layers: int
+    n_neurons: int
+    n_languages: int
+    commit: str
+    sha256: str
+
+
+_C1 = "1ec944cf50adac636e8b52c5663b2c68fcbd4cd0"
+_C2 = "e2236818cba435c6f33cde7f582154665030ea25"
+
+#: Published neuron sets by name (file ``<name>.neuron.pth`` at the repository root).
+OFFICIAL_MODELS: dict[str, OfficialModel] = {
+    "LLaMA-2-7B": OfficialModel(
+        32, 11008, 7, _C1, "6653cb977fb85a5e61b21dd8f08480e7d69a18bdabdd6e374a56203b5c018c0d"
+    ),
+    "LLaMA-2-13B": OfficialModel(
+        40, 13824, 7, _C1, "695ce7d2da665ac05eeb8267a50765edcb315cb961afd93a318c48c0ebccb8a0"
+    ),
+    "LLaMA-2-70B": OfficialModel(
+        80, 28672, 6, _C1, "a5384631cffaa335e5ea78b3c7d1c747af5e87f0b74d25a491a8ebac5cf94dc8"
+    ),
+    "BLOOM-7B": OfficialModel(
+        30, 16384, 6, _C1, "c2d74f87588e650225d3a2571b3fd3db1895ef5778b31e2102ba4a42f0dee44b"
+    ),
+    "Mistral-7B": OfficialModel(
+        32, 14336, 6, _C2, "6ff1c4e00294319ff0788071b587f36dea8816f870bbd0923be8b5d90055a39b"
+    ),
+    "OPT-6.7B": OfficialModel(
+        32, 16384, 6, _C2, "c4ea974dc94e9d72014e6b9bd29a632973e5c66908daf7023e215efb9d1277b1"
+    ),
+    "Phi-2-2.7B": OfficialModel(
+        32, 10240, 6, _C2, "e8a7d0ca8cf032d748b433c26d902d9580cb941b455c0a7644251f5267c6457e"
+    ),
+}
+
+_OFFICIAL_SUFFIX = ".neuron.pth"
+
+
+def _as_index_tensor(x: Any, where: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{where}: neuron indices must be integers, got dtype {t.dtype}.")
+    if t.dim() != 1:
+        raise ValueError(f"{where}: expected a 1-D index tensor, got shape {tuple(t.shape)}.")
+    return t.to(torch.long)
+
+
+@dataclass(eq=False)
+class NeuronSelection:
+    """Language-specific neurons: for each language, the sorted neuron indices of each layer.
+
+    Use :meth:`equals` to compare two selections (``==`` is identity: tensors have no
+    single truth value).
+
+    Attributes:
+        languages: Language codes, in a fixed order (column order of every table).
+        indices: ``indices[lang][layer]`` is a sorted, duplicate-free ``LongTensor`` of the
+            neuron indices (``0 <= j < n_neurons``) of that language in that layer. Every
+            language has exactly ``n_layers`` tensors (empty ones included); a language with
+            no neurons is kept, never dropped.
+        n_layers: Number of layers ``L``.
+        n_neurons: FFN neurons per layer ``D``.
+        method: How the selection was made (``"lape"``, ``"probability"``,
+            ``"mean_activation"``, ``"random_matched"``, ...).
+        config: The thresholds used (``LapeConfig.to_dict()``).
+        provenance: Free-form JSON-serialisable facts (model id, corpus, token counts,
+            thresholds actually reached, ...).
+        selected: Optional ``[n_selected, 2]`` ``(layer, neuron)`` of every neuron the ranking
+            selected, sorted layer-major, including any that passed no language's bar.
+        selected_prob: Optional ``[n_selected, lang]`` activation probability of each
+            selected neuron.
+        selected_entropy: Optional ``[n_selected]`` LAPE entropy of each selected neuron.
+        selected_score: Optional ``[n_selected]`` score the method ranked by (smaller = more
+            language-specific); ``None`` when it is the LAPE entropy itself.
+    """
+
+    languages: list[str]
+    indices: dict[str, list[torch.Tensor]]
+    n_layers: int
+    n_neurons: int
+    method: str = "lape"
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    selected: torch.Tensor | None = None
+    selected_prob: torch.Tensor | None = None
+    selected_entropy: torch.Tensor | None = None
+    selected_score: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        self.languages = [str(lang) for lang in self.languages]
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages must be unique, got {self.languages}.")
+        for name in ("n_layers", "n_neurons"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}.")
+        missing = [lang for lang in self.languages if lang not in self.indices]
+        extra = [lang for lang in self.indices if lang not in self.languages]
+        if missing or extra:
+            raise ValueError(
+                f"indices must have exactly one entry per language; missing {missing}, "
+                f"unexpected {extra} (languages={self.languages})."
+            )
+        checked: dict[str, list[torch.Tensor]] = {}
+        for lang in self.languages:
+            layers = list(self.indices[lang])
+            if len(layers) != self.n_layers:
+                raise ValueError(
+                    f"indices[{lang!r}] has {len(layers)} layers, expected n_layers="
+                    f"{self.n_layers}."
+                )
+            out = []
+            for li, t in enumerate(layers):
+                where = f"indices[{lang!r}][{li}]"
+                t = _as_index_tensor(t, where)
+                if t.numel():
+                    if int(t.min()) < 0 or int(t.max()) >= self.n_neurons:
+                        raise ValueError(
+                            f"{where}: indices must lie in [0, {self.n_neurons}), got min "
+                            f"{int(t.min())}, max {int(t.max())}."
+                        )
+                    if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
+                        t = torch.unique(t)  # sorts and de-duplicates
+                out.append(t)
+            checked[lang] = out
+        self.indices = checked
+        self._check_tables()
+        self.config = dict(self.config)
+        self.provenance = dict(self.provenance)
+
+    def _check_tables(self) -> None:
+        others = {
+            "selected_prob": self.selected_prob,
+            "selected_entropy": self.selected_entropy,
+            "selected_score": self.selected_score,
+        }
+        if self.selected is None:
+            given = [k for k, v in others.items() if v is not None]
+            if given:
+                raise ValueError(f"{given} given without `selected` (the rows they describe).")
+            return
+        sel = self.selected
+        if sel.dim() != 2 or sel.shape[1] != 2 or sel.dtype != torch.long:
+            raise ValueError(
+                f"selected must be a LongTensor [n_selected, 2], got {sel.dtype} "
+                f"{tuple(sel.shape)}."
+            )
+        flat = sel[:, 0] * self.n_neurons + sel[:, 1]
+        if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+            raise ValueError("selected must be sorted layer-major without duplicates.")
+        for name, t in others.items():
+            if t is not None and t.shape[0] != sel.shape[0]:
+                raise ValueError(
+                    f"{name} has {t.shape[0]} rows but selected has {sel.shape[0]}."
+                )
+        if self.selected_prob is not None and tuple(self.selected_prob.shape[1:]) != (
+            len(self.languages),
+        ):
+            raise ValueError(
+                f"selected_prob must be [n_selected, {len(self.languages)}], got "
+                f"{tuple(self.selected_prob.shape)}."
+            )
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def from_flat(
+        cls,
+        flat: Mapping[str, torch.Tensor],
+        n_layers: int,
+        n_neurons: int,
+        **kwargs: Any,
+    ) -> NeuronSelection:
+        """Build from flat indices ``layer * n_neurons + neuron`` per language.
+
+        Vectorised: one sort (skipped when already sorted) and one ``bincount`` per language.
+
+        Args:
+            flat: ``{lang: LongTensor [n]}`` flat neuron indices (any order, no duplicates
+                needed; duplicates are removed).
+            n_layers: Number of layers ``L``.
+            n_neurons: Neurons per layer ``D``.
+            **kwargs: Other :class:`NeuronSelection` fields (``method``, ``config``, ...).
+
+        Returns:
+            The selection, languages in the mapping's order.
+        """
+        indices = {
+            lang: _split_flat(torch.as_tensor(f, dtype=torch.long), n_layers, n_neurons)
+            for lang, f in flat.items()
+        }
+        return cls(list(flat), indices, n_layers, n_neurons, **kwargs)
+
+    @classmethod
+    def from_masks(cls, masks: Mapping[str, torch.Tensor], **kwargs: Any) -> NeuronSelection:
+        """Build from boolean masks.
+
+        Args:
+            masks: ``{lang: bool [layer, neuron]}``, all of one shape.
+            **kwargs: Other :class:`NeuronSelection` fields.
+
+        Returns:
+            The selection, languages in the mapping's order.
+        """
+        shapes = {tuple(m.shape) for m in masks.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"masks must all be [layer, neuron] of one shape, got {shapes}.")
+        n_layers, n_neurons = next(iter(shapes))
+        flat = {lang: m.reshape(-1).nonzero().squeeze(1) for lang, m in masks.items()}
+        return cls.from_flat(flat, n_layers, n_neurons, **kwargs)
+
+    # ------------------------------------------------------------------ views
+
+    def _check_lang(self, lang: str) -> None:
+        if lang not in self.indices:
+            raise KeyError(f"language {lang!r} not in this selection; it has {self.languages}.")
+
+    def flat(self, lang: str) -> torch.Tensor:
+        """Sorted flat indices ``layer * n_neurons + neuron`` of one language.
+
+        Args:
+            lang: A language of :attr:`languages`.
+
+        Returns:
+            ``LongTensor [n]``, ascending.
+        """
+        self._check_lang(lang)
+        parts = [t + li * self.n_neurons for li, t in enumerate(self.indices[lang])]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def mask(self, lang: str) -> torch.Tensor:
+        """Boolean membership mask of one language.
+
+        Args:
+            lang: A language of :attr:`languages`.
+
+        Returns:
+            ``bool [layer, neuron]``.
+        """
+        m = torch.zeros(self.n_layers * self.n_neurons, dtype=torch.bool)
+        m[self.flat(lang)] = True
+        return m.view(self.n_layers, self.n_neurons)
+
+    def union(self) -> torch.Tensor:
+        """Neurons that belong to at least one language.
+
+        Returns:
+            ``bool [layer, neuron]``.
+        """
+        m = torch.zeros(self.n_layers * self.n_neurons, dtype=torch.bool)
+        for lang in self.languages:
+            m[self.flat(lang)] = True
+        return m.view(self.n_layers, self.n_neurons)
+
+    def total_distinct(self) -> int:
+        """Number of distinct neurons over all languages (a neuron in 2 languages counts once)."""
+        return int(self.union().sum())
+
+    def counts(self) -> pd.DataFrame:
+        """Neurons per layer and language.
+
+        Returns:
+            DataFrame, index ``layer`` (0..L-1), one int column per language.
+        """
+        data = {
+            lang: [int(t.numel()) for t in self.indices[lang]] for lang in self.languages
+        }
+        df = pd.DataFrame(data, index=pd.RangeIndex(self.n_layers, name="layer"))
+        df.columns.name = "language"
+        return df
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table, one row per (language, neuron) membership.
+
+        Columns ``language, layer, neuron``, then, when the per-neuron tables are present
+        (selections made by :func:`~lape_utils.lape.identify`), ``prob_<lang>`` for every
+        language, ``entropy`` (LAPE entropy) and, for methods that rank by something else,
+        ``score``. Rows ordered by language, layer, neuron.
+
+        Returns:
+            The DataFrame (empty, with the columns, if nothing is selected).
+        """
+        flats = [self.flat(lang) for lang in self.languages]
+        flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
+        lang_col = [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())]
+        layer = torch.div(flat, self.n_neurons, rounding_mode="floor")
+        df = pd.DataFrame(
+            {
+                "language": pd.Categorical(lang_col, categories=self.languages),
+                "layer": layer.numpy(),
+                "neuron": (flat - layer * self.n_neurons).numpy(),
+            }
+        )
+        if self.selected is not None and self.selected_prob is not None:
+            sel_flat = self.selected[:, 0] * self.n_neurons + self.selected[:, 1]
+            pos = torch.searchsorted(sel_flat, flat)
+            if flat.numel() and (
+                sel_flat.numel() == 0
+                or not bool((sel_flat[pos.clamp_max(sel_flat.numel() - 1)] == flat).all())
+            ):
+                raise ValueError("selected table does not cover every member neuron.")
+            probs = self.selected_prob[pos]
+            for k, lang in enumerate(self.languages):
+                df[f"prob_{lang}"] = probs[:, k].double().numpy()
+            if self.selected_entropy is not None:  # + 0.0 turns the reference's -0.0 into 0.0
+                df["entropy"] = (self.selected_entropy[pos].double() + 0.0).numpy()
+            if self.selected_score is not None:
+                df["score"] = (self.selected_score[pos].double() + 0.0).numpy()
+        return df
+
+    def equals(self, other: NeuronSelection) -> bool:
+        """Whether two selections hold the same sets (languages, shape and indices).
+
+        Method, config, provenance and tables are not compared.
+        """
+        if (
+            self.languages != other.languages
+            or self.n_layers != other.n_layers
+            or self.n_neurons != other.n_neurons
+        ):
+            return False
+        return all(
+            torch.equal(a, b)
+            for lang in self.languages
+            for a, b in zip(self.indices[lang], other.indices[lang], strict=True)
+        )
+
+    def __repr__(self) -> str:
+        per_lang = ", ".join(
+            f"{lang} {sum(int(t.numel()) for t in self.indices[lang])}"
+            for lang in self.languages
+        )
+        cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
+        return (
+            f"NeuronSelection(method={self.method!r}, {self.n_layers} layers x "
+            f"{self.n_neurons} neurons, {self.total_distinct()} distinct; {per_lang}"
+            + (f"; {cfg}" if cfg else "")
+            + ")"
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Save to a torch file plus a ``<path>.json`` sidecar.
+
+        The torch file holds everything (indices, tables, config, provenance) and is read
+        back with ``weights_only=True``; the sidecar repeats method, languages, shape,
+        counts, config and provenance for people and tools.
+
+        Args:
+            path: Target file, e.g. ``results/llama2-7b.lape.pt``.
+            overwrite: Replace existing files. By default an existing file or sidecar is an
+                error.
+
+        Returns:
+            The path written.
+
+        Raises:
+            FileExistsError: ``path`` or its sidecar exists and ``overwrite`` is False.
+            TypeError: config or provenance is not JSON-serialisable.
+        """
+        path = Path(path)
+        sidecar = _sidecar(path)
+        _refuse_overwrite([path, sidecar], overwrite)
+        config_json = _to_json(self.config, "config")
+        provenance_json = _to_json(self.provenance, "provenance")
+        payload = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "languages": list(self.languages),
+            "indices": [list(self.indices[lang]) for lang in self.languages],
+            "n_layers": self.n_layers,
+            "n_neurons": self.n_neurons,
+            "method": self.method,
+            "config_json": config_json,
+            "provenance_json": provenance_json,
+            "tables": {
+                "selected": self.selected,
+                "selected_prob": self.selected_prob,
+                "selected_entropy": self.selected_entropy,
+                "selected_score": self.selected_score,
+            },
+        }
+        meta = {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "method": self.method,
+            "languages": list(self.languages),
+            "shape": {"n_layers": self.n_layers, "n_neurons": self.n_neurons},
+            "counts": {
+                lang: sum(int(t.numel()) for t in self.indices[lang]) for lang in self.languages
+            },
+            "total_distinct": self.total_distinct(),
+            "config": self.config,
+            "provenance": self.provenance,
+            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, path)
+        sidecar.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        logger.info("saved %r to %s (+ %s)", self, path, sidecar.name)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> NeuronSelection:
+        """Load a selection written by :meth:`save`.
+
+        Args:
+            path: The torch file (its ``.json`` sidecar is checked when present).
+
+        Returns:
+            The selection, tables included.
+
+        Raises:
+            ValueError: The file is not a saved NeuronSelection (use :meth:`from_official`
+                for the paper's format), or the sidecar disagrees with it.
+        """
+        path = Path(path)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(
+                f"{path} is not a saved NeuronSelection (no '{_FORMAT}' header). For the "
+                "paper's List[List[LongTensor]] files use NeuronSelection.from_official()."
+            )
+        if payload.get("format_version", 0) > _FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format_version {payload['format_version']}, newer than this "
+                f"code ({_FORMAT_VERSION}); update lape_utils."
+            )
+        langs = list(payload["languages"])
+        tables = payload.get("tables") or {}
+        sel = cls(
+            languages=langs,
+            indices=dict(zip(langs, payload["indices"], strict=True)),
+            n_layers=int(payload["n_layers"]),
+            n_neurons=int(payload["n_neurons"]),
+            method=payload["method"],
+            config=json.loads(payload["config_json"]),
+            provenance=json.loads(payload["provenance_json"]),
+            **{k: tables.get(k) for k in _TABLES},
+        )
+        sidecar = _sidecar(path)
+        if sidecar.exists():
+            meta = json.loads(sidecar.read_text())
+            expected = {
+                "method": sel.method,
+                "languages": sel.languages,
+                "shape": {"n_layers": sel.n_layers, "n_neurons": sel.n_neurons},
+                "config": sel.config,
+            }
+            bad = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+            if bad:
+                raise ValueError(
+                    f"sidecar {sidecar} disagrees with {path} on {sorted(bad)}: "
+                    + "; ".join(f"{k}: sidecar {a!r} vs file {b!r}" for k, (a, b) in bad.items())
+                    + ". One of the two was replaced or edited; re-save the selection."
+                )
+        else:
+            logger.warning("no sidecar %s next to %s; loading without the check", sidecar, path)
+        return sel
+
+    def to_official(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the paper's published format: ``torch.save`` of ``List[List[LongTensor]]``.
+
+        ``mask[language][layer]`` with languages in :attr:`languages` order. Every language
+        is written, including ones with no neurons (the reference's ``bincount`` would drop
+        trailing empty ones). Config and provenance are not part of this format.
+
+        Args:
+            path: Target file (conventionally ``<name>.neuron.pth``).
+            overwrite: Replace an existing file.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path)
+        _refuse_overwrite([path], overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save([[t.clone() for t in self.indices[lang]] for lang in self.languages], path)
+        return path
+
+    @classmethod
+    def from_official(
+        cls,
+        path: str | os.PathLike,
+        languages: Sequence[str] | None = None,
+        n_neurons: int | None = None,
+    ) -> NeuronSelection:
+        """Read a published ``*.neuron.pth`` file (``List[List[LongTensor]]``).
+
+        Loaded with ``torch.load(weights_only=True)``.
+
+        * ``n_layers`` is the number of per-layer tensors (the same in every language).
+        * ``n_neurons``: the argument if given; else, if the file name is a published one
+          (``LLaMA-2-7B.neuron.pth`` ...; see :data:`OFFICIAL_MODELS`) with a matching layer
+          count, that model's FFN width; else ``max index + 1`` — only a lower bound, logged
+          as a warning (pass ``n_neurons`` to be exact; masks and random controls depend on
+          it).
+        * ``languages`` default to :data:`OFFICIAL_LANGUAGES` cut to the number of lists in
+          the file. Six of the seven published files hold 6 lists; whether ``ja`` was not
+          run or was dropped by the reference's ``bincount`` (it drops trailing languages
+          with no neurons) cannot be told from the file.
+
+        The config is recorded as the paper's defaults (top 1%, 0.95, 0.95), which the
+        published files are consistent with (exactly 1% distinct neurons each); the files
+        themselves do not record it.
+
+        Args:
+            path: The file.
+            languages: Language codes, one per list in the file.
+            n_neurons: FFN width of the model.
+
+        Returns:
+            The selection, ``method="lape"``, provenance naming the file and its SHA-256.
+        """
+        path = Path(path)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(raw, (list, tuple)) or not raw or not all(
+            isinstance(x, (list, tuple)) for x in raw
+        ):
+            raise ValueError(
+                f"{path}: expected List[List[LongTensor]] (mask[language][layer]), got "
+                f"{type(raw).__name__}."
+            )
+        n_layers_set = {len(x) for x in raw}
+        if len(n_layers_set) != 1 or 0 in n_layers_set:
+            raise ValueError(
+                f"{path}: languages have different layer counts {sorted(n_layers_set)}."
+            )
+        n_layers = n_layers_set.pop()
+        if languages is None:
+            if len(raw) > len(OFFICIAL_LANGUAGES):
+                raise ValueError(
+                    f"{path} holds {len(raw)} language lists, more than the "
+                    f"{len(OFFICIAL_LANGUAGES)} official ones; pass languages=[...]."
+                )
+            languages = list(OFFICIAL_LANGUAGES[: len(raw)])
+        else:
+            languages = list(languages)
+            if len(languages) != len(raw):
+                raise ValueError(
+                    f"{path} holds {len(raw)} language lists but {len(languages)} languages "
+                    f"were given ({languages})."
+                )
+        tensors = [
+            [_as_index_tensor(t, f"{path.name}[{k}][{li}]") for li, t in enumerate(lists)]
+            for k, lists in enumerate(raw)
+        ]
+        max_index = max((int(t.max()) for lists in tensors for t in lists if t.numel()), default=-1)
+        name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
+        if n_neurons is not None:
+            source = "argument"
+        elif name in OFFICIAL_MODELS and OFFICIAL_MODELS[name].n_layers == n_layers:
+            n_neurons = OFFICIAL_MODELS[name].n_neurons
+            source = f"known size of {name}"
+        else:
+            n_neurons = max(max_index + 1, 1)
+            source = "max index + 1 (lower bound)"
+            logger.warning(
+                "%s: FFN width unknown; using max index + 1 = %d, which may be smaller than "
+                "the model's. Pass n_neurons= to be exact.",
+                path,
+                n_neurons,
+            )
+        if max_index >= n_neurons:
+            raise ValueError(
+                f"{path}: index {max_index} does not fit n_neurons={n_neurons}."
+            )
+        from lape_utils.lape import LapeConfig  # local: lape imports this module
+
+        return cls(
+            languages=languages,
+            indices=dict(zip(languages, tensors, strict=True)),
+            n_layers=n_layers,
+            n_neurons=n_neurons,
+            method="lape",
+            config=LapeConfig().to_dict(),
+            provenance={
+                "source": "published LAPE neurons (Tang et al., ACL 2024)",
+                "file": str(path),
+                "sha256": _sha256(path),
+                "model": name,
+                "n_neurons_from": source,
+                "config_note": "paper defaults assumed; the file does not record them",
+            },
+        )
+
+
+from_official = NeuronSelection.from_official
+
+
+# ---------------------------------------------------------------------- official files
+
+
+def default_official_cache() -> Path:
+    """``~/.cache/lape_utils/official`` (where :func:`download_official` stores files)."""
+    return Path.home() / ".cache" / "lape_utils" / "official"
+
+
+def _check_official_name(name: str) -> OfficialModel:
+    if name not in OFFICIAL_MODELS:
+        raise ValueError(
+            f"unknown published neuron set {name!r}; known: {', '.join(OFFICIAL_MODELS)}."
+        )
+    return OFFICIAL_MODELS[name]
+
+
+def official_url(name: str) -> str:
+    """Raw-file URL of a published neuron set, pinned to the commit that holds it.
+
+    The file names and commits come from a stored copy of the repository's file list
+    (files at the repository root, not under ``activation_mask/``); the URL itself could not
+    be fetched from this machine.
+    """
+    info = _check_official_name(name)
+    return (
+        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/"
+        f"{name}{_OFFICIAL_SUFFIX}"
+    )
+
+
+def official_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Find a local copy of a published neuron set, without any network access.
+
+    Looks in ``$LAPE_OFFICIAL_DIR`` first, then in ``cache_dir`` (default
+    :func:`default_official_cache`).
+
+    Args:
+        name: One of :data:`OFFICIAL_MODELS` (e.g. ``"LLaMA-2-7B"``).
+        cache_dir: Cache folder to search.
+
+    Returns:
+        Path of ``<name>.neuron.pth``.
+
+    Raises:
+        FileNotFoundError: No copy found; the message lists where it looked.
+    """
+    _check_official_name(name)
+    fname = name + _OFFICIAL_SUFFIX
+    tried = []
+    env = os.environ.get("LAPE_OFFICIAL_DIR")
+    if env:
+        tried.append(Path(env) / fname)
+    tried.append(Path(cache_dir or default_official_cache()) / fname)
+    for p in tried:
+        if p.is_file():
+            return p
+    raise FileNotFoundError(
+        f"no local copy of {fname}; looked in {', '.join(str(p) for p in tried)}. Set "
+        f"LAPE_OFFICIAL_DIR to a folder holding it, or call download_official({name!r})."
+    )
+
+
+def download_official(
+    name: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    force: bool = False,
+    timeout: float = 30.0,
+) -> Path:
+    """Get a published neuron set, downloading it into the cache if no local copy exists.
+
+    Source: ``RUCAIBox/Language-Specific-Neurons`` on GitHub (see :func:`official_url`).
+    Local copies found by :func:`official_path` are used without network access unless
+    ``force``. The download is written atomically, checked to be a
+    ``List[List[LongTensor]]`` of the expected number of layers, and its SHA-256 compared
+    with :data:`OFFICIAL_MODELS` (a mismatch is logged, not fatal).
+
+    Args:
+        name: One of :data:`OFFICIAL_MODELS`.
+        cache_dir: Where to store it (default :func:`default_official_cache`).
+        force: Download even if a local copy exists.
+        timeout: Network timeout in seconds.
+
+    Returns:
+        Path of the local file; read it with :meth:`NeuronSelection.from_official`.
+
+    Raises:
+        ConnectionError: The file could not be fetched (e.g. no internet).
+    """
+    info = _check_official_name(name)
+    if not force:
+        try:
+            return official_path(name, cache_dir)
+        except FileNotFoundError:
+            pass
+    cache = Path(cache_dir or default_official_cache())
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / (name + _OFFICIAL_SUFFIX)
+    url = official_url(name)
+    logger.info("downloading %s from %s", name, url)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, fh)
+        sel = NeuronSelection.from_official(tmp, n_neurons=info.n_neurons)
+        if sel.n_layers != info.n_layers:
+            raise ValueError(
+                f"downloaded {name} has {sel.n_layers} layers, expected {info.n_layers}."
+            )
+        digest = _sha256(tmp)
+        if digest != info.sha256:
+            logger.warning(
+                "%s: SHA-256 %s differs from the recorded %s (upstream may have changed).",
+                name,
+                digest,
+                info.sha256,
+            )
+        os.replace(tmp, target)
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+        tmp.unlink(missing_ok=True)
+        raise ConnectionError(
+            f"could not download {name} from {url}: {err}. If this machine is offline, copy "
+            f"{name}{_OFFICIAL_SUFFIX} into {cache} or into a folder named by "
+            "$LAPE_OFFICIAL_DIR."
+        ) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _split_flat(flat: torch.Tensor, n_layers: int, n_neurons: int) -> list[torch.Tensor]:
+    """Sorted flat indices -> per-layer sorted neuron indices (one bincount, one split)."""
+    flat = flat.reshape(-1).to(torch.long)
+    if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+        flat = torch.unique(flat)
+    if flat.numel() and (int(flat[0]) < 0 or int(flat[-1]) >= n_layers * n_neurons):
+        raise ValueError(
+            f"flat indices must lie in [0, {n_layers * n_neurons}), got "
+            f"[{int(flat[0])}, {int(flat[-1])}]."
+        )
+    layer = torch.div(flat, n_neurons, rounding_mode="floor")
+    neuron = flat - layer * n_neurons
+    sizes = torch.bincount(layer, minlength=n_layers).tolist()
+    return [t.clone() for t in neuron.split(sizes)]
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
+    if overwrite:
+        return
+    existing = [str(p) for p in paths if p.exists()]
+    if existing:
+        raise FileExistsError(
+            f"refusing to overwrite {', '.join(existing)}; pass overwrite=True to replace, "
+            "or choose another path."
+        )
+
+
+def _to_json(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, sort_keys=False, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{what} must be JSON-serialisable to be saved ({err}); convert tensors and "
+            "paths to lists/str first."
+        ) from err
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
