@@ -43,6 +43,94 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_corpus_args(p: argparse.ArgumentParser, split: str = "detect") -> None:
+    p.add_argument(
+        "--corpus", default="builtin",
+        help="builtin, a directory of <code>.txt files, or wikipedia (default: %(default)s)",
+    )
+    p.add_argument("--split", default=split, help="builtin corpus split (default: %(default)s)")
+    p.add_argument(
+        "--languages", default=None,
+        help="comma-separated codes (default: all the corpus has, e.g. en,zh,fr,es,vi,id,ja,de,ru,ko)",
+    )
+    p.add_argument(
+        "--tokens-per-language", type=int, default=None,
+        help="token budget per language (default: the same for all, as much as the smallest has)",
+    )
+    p.add_argument("--take-all", action="store_true", help="use all text of a language short of the budget")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per chunk (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap")
+
+
+def _packed(args, tokenizer):
+    from .corpus import load_corpus, pack
+
+    corpus = load_corpus(
+        args.corpus, args.languages, split=args.split, tokens_per_language=args.tokens_per_language,
+        tokenizer=tokenizer, seed=args.seed, take_all=args.take_all,
+    )
+    return pack(
+        corpus, tokenizer, seq_len=args.seq_len, tokens_per_language=args.tokens_per_language,
+        seed=args.seed, take_all=args.take_all,
+    )
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    """Counts neuron activations per language and saves them with provenance."""
+    from .capture import capture
+    from .models import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+    packed = _packed(args, model.tokenizer)
+    print(packed.table().to_string(index=False))
+    stats = capture(
+        model, packed, args.out, batch_size=args.batch_size, replicates=args.replicates,
+        seed=args.seed, backend=args.backend, overwrite=args.overwrite,
+        remote=args.remote,
+    )
+    print(stats)
+    print(f"saved to {args.out}")
+    return 0
+
+
+def _load_stats(path: str):
+    from pathlib import Path
+
+    from .stats import ActivationStats
+
+    p = Path(path)
+    if p.is_dir() and (p / "stats.pt").exists():
+        return ActivationStats.load(p)
+    return ActivationStats.from_reference([p] if p.exists() else [path])
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Selects language-specific neurons from saved statistics."""
+    from .lape import LapeConfig, identify
+
+    stats = _load_stats(args.stats)
+    if args.languages:
+        from .languages import parse_languages
+
+        stats = stats.subset(parse_languages(args.languages, stats.languages))
+    config = LapeConfig(
+        top_rate=args.top_rate, filter_rate=args.filter_rate,
+        activation_bar_ratio=args.activation_bar_ratio,
+    )
+    sel = identify(
+        stats.over_zero, stats.n, stats.languages, config, method=args.method,
+        activation_sum=stats.activation_sum, provenance=stats.provenance,
+    )
+    print(sel)
+    print(sel.counts().sum().to_string())
+    if args.format == "official":
+        sel.to_official(args.out, overwrite=args.overwrite)
+    else:
+        sel.save(args.out, overwrite=args.overwrite)
+    print(f"saved to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lape``."""
     parser = argparse.ArgumentParser(
@@ -56,6 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("capture", help="count neuron activations per language (with provenance)")
+    _add_model_args(p)
+    _add_corpus_args(p)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--replicates", type=int, default=16, help="bootstrap replicates (0: none)")
+    p.add_argument("--backend", choices=["nnsight", "hooks"], default="nnsight")
+    p.add_argument("--remote", action="store_true", help="run the trace on NDIF (nnsight remote)")
+    p.add_argument("--overwrite", action="store_true", help="recompute even if DIR holds statistics")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("identify", help="select language-specific neurons (LAPE) from statistics")
+    p.add_argument("--stats", required=True,
+                   help="a capture directory, or the reference code's activation.<lang>.* files / their directory")
+    p.add_argument("--languages", default=None, help="restrict to these codes")
+    p.add_argument("--top-rate", type=float, default=0.01)
+    p.add_argument("--filter-rate", type=float, default=0.95)
+    p.add_argument("--activation-bar-ratio", type=float, default=0.95)
+    p.add_argument("--method", choices=["lape", "probability", "mean_activation"], default="lape")
+    p.add_argument("--format", choices=["workbook", "official"], default="workbook",
+                   help="official: the paper's List[List[LongTensor]] *.neuron.pth")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output file")
+    p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("run", help="the main job on the embedded default model")
     _add_model_args(p)
@@ -76,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
         print(f"lape {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,439 @@
+"""Capture of activation statistics through nnsight (or plain forward hooks).
+
+For every batch of token chunks, each layer's neuron-site output is reduced *inside* the
+trace to three small tensors: per-neuron active counts, per-neuron activation sums and the
+Poisson-bootstrap-weighted active counts. Nothing of size ``[batch, pos, neuron]`` leaves
+the trace, and the trace stops after the last layer, so the ``lm_head`` (the largest matrix
+of a multilingual model) is never computed.
+
+The hook backend uses the same reduction code (:func:`reduce_site`) on
+``register_forward_hook`` outputs; tests show both give identical counts.
+
+Runs are checkpointed every few batches into the output directory and resume where they
+stopped; the final counts are bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models import LapeModel, parse_dtype
+from .stats import (
+    IDENTITY_KEYS,
+    ActivationStats,
+    ProvenanceMismatchError,
+    check_provenance,
+    now_utc,
+    package_versions,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+BACKENDS = ("nnsight", "hooks")
+
+
+# --------------------------------------------------------------------------- reduction
+def reduce_site(
+    act: torch.Tensor, count_mask: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Reduces one layer's neuron activations of one batch to counts.
+
+    Args:
+        act: ``[batch, pos, neuron]`` (or ``[batch*pos, neuron]``) site output.
+        count_mask: ``[batch, pos]`` bool, positions to count (padding and the chunk's
+            leading BOS excluded).
+        weights: ``[rep, batch]`` bootstrap weights of the sequences, or ``None``.
+
+    Returns:
+        ``(over_zero [neuron] int64, activation_sum [neuron] float64,
+        boot_over_zero [rep, neuron] int64 or None)``.
+    """
+    b, s = count_mask.shape
+    act = act.reshape(b, s, act.shape[-1])
+    mask = count_mask.to(act.device)
+    active = (act > 0) & mask[..., None]
+    per_seq = active.sum(dim=1)  # [batch, neuron] int64
+    over_zero = per_seq.sum(dim=0)
+    act_sum = (act * mask[..., None].to(act.dtype)).sum(dim=1).double().sum(dim=0)
+    boot = None
+    if weights is not None:
+        boot = weights.to(per_seq.device) @ per_seq  # [rep, neuron]
+    return over_zero, act_sum, boot
+
+
+@dataclass
+class BatchCounts:
+    """Counts of one batch, stacked over layers (all on CPU)."""
+
+    n: int
+    over_zero: torch.Tensor  # [layer, neuron] int64
+    activation_sum: torch.Tensor  # [layer, neuron] float64
+    boot_n: torch.Tensor | None  # [rep] int64
+    boot_over_zero: torch.Tensor | None  # [rep, layer, neuron] int64
+
+
+def _model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def count_batch(
+    model: LapeModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    count_mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    *,
+    backend: str = "nnsight",
+    remote: bool | str = False,
+) -> BatchCounts:
+    """Runs one batch and returns the per-neuron counts of every layer.
+
+    Args:
+        model: The loaded model.
+        input_ids: ``[batch, pos]`` token ids (left padded if padded).
+        attention_mask: ``[batch, pos]``, 1 for real tokens (default: all ones).
+        count_mask: ``[batch, pos]`` positions to count (default: the attention mask).
+        weights: ``[rep, batch]`` int64 bootstrap weights, or ``None``.
+        backend: ``"nnsight"`` (default) or ``"hooks"`` (plain forward hooks).
+        remote: nnsight backend only: ``True`` runs on NDIF, ``"local"`` dry-runs the
+            remote serialisation locally.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if count_mask is None:
+        count_mask = attention_mask.bool()
+    count_mask = count_mask.bool() & attention_mask.bool()
+    inputs = _model_inputs(input_ids.to(model.device), attention_mask.to(model.device))
+    n_layers = model.n_layers
+    with torch.inference_mode():
+        if backend == "nnsight":
+            results = _run_nnsight(model, inputs, count_mask, weights, n_layers, remote)
+        elif backend == "hooks":
+            results = _run_hooks(model, inputs, count_mask, weights, n_layers)
+        else:
+            raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    over_zero = torch.stack([r[0].cpu() for r in results])
+    act_sum = torch.stack([r[1].cpu() for r in results])
+    boot = None if weights is None else torch.stack([r[2].cpu() for r in results], dim=1)
+    per_seq_n = count_mask.sum(dim=1).long()
+    return BatchCounts(
+        n=int(per_seq_n.sum()),
+        over_zero=over_zero,
+        activation_sum=act_sum,
+        boot_n=None if weights is None else weights.long() @ per_seq_n,
+        boot_over_zero=boot,
+    )
+
+
+def _run_nnsight(model, inputs, count_mask, weights, n_layers, remote):
+    import nnsight
+
+    kwargs = {"remote": remote} if remote else {}
+    with model.nn.trace(inputs, **kwargs) as tracer:
+        results = nnsight.save([])
+        for layer in range(n_layers):
+            act = model.site(layer).output
+            results.append(reduce_site(act, count_mask, weights))
+        tracer.stop()
+    return results
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _run_hooks(model, inputs, count_mask, weights, n_layers):
+    results: list = [None] * n_layers
+
+    def make_hook(layer):
+        def hook(_module, _inputs, output):
+            results[layer] = reduce_site(output, count_mask, weights)
+            if layer == n_layers - 1:
+                raise _StopForward
+
+        return hook
+
+    handles = [model.hf_site(i).register_forward_hook(make_hook(i)) for i in range(n_layers)]
+    try:
+        model.hf(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return results
+
+
+# ------------------------------------------------------------------------- bootstrap
+def bootstrap_weights(seed: int, lang: str, chunk_ids: list[int], replicates: int) -> torch.Tensor:
+    """Poisson(1) weights ``[rep, batch]`` of the given chunks.
+
+    Each chunk's weights depend only on ``(seed, lang, chunk index)``, so they are the same
+    whatever the batch size and whether or not the run was resumed.
+    """
+    cols = []
+    for c in chunk_ids:
+        digest = hashlib.sha256(f"{seed}:{lang}:{c}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        cols.append(torch.poisson(torch.ones(replicates, dtype=torch.float64), generator=g))
+    return torch.stack(cols, dim=1).long()
+
+
+# --------------------------------------------------------------------------- capture
+@dataclass
+class _LangState:
+    next_chunk: int
+    n: int
+    over_zero: torch.Tensor
+    activation_sum: torch.Tensor
+    boot_n: torch.Tensor | None
+    boot_over_zero: torch.Tensor | None
+
+    @classmethod
+    def empty(cls, n_layers, n_neurons, replicates):
+        boot = replicates > 0
+        return cls(
+            next_chunk=0,
+            n=0,
+            over_zero=torch.zeros(n_layers, n_neurons, dtype=torch.int64),
+            activation_sum=torch.zeros(n_layers, n_neurons, dtype=torch.float64),
+            boot_n=torch.zeros(replicates, dtype=torch.int64) if boot else None,
+            boot_over_zero=(
+                torch.zeros(replicates, n_layers, n_neurons, dtype=torch.int64) if boot else None
+            ),
+        )
+
+    def add(self, counts: BatchCounts, n_chunks: int) -> None:
+        self.next_chunk += n_chunks
+        self.n += counts.n
+        self.over_zero += counts.over_zero
+        self.activation_sum += counts.activation_sum
+        if self.boot_n is not None:
+            self.boot_n += counts.boot_n
+            self.boot_over_zero += counts.boot_over_zero
+
+
+def capture_provenance(model: LapeModel, packed, *, batch_size, replicates, seed, backend) -> dict:
+    """The provenance a capture of ``packed`` by ``model`` will record."""
+    tok = model.tokenizer
+    return {
+        "model": model.name,
+        "model_fingerprint": model.fingerprint,
+        "family": model.arch.family,
+        "site": f"{model.arch.layers}[i].{model.arch.site}",
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "tokenizer": {
+            "name_or_path": str(getattr(tok, "name_or_path", "")),
+            "vocab_size": len(tok),
+            "class": type(tok).__name__,
+        },
+        "corpus_source": packed.source,
+        "corpus_fingerprint": packed.fingerprint,
+        "languages": list(packed.languages),
+        "tokens_per_language": {lang: int(packed.tokens[lang]) for lang in packed.languages},
+        "seq_len": int(packed.seq_len),
+        "bos_prepended_not_counted": bool(packed.bos),
+        "batch_size": int(batch_size),
+        "bootstrap_replicates": int(replicates),
+        "bootstrap_seed": int(seed),
+        "backend": backend,
+        "packages": package_versions(),
+    }
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".lape_write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write to output directory {out_dir}: {err}") from None
+
+
+def capture(
+    model: LapeModel,
+    packed,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    batch_size: int = 4,
+    replicates: int = 16,
+    seed: int = 0,
+    backend: str = "nnsight",
+    checkpoint_every: int = 8,
+    overwrite: bool = False,
+    remote: bool | str = False,
+    progress: bool = True,
+    on_batch: Callable[[str, int], None] | None = None,
+) -> ActivationStats:
+    """Counts, per language, how often every MLP neuron is active.
+
+    Args:
+        model: The loaded model (:func:`lape_utils.load_model`).
+        packed: A :class:`lape_utils.corpus.PackedCorpus` (fixed-length chunks per language).
+            When the chunks start with a BOS token, that position is not counted.
+        out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints. If it
+            already holds statistics with the same provenance they are returned without
+            recomputation; different provenance is refused. ``None`` keeps everything in
+            memory (no resume).
+        batch_size: Chunks per forward pass.
+        replicates: Poisson-bootstrap replicates ``R`` (0 disables them).
+        seed: Seed of the bootstrap weights.
+        backend: ``"nnsight"`` or ``"hooks"``.
+        checkpoint_every: Save a checkpoint every this many batches.
+        overwrite: Recompute even if ``out_dir`` holds statistics (of any provenance).
+        remote: Passed to nnsight's trace (``True`` for NDIF, ``"local"`` to dry-run).
+        progress: Show a tqdm bar per language with tokens/s.
+        on_batch: Called as ``on_batch(lang, next_chunk)`` after each batch (used by
+            tests to interrupt a run).
+
+    Returns:
+        The :class:`~lape_utils.stats.ActivationStats`.
+
+    Raises:
+        ValueError: bad batch size, replicates, backend, or a sequence length beyond the
+            model's context.
+        PermissionError: the output directory is not writable.
+        ProvenanceMismatchError: ``out_dir`` holds statistics or a checkpoint of another run.
+    """
+    from tqdm.auto import tqdm
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(replicates, int) or replicates < 0:
+        raise ValueError(f"replicates must be an integer >= 0, got {replicates!r}")
+    ctx = model.max_positions
+    if ctx is not None and packed.seq_len > ctx:
+        raise ValueError(
+            f"seq_len {packed.seq_len} is longer than the model's context ({ctx} positions); "
+            "pack the corpus with a smaller seq_len"
+        )
+    empty = [lang for lang in packed.languages if packed.chunks[lang].shape[0] == 0]
+    if empty:
+        raise ValueError(f"no complete chunk of text for languages {empty}; add text or lower seq_len")
+
+    prov = capture_provenance(
+        model, packed, batch_size=batch_size, replicates=replicates, seed=seed, backend=backend
+    )
+    identity = {k: prov[k] for k in (*IDENTITY_KEYS, "corpus_fingerprint", "languages")}
+    out = Path(out_dir) if out_dir is not None else None
+    states: dict[str, _LangState] = {}
+    started = now_utc()
+    if out is not None:
+        _check_writable(out)
+        if (out / "stats.pt").exists() and not overwrite:
+            stats = ActivationStats.load(out, expect=identity | {"bootstrap_replicates": replicates})
+            log.info("activation statistics found in %s (same provenance); not recomputing", out)
+            return stats
+        ckpt_path = out / CHECKPOINT_FILE
+        if ckpt_path.exists() and not overwrite:
+            ckpt = torch.load(ckpt_path, weights_only=True)
+            resume_identity = identity | {
+                "batch_size": batch_size,
+                "bootstrap_replicates": replicates,
+                "bootstrap_seed": seed,
+                "backend": backend,
+            }
+            check_provenance(ckpt["provenance"], resume_identity, where=str(ckpt_path))
+            states = {lang: _LangState(**s) for lang, s in ckpt["states"].items()}
+            started = ckpt["provenance"].get("started", started)
+            done = {lang: s.next_chunk for lang, s in states.items()}
+            log.info("resuming capture from %s: chunks done %s", ckpt_path, done)
+
+    prov["started"] = started
+
+    def save_checkpoint():
+        if out is None:
+            return
+        payload = {"provenance": prov, "states": {k: vars(v) for k, v in states.items()}}
+        tmp = out / (CHECKPOINT_FILE + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, out / CHECKPOINT_FILE)
+
+    wall = time.perf_counter()
+    for lang in packed.languages:
+        chunks = packed.chunks[lang]
+        state = states.setdefault(
+            lang, _LangState.empty(model.n_layers, model.n_neurons, replicates)
+        )
+        total = chunks.shape[0]
+        count_mask = torch.ones(batch_size, chunks.shape[1], dtype=torch.bool)
+        if packed.bos:
+            count_mask[:, 0] = False
+        per_chunk_tokens = int(count_mask[0].sum())
+        bar = tqdm(
+            total=total * per_chunk_tokens,
+            initial=state.next_chunk * per_chunk_tokens,
+            desc=f"capture {lang}",
+            unit="tok",
+            unit_scale=True,
+            disable=not progress,
+        )
+        batches_since = 0
+        while state.next_chunk < total:
+            start = state.next_chunk
+            ids = chunks[start : start + batch_size]
+            b = ids.shape[0]
+            weights = (
+                bootstrap_weights(seed, lang, list(range(start, start + b)), replicates)
+                if replicates
+                else None
+            )
+            counts = count_batch(
+                model, ids, None, count_mask[:b], weights, backend=backend, remote=remote
+            )
+            state.add(counts, b)
+            bar.update(counts.n)
+            batches_since += 1
+            if batches_since >= checkpoint_every:
+                save_checkpoint()
+                batches_since = 0
+            if on_batch is not None:
+                on_batch(lang, state.next_chunk)
+        bar.close()
+        save_checkpoint()
+
+    prov["finished"] = now_utc()
+    prov["date"] = prov["finished"]
+    prov["capture_seconds_this_session"] = round(time.perf_counter() - wall, 2)
+    langs = list(packed.languages)
+    boot = replicates > 0
+    stats = ActivationStats(
+        languages=langs,
+        n=torch.tensor([states[lang].n for lang in langs]),
+        over_zero=torch.stack([states[lang].over_zero for lang in langs], dim=-1),
+        activation_sum=torch.stack([states[lang].activation_sum for lang in langs], dim=-1),
+        boot_n=torch.stack([states[lang].boot_n for lang in langs], dim=-1) if boot else None,
+        boot_over_zero=(
+            torch.stack([states[lang].boot_over_zero for lang in langs], dim=-1) if boot else None
+        ),
+        provenance=prov,
+    )
+    if out is not None:
+        stats.save(out, overwrite=True)
+        (out / CHECKPOINT_FILE).unlink(missing_ok=True)
+    return stats
+
+
+__all__ = [
+    "BatchCounts",
+    "ProvenanceMismatchError",
+    "bootstrap_weights",
+    "capture",
+    "capture_provenance",
+    "count_batch",
+    "parse_dtype",
+    "reduce_site",
+]

@@ -1,0 +1,341 @@
+"""Activation statistics: the counts LAPE is computed from, saved with their provenance.
+
+:class:`ActivationStats` holds, per language, the number of tokens fed (``n``), how many of
+them made each neuron active (``over_zero``), the sum of each neuron's activation
+(``activation_sum``) and optional Poisson-bootstrap replicates of ``n`` and ``over_zero``.
+It is saved as a directory: ``stats.pt`` plus ``provenance.json``. Loading checks the
+provenance against what the caller expects and refuses a mismatch with a message saying
+what differs.
+
+The reference implementation's per-language count files (``torch.save(dict(n=...,
+over_zero=...))``, one per language) can be imported and exported.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+STATS_FILE = "stats.pt"
+PROVENANCE_FILE = "provenance.json"
+
+# provenance keys that must agree for two statistics to be the same experiment
+IDENTITY_KEYS = ("model", "model_fingerprint", "dtype", "corpus_fingerprint", "seq_len")
+
+
+class ProvenanceMismatchError(ValueError):
+    """Cached statistics were computed for something other than what was asked."""
+
+
+@dataclass
+class ActivationStats:
+    """Per-language activation counts of every MLP neuron.
+
+    Attributes:
+        languages: Language codes, in the order of the last axis.
+        n: ``[lang]`` int64, tokens counted per language (padding never counted).
+        over_zero: ``[layer, neuron, lang]`` int64, tokens on which the neuron's
+            activation was > 0.
+        activation_sum: ``[layer, neuron, lang]`` float64, sum of the activation over the
+            counted tokens, or ``None``.
+        boot_n: ``[rep, lang]`` int64, Poisson(1)-weighted token counts of each bootstrap
+            replicate, or ``None``.
+        boot_over_zero: ``[rep, layer, neuron, lang]`` int64, weighted active counts of
+            each replicate, or ``None``.
+        provenance: JSON-able description of how the counts were made (model, weights
+            fingerprint, dtype, tokenizer, corpus source and fingerprint, tokens per
+            language, seq-len, package versions, date).
+    """
+
+    languages: list[str]
+    n: torch.Tensor
+    over_zero: torch.Tensor
+    activation_sum: torch.Tensor | None = None
+    boot_n: torch.Tensor | None = None
+    boot_over_zero: torch.Tensor | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.languages = list(self.languages)
+        self.n = torch.as_tensor(self.n, dtype=torch.int64)
+        self.over_zero = torch.as_tensor(self.over_zero).to(torch.int64)
+        k = len(self.languages)
+        if len(set(self.languages)) != k:
+            raise ValueError(f"duplicate language codes in {self.languages}")
+        if self.over_zero.ndim != 3 or self.over_zero.shape[-1] != k or self.n.shape != (k,):
+            raise ValueError(
+                f"shapes disagree: over_zero {tuple(self.over_zero.shape)} should be "
+                f"[layer, neuron, {k}] and n {tuple(self.n.shape)} should be [{k}]"
+            )
+        if self.activation_sum is not None:
+            self.activation_sum = torch.as_tensor(self.activation_sum).to(torch.float64)
+            if self.activation_sum.shape != self.over_zero.shape:
+                raise ValueError("activation_sum must have the shape of over_zero")
+        if (self.boot_n is None) != (self.boot_over_zero is None):
+            raise ValueError("boot_n and boot_over_zero come together")
+        if self.boot_n is not None:
+            self.boot_n = torch.as_tensor(self.boot_n, dtype=torch.int64)
+            self.boot_over_zero = torch.as_tensor(self.boot_over_zero).to(torch.int64)
+            r = self.boot_n.shape[0]
+            if self.boot_over_zero.shape != (r, *self.over_zero.shape):
+                raise ValueError("boot_over_zero must be [rep, layer, neuron, lang]")
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_layers(self) -> int:
+        """Layers."""
+        return int(self.over_zero.shape[0])
+
+    @property
+    def n_neurons(self) -> int:
+        """Neurons per layer."""
+        return int(self.over_zero.shape[1])
+
+    @property
+    def n_replicates(self) -> int:
+        """Bootstrap replicates recorded (0 if none)."""
+        return 0 if self.boot_n is None else int(self.boot_n.shape[0])
+
+    def index(self, lang: str) -> int:
+        """Position of ``lang`` on the language axis, with a helpful error."""
+        try:
+            return self.languages.index(lang)
+        except ValueError:
+            raise KeyError(
+                f"language {lang!r} is not in these statistics; they hold {self.languages}"
+            ) from None
+
+    def probability(self) -> torch.Tensor:
+        """``[layer, neuron, lang]`` activation probability ``over_zero / n`` (float32)."""
+        from .lape import activation_probability
+
+        return activation_probability(self.over_zero, self.n)
+
+    def mean_activation(self, lang: str | None = None) -> torch.Tensor:
+        """Mean activation per neuron: ``[layer, neuron, lang]``, or ``[layer, neuron]``.
+
+        Raises:
+            ValueError: if the statistics were recorded without activation sums.
+        """
+        if self.activation_sum is None:
+            raise ValueError("these statistics hold no activation_sum; capture them again")
+        mean = self.activation_sum / self.n.clamp(min=1).to(torch.float64)
+        return mean if lang is None else mean[..., self.index(lang)]
+
+    def subset(self, languages: Sequence[str]) -> ActivationStats:
+        """The same statistics restricted to (and ordered as) ``languages``."""
+        idx = [self.index(lang) for lang in languages]
+
+        def pick(t):
+            return None if t is None else t[..., idx]
+
+        return ActivationStats(
+            languages=list(languages),
+            n=self.n[idx],
+            over_zero=self.over_zero[..., idx],
+            activation_sum=pick(self.activation_sum),
+            boot_n=pick(self.boot_n),
+            boot_over_zero=pick(self.boot_over_zero),
+            provenance=dict(self.provenance),
+        )
+
+    def __repr__(self) -> str:
+        tokens = ", ".join(f"{lang}={int(c):,}" for lang, c in zip(self.languages, self.n))
+        return (
+            f"ActivationStats({self.n_layers} layers x {self.n_neurons} neurons, tokens: "
+            f"{tokens}; {self.n_replicates} bootstrap replicates; "
+            f"model={self.provenance.get('model')!r})"
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Writes ``stats.pt`` and ``provenance.json`` into ``directory``.
+
+        Raises:
+            FileExistsError: if statistics are already there and ``overwrite`` is false.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / STATS_FILE
+        if target.exists() and not overwrite:
+            raise FileExistsError(
+                f"{target} already exists; pass overwrite=True (or --overwrite) to replace it"
+            )
+        payload = {
+            "languages": self.languages,
+            "n": self.n,
+            "over_zero": self.over_zero,
+            "activation_sum": self.activation_sum,
+            "boot_n": self.boot_n,
+            "boot_over_zero": self.boot_over_zero,
+        }
+        tmp = target.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+        prov = dict(self.provenance)
+        prov["tokens_counted"] = {lang: int(c) for lang, c in zip(self.languages, self.n)}
+        prov["shape"] = [self.n_layers, self.n_neurons, len(self.languages)]
+        prov["bootstrap_replicates"] = self.n_replicates
+        (directory / PROVENANCE_FILE).write_text(json.dumps(prov, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike, expect: Mapping[str, object] | None = None
+    ) -> ActivationStats:
+        """Reads statistics saved by :meth:`save`.
+
+        Args:
+            directory: The directory holding ``stats.pt`` and ``provenance.json``.
+            expect: Provenance entries the statistics must match (e.g. the model
+                fingerprint and corpus fingerprint of the current run).
+
+        Raises:
+            FileNotFoundError: no statistics in ``directory``.
+            ProvenanceMismatchError: a value in ``expect`` differs, naming each field.
+        """
+        directory = Path(directory)
+        target = directory / STATS_FILE
+        if not target.is_file():
+            raise FileNotFoundError(f"no activation statistics ({STATS_FILE}) in {directory}")
+        prov_path = directory / PROVENANCE_FILE
+        prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+        if expect:
+            check_provenance(prov, expect, where=str(directory))
+        data = torch.load(target, weights_only=True)
+        return cls(
+            languages=data["languages"],
+            n=data["n"],
+            over_zero=data["over_zero"],
+            activation_sum=data.get("activation_sum"),
+            boot_n=data.get("boot_n"),
+            boot_over_zero=data.get("boot_over_zero"),
+            provenance=prov,
+        )
+
+    # ------------------------------------------------- the reference's count files
+    def export_reference(self, directory: str | os.PathLike, tag: str, overwrite: bool = False):
+        """Writes one reference-format file per language: ``activation.<lang>.train.<tag>``.
+
+        Each holds ``dict(n=int, over_zero=IntTensor[layer, neuron])``, as written by the
+        reference ``activation.py``.
+
+        Returns:
+            The list of written paths.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, lang in enumerate(self.languages):
+            path = directory / f"activation.{lang}.train.{tag}"
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"{path} already exists; pass overwrite=True")
+            over_zero = self.over_zero[..., i]
+            if over_zero.numel() == 0 or int(over_zero.max()) < 2**31:
+                over_zero = over_zero.to(torch.int32)
+            torch.save({"n": int(self.n[i]), "over_zero": over_zero}, path)
+            paths.append(path)
+        return paths
+
+    @classmethod
+    def from_reference(
+        cls,
+        files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+        languages: Sequence[str] | None = None,
+    ) -> ActivationStats:
+        """Imports the reference code's per-language count files.
+
+        Args:
+            files: ``{lang: path}``, or a list of paths named ``activation.<lang>.train.*``
+                (the language is read from the name), or a single directory holding them.
+            languages: Order of the languages (default: the order given / found).
+
+        Raises:
+            ValueError: a file without ``n``/``over_zero``, or shapes that disagree.
+        """
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        if not isinstance(files, Mapping):
+            found: dict[str, Path] = {}
+            for f in map(Path, files):
+                candidates = sorted(f.glob("activation.*")) if f.is_dir() else [f]
+                for c in candidates:
+                    parts = c.name.split(".")
+                    if len(parts) < 3 or parts[0] != "activation":
+                        raise ValueError(
+                            f"cannot tell the language of {c}: expected activation.<lang>.*"
+                        )
+                    found[parts[1]] = c
+            if not found:
+                raise FileNotFoundError(f"no activation.<lang>.* count files in {files}")
+            files = found
+        order = list(languages) if languages is not None else list(files)
+        missing = [lang for lang in order if lang not in files]
+        if missing:
+            raise ValueError(f"no count file for languages {missing}; have {list(files)}")
+        ns, counts = [], []
+        for lang in order:
+            data = torch.load(files[lang], weights_only=True)
+            if not isinstance(data, Mapping) or "n" not in data or "over_zero" not in data:
+                raise ValueError(f"{files[lang]} is not a count file (dict with n, over_zero)")
+            ns.append(int(data["n"]))
+            counts.append(torch.as_tensor(data["over_zero"]).to(torch.int64))
+        shapes = {tuple(c.shape) for c in counts}
+        if len(shapes) != 1:
+            raise ValueError(f"count files disagree on [layer, neuron] shape: {shapes}")
+        return cls(
+            languages=order,
+            n=torch.tensor(ns),
+            over_zero=torch.stack(counts, dim=-1),
+            provenance={
+                "source": "reference count files",
+                "files": {lang: str(files[lang]) for lang in order},
+                "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            },
+        )
+
+
+def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> None:
+    """Raises :class:`ProvenanceMismatchError` listing every expected field that differs."""
+    diffs = []
+    for key, want in expect.items():
+        have = found.get(key)
+        if _norm(have) != _norm(want):
+            diffs.append(f"{key}: cached {have!r}, asked {want!r}")
+    if diffs:
+        raise ProvenanceMismatchError(
+            f"the statistics in {where} were made for something else:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another output directory, or pass overwrite=True to recompute."
+        )
+
+
+def _norm(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("lape-workbook", "torch", "transformers", "nnsight", "tokenizers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def now_utc() -> str:
+    """The current time, ISO 8601, UTC."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
