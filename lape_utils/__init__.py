@@ -10,7 +10,7 @@ math of LAPE (Tang et al., ACL 2024) model-free. A typical session::
     neurons = lu.identify(stats.over_zero, stats.n, stats.languages)
 """
 
-from .capture import capture
+from .capture import capture, top_activating_contexts
 from .corpus import Corpus, PackedCorpus, load_corpus, load_prompts, pack
 from .lape import LapeConfig, agreement, identify, random_matched, stability
 from .languages import LANGUAGE_ORDER
@@ -44,6 +44,7 @@ __all__ = [
     "UnknownArchitectureError",
     "agreement",
     "capture",
+    "top_activating_contexts",
     "identify",
     "load_corpus",
     "load_model",

@@ -437,3 +437,74 @@ __all__ = [
     "parse_dtype",
     "reduce_site",
 ]
+
+
+# ------------------------------------------------------------------ neuron inspection
+def top_activating_contexts(
+    model: LapeModel,
+    packed,
+    layer: int,
+    neuron: int,
+    *,
+    k: int = 5,
+    window: int = 12,
+    max_chunks: int | None = None,
+    batch_size: int = 4,
+) -> pd.DataFrame:
+    """The tokens and contexts of each language that activate one neuron most.
+
+    Only the chosen layer's site is read, its value for one neuron is reduced to a top-k
+    inside the trace, and the trace stops after that layer.
+
+    Args:
+        model: The loaded model.
+        packed: Packed corpus whose chunks are scanned.
+        layer: Layer of the neuron.
+        neuron: Index of the neuron in its layer.
+        k: Contexts per language.
+        window: Tokens of context on each side.
+        max_chunks: Scan at most this many chunks per language (default: all).
+        batch_size: Chunks per forward pass.
+
+    Returns:
+        DataFrame with columns ``language``, ``activation``, ``token``, ``context``,
+        ``chunk``, ``position``; ``k`` rows per language, largest first.
+    """
+    import nnsight
+    import pandas as pd
+
+    if not 0 <= layer < model.n_layers or not 0 <= neuron < model.n_neurons:
+        raise ValueError(
+            f"neuron ({layer}, {neuron}) is outside the model's {model.n_layers} layers x "
+            f"{model.n_neurons} neurons"
+        )
+    tok = model.tokenizer
+    rows = []
+    for lang in packed.languages:
+        chunks = packed.chunks[lang][:max_chunks]
+        best: list[tuple[float, int, int]] = []
+        for start in range(0, chunks.shape[0], batch_size):
+            ids = chunks[start : start + batch_size]
+            b, s = ids.shape
+            inputs = _model_inputs(ids.to(model.device), torch.ones_like(ids).to(model.device))
+            with torch.inference_mode(), model.nn.trace(inputs) as tracer:
+                act = model.site(layer).output.reshape(b, s, -1)[..., neuron]
+                if packed.bos:
+                    act[:, 0] = float("-inf")
+                top = nnsight.save(act.reshape(-1).float().topk(min(k, act.numel())))
+                tracer.stop()
+            for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+                best.append((value, start + flat // s, flat % s))
+            best = sorted(best, reverse=True)[:k]
+        for value, c, pos in best:
+            ids = packed.chunks[lang][c]
+            lo, hi = max(0, pos - window), min(len(ids), pos + window + 1)
+            rows.append({
+                "language": lang,
+                "activation": value,
+                "token": tok.decode(ids[pos : pos + 1]),
+                "context": tok.decode(ids[lo:hi], skip_special_tokens=True),
+                "chunk": c,
+                "position": pos,
+            })
+    return pd.DataFrame(rows, columns=["language", "activation", "token", "context", "chunk", "position"])

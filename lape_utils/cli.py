@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .models import DEFAULT_MODEL
 
@@ -131,6 +132,23 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: the whole pipeline, figures, notebooks and summary."""
+    from .workflow import JobConfig, run_main_job
+
+    cfg = JobConfig(model=args.model, dtype=args.dtype, notebooks=not args.no_notebooks)
+    if args.tokens_per_language:
+        cfg.tokens_per_language = args.tokens_per_language
+    if args.languages:
+        from .languages import parse_languages
+
+        cfg.languages = parse_languages(args.languages, None)
+    summary = run_main_job(args.out, cfg)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"results in {args.out}/ (summary.md, figures/, notebooks/) after {summary['total_s']:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lape``."""
     parser = argparse.ArgumentParser(
@@ -170,9 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=cmd_identify)
 
-    p = sub.add_parser("run", help="the main job on the embedded default model")
+    p = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default model")
     _add_model_args(p)
-    p.set_defaults(func=cmd_info, json=False)
+    p.add_argument("--out", default="results", help="results directory (default: %(default)s)")
+    p.add_argument("--languages", default=None, help="comma-separated codes (default: all ten)")
+    p.add_argument("--tokens-per-language", type=int, default=None,
+                   help="detection tokens per language (default: 4088, i.e. 8 chunks of 512)")
+    p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

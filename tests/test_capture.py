@@ -8,7 +8,13 @@ import json
 import pytest
 import torch
 
-from lape_utils.capture import bootstrap_weights, capture, count_batch, reduce_site
+from lape_utils.capture import (
+    bootstrap_weights,
+    capture,
+    count_batch,
+    reduce_site,
+    top_activating_contexts,
+)
 from lape_utils.corpus import load_corpus, pack
 from lape_utils.stats import ActivationStats, ProvenanceMismatchError
 from lape_utils.tiny import TINY_FAMILIES
@@ -210,3 +216,24 @@ def test_reference_count_files_round_trip(tiny, packed, tmp_path):
     assert torch.equal(back.n, stats.n) and torch.equal(back.over_zero, stats.over_zero)
     with pytest.raises(ValueError, match="no count file"):
         ActivationStats.from_reference(tmp_path, languages=["en", "ja"])
+
+
+def test_top_activating_contexts_are_the_largest_activations(tiny, packed):
+    model = tiny("llama")
+    df = top_activating_contexts(model, packed, layer=1, neuron=7, k=3, max_chunks=3)
+    assert list(df.language.unique()) == LANGS
+    assert (df.groupby("language").size() == 3).all()
+    # recompute the neuron's activations with a plain hook and compare the best value
+    seen = []
+    handle = model.hf_site(1).register_forward_hook(lambda m, i, o: seen.append(o[..., 7]))
+    with torch.inference_mode():
+        model.hf(input_ids=packed.chunks["fr"][:3])
+    handle.remove()
+    act = seen[0].clone()
+    act[:, 0] = float("-inf")  # the BOS position is never reported
+    fr = df[df.language == "fr"]
+    assert fr.activation.iloc[0] == pytest.approx(float(act.max()), abs=1e-5)
+    assert fr.activation.is_monotonic_decreasing
+    assert (df.position > 0).all()
+    with pytest.raises(ValueError, match="outside"):
+        top_activating_contexts(model, packed, layer=5, neuron=0)
