@@ -136,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline, figures, notebooks and summary."""
     from .workflow import JobConfig, run_main_job
 
+    logging.getLogger("lape_utils.workflow").setLevel(logging.INFO)
     cfg = JobConfig(model=args.model, dtype=args.dtype, notebooks=not args.no_notebooks)
     if args.tokens_per_language:
         cfg.tokens_per_language = args.tokens_per_language
@@ -187,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=cmd_identify)
+
+    from .cli_causal import register
+
+    register(sub)
 
     p = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default model")
     _add_model_args(p)
