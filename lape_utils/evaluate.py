@@ -1,0 +1,483 @@
+"""Perplexity with and without interventions, and the perplexity-change matrix of the paper.
+
+:func:`nll` gives the mean next-token negative log-likelihood (natural log, so
+``perplexity = exp(nll)``) of token chunks under interventions. :func:`perplexity_matrix`
+deactivates (zeroes, at every position of every layer) each language's LAPE neurons in turn,
+and the same number of random neurons per layer (:func:`~lape_utils.lape.random_matched`),
+and measures the NLL of held-out text of every language (``lape-method.md`` §3). The
+"none" row (no intervention) is computed once; ΔNLL = NLL - NLL(none).
+
+:func:`score_continuations` scores generated text given its prompt under the unmodified
+model (the fluency cost of steering).
+
+All model access goes through :mod:`lape_utils.intervene`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .intervene import (
+    Intervention,
+    InterventionError,
+    check_interventions,
+    check_selection,
+    forward_logits,
+)
+
+if TYPE_CHECKING:
+    from .corpus import PackedCorpus
+    from .models import LapeModel
+    from .selection import NeuronSelection
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PplMatrix",
+    "nll",
+    "perplexity_matrix",
+    "score_continuations",
+]
+
+NONE_ROW = "none"
+
+
+def _token_nll(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[float, int]:
+    """Summed next-token NLL of one batch, row by row (bounds the log-softmax memory).
+
+    Args:
+        logits: ``[batch, pos, vocab]``.
+        ids: ``[batch, pos]``.
+        mask: ``[batch, pos]`` bool of real tokens, or ``None``.
+
+    Returns:
+        ``(sum of NLL over predicted positions, number of predicted positions)``.
+    """
+    total, count = 0.0, 0
+    targets = ids[:, 1:].to(logits.device)
+    valid = None
+    if mask is not None:
+        m = mask.to(logits.device).bool()
+        valid = m[:, 1:] & m[:, :-1]
+    for row in range(ids.shape[0]):
+        lp = logits[row, :-1].float()
+        t = targets[row]
+        if valid is not None:
+            keep = valid[row]
+            lp, t = lp[keep], t[keep]
+        if t.numel() == 0:
+            continue
+        total += float(F.cross_entropy(lp, t, reduction="sum").double())
+        count += int(t.numel())
+    return total, count
+
+
+def nll(
+    model: LapeModel,
+    chunks: torch.Tensor,
+    interventions: Sequence[Intervention] | Intervention = (),
+    batch_size: int = 4,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    progress: bool = True,
+    desc: str = "nll",
+    backend: str = "nnsight",
+) -> tuple[float, int]:
+    """Mean next-token NLL of token chunks, with interventions.
+
+    Every position ``t`` with a real token at ``t`` and ``t + 1`` predicts token ``t + 1``;
+    the mean is over all those predictions of all chunks (token-weighted).
+
+    Args:
+        model: The loaded model.
+        chunks: ``[n, seq]`` token ids (e.g. ``PackedCorpus.chunks[lang]``; first token BOS).
+        interventions: Applied at every position (``"generated"`` scope is refused: a
+            scoring pass generates nothing).
+        batch_size: Chunks per forward pass.
+        attention_mask: ``[n, seq]`` 1 for real tokens (left padding), or ``None``.
+        progress: Show a tqdm progress bar.
+        desc: Its label.
+        backend: ``"nnsight"`` or ``"hooks"``.
+
+    Returns:
+        ``(mean NLL in nats, number of predicted tokens)``.
+
+    Raises:
+        InterventionError: an intervention that does not fit the model, or ``"generated"``.
+        ValueError: chunks not ``[n, seq]`` with ``seq >= 2``, or nothing to predict.
+    """
+    ivs = check_interventions(model, interventions)
+    for iv in ivs:
+        if iv.positions == "generated":
+            raise InterventionError(
+                f"{iv!r} only acts on generated tokens, and a scoring pass generates none; "
+                "use positions='all'"
+            )
+    chunks = torch.as_tensor(chunks)
+    if chunks.ndim != 2 or chunks.shape[1] < 2:
+        raise ValueError(f"chunks must be [n, seq] with seq >= 2, got {tuple(chunks.shape)}")
+    if attention_mask is not None and attention_mask.shape != chunks.shape:
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} differs from chunks "
+            f"{tuple(chunks.shape)}"
+        )
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    total, count = 0.0, 0
+    n = chunks.shape[0]
+    bar = tqdm(total=n, desc=desc, unit="chunk", disable=not progress, leave=False)
+    for start in range(0, n, int(batch_size)):
+        ids = chunks[start : start + int(batch_size)]
+        mask = None if attention_mask is None else attention_mask[start : start + int(batch_size)]
+        logits = forward_logits(model, ids, mask, ivs, backend=backend)
+        s, c = _token_nll(logits, ids, mask)
+        del logits
+        total += s
+        count += c
+        bar.update(ids.shape[0])
+    bar.close()
+    if count == 0:
+        raise ValueError("no token to predict in these chunks (all padding?)")
+    return total / count, count
+
+
+def score_continuations(
+    model: LapeModel,
+    prompt_ids: Sequence[torch.Tensor],
+    continuation_ids: Sequence[torch.Tensor],
+    *,
+    batch_size: int = 8,
+    interventions: Sequence[Intervention] | Intervention = (),
+) -> pd.DataFrame:
+    """NLL of each continuation given its prompt (by default under the unmodified model).
+
+    Args:
+        model: The loaded model.
+        prompt_ids: Per item, ``[p]`` prompt token ids (BOS included if the tokenizer adds it).
+        continuation_ids: Per item, ``[c]`` token ids that follow the prompt.
+        batch_size: Items per forward pass (left padded).
+        interventions: Applied at every position (default none).
+
+    Returns:
+        DataFrame, one row per item: ``nll_sum`` (nats), ``tokens`` (continuation tokens
+        scored), ``nll`` (mean; NaN for an empty continuation).
+    """
+    if len(prompt_ids) != len(continuation_ids):
+        raise ValueError(
+            f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations"
+        )
+    pad = model.tokenizer.pad_token_id or 0
+    rows: list[dict] = []
+    for start in range(0, len(prompt_ids), int(batch_size)):
+        ps = [torch.as_tensor(p).long().cpu() for p in prompt_ids[start : start + int(batch_size)]]
+        cs = [
+            torch.as_tensor(c).long().cpu()
+            for c in continuation_ids[start : start + int(batch_size)]
+        ]
+        todo = [i for i, c in enumerate(cs) if c.numel() > 0]
+        scored: dict[int, tuple[float, int]] = {}
+        if todo:
+            seqs = [torch.cat([ps[i], cs[i]]) for i in todo]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            target = torch.zeros((len(seqs), width), dtype=torch.bool)
+            for r, (i, s) in enumerate(zip(todo, seqs)):
+                ids[r, width - len(s) :] = s
+                mask[r, width - len(s) :] = 1
+                target[r, width - len(cs[i]) :] = True
+            logits = forward_logits(model, ids, mask, interventions)
+            for r, i in enumerate(todo):
+                keep = target[r, 1:].to(logits.device)
+                lp = logits[r, :-1][keep].float()
+                value = F.cross_entropy(lp, ids[r, 1:].to(lp.device)[keep], reduction="sum")
+                scored[i] = (float(value.double()), int(keep.sum()))
+            del logits
+        for i in range(len(ps)):
+            s, c = scored.get(i, (0.0, 0))
+            rows.append({"nll_sum": s, "tokens": c, "nll": s / c if c else math.nan})
+    return pd.DataFrame(rows)
+
+
+# ============================================================================ the matrix
+
+
+def _row_label(kind: str, lang: str) -> str:
+    if kind == "none":
+        return NONE_ROW
+    return lang if kind == "lape" else f"{lang} (random)"
+
+
+@dataclass
+class PplMatrix:
+    """The perplexity-change matrix: held-out NLL per (deactivated set, evaluated language).
+
+    Attributes:
+        records: Tidy DataFrame, one row per (row, evaluated language): ``row`` (label:
+            ``"none"``, ``"<lang>"``, ``"<lang> (random)"``), ``kind`` (``"none"``,
+            ``"lape"``, ``"random"``), ``deactivated`` (language whose set is zeroed, ``""``
+            for none), ``n_neurons`` (size of the set), ``evaluated``, ``nll`` (mean nats per
+            token), ``tokens`` (predicted tokens).
+        meta: JSON-able facts: model, selection method/provenance, corpus, seed, batch size.
+    """
+
+    records: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def rows(self) -> list[str]:
+        """Row labels in order (``"none"`` first)."""
+        return list(dict.fromkeys(self.records["row"]))
+
+    @property
+    def languages(self) -> list[str]:
+        """Evaluated languages (columns), in order."""
+        return list(dict.fromkeys(self.records["evaluated"]))
+
+    def tidy(self) -> pd.DataFrame:
+        """Records with ``ppl = exp(nll)`` and ``delta_nll = nll - nll(none, same language)``."""
+        df = self.records.copy()
+        base = df[df["kind"] == "none"].set_index("evaluated")["nll"]
+        df["ppl"] = np.exp(df["nll"])
+        df["delta_nll"] = df["nll"] - df["evaluated"].map(base)
+        df.loc[df["kind"] == "none", "delta_nll"] = 0.0
+        return df
+
+    def table(self, value: str = "delta_nll") -> pd.DataFrame:
+        """Wide matrix: index = row label, columns = evaluated language.
+
+        Args:
+            value: ``"nll"``, ``"ppl"``, ``"delta_nll"`` or ``"tokens"``.
+        """
+        df = self.tidy()
+        if value not in df.columns:
+            raise ValueError(f"unknown value {value!r}; use nll, ppl, delta_nll or tokens")
+        wide = df.pivot(index="row", columns="evaluated", values=value)
+        wide = wide.reindex(index=self.rows, columns=self.languages)
+        wide.index.name = "deactivated"
+        wide.columns.name = "evaluated"
+        return wide
+
+    def nll_table(self) -> pd.DataFrame:
+        """Absolute mean NLL (nats/token), wide."""
+        return self.table("nll")
+
+    def ppl_table(self) -> pd.DataFrame:
+        """Perplexity, wide."""
+        return self.table("ppl")
+
+    def delta_table(self) -> pd.DataFrame:
+        """ΔNLL vs no intervention, wide."""
+        return self.table("delta_nll")
+
+    def summary(self) -> pd.DataFrame:
+        """One line per deactivated set.
+
+        Columns: ``kind``, ``deactivated``, ``n_neurons``, ``diag_delta`` (ΔNLL on its own
+        language; NaN if that language was not evaluated), ``offdiag_mean_delta`` (mean
+        ΔNLL on the other languages), ``ratio`` (diag / mean off-diagonal; NaN when the
+        off-diagonal mean is not positive), ``random_diag_delta`` (the matched random set's
+        diagonal, LAPE rows), ``lape_minus_random`` and ``beats_random`` (diagonal larger
+        than the random control's).
+        """
+        df = self.tidy()
+        out = []
+        random_diag: dict[str, float] = {}
+        for row in self.rows:
+            part = df[df["row"] == row]
+            kind = part["kind"].iloc[0]
+            if kind == "none":
+                continue
+            lang = part["deactivated"].iloc[0]
+            diag = part.loc[part["evaluated"] == lang, "delta_nll"]
+            off = part.loc[part["evaluated"] != lang, "delta_nll"]
+            d = float(diag.iloc[0]) if len(diag) else math.nan
+            o = float(off.mean()) if len(off) else math.nan
+            if kind == "random":
+                random_diag[lang] = d
+            out.append(
+                {
+                    "row": row,
+                    "kind": kind,
+                    "deactivated": lang,
+                    "n_neurons": int(part["n_neurons"].iloc[0]),
+                    "diag_delta": d,
+                    "offdiag_mean_delta": o,
+                    "ratio": d / o if o > 0 else math.nan,
+                }
+            )
+        summ = pd.DataFrame(out)
+        if summ.empty:
+            return summ.set_index(pd.Index([], name="row")) if "row" in summ else summ
+        rnd = summ["deactivated"].map(random_diag).where(summ["kind"] == "lape")
+        summ["random_diag_delta"] = rnd
+        summ["lape_minus_random"] = summ["diag_delta"] - rnd
+        summ["beats_random"] = (summ["diag_delta"] > rnd).where(rnd.notna())
+        return summ.set_index("row")
+
+    # ------------------------------------------------------------------ files
+    def to_csv(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Writes the tidy table to ``path`` and :attr:`meta` to ``path + ".json"``.
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is false.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True or another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tidy().to_csv(path, index=False)
+        Path(str(path) + ".json").write_text(json.dumps(self.meta, indent=2, default=str))
+        return path
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> PplMatrix:
+        """Reads a matrix written by :meth:`to_csv` (the sidecar is optional)."""
+        path = Path(path)
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        need = ["row", "kind", "deactivated", "n_neurons", "evaluated", "nll", "tokens"]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path} is not a perplexity matrix: columns {missing} missing")
+        df["deactivated"] = df["deactivated"].fillna("").astype(str)
+        side = Path(str(path) + ".json")
+        meta = json.loads(side.read_text()) if side.exists() else {}
+        return cls(df[need].copy(), meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"PplMatrix({len(self.rows)} rows x {len(self.languages)} languages "
+            f"{self.languages}, model={self.meta.get('model')!r})"
+        )
+
+
+def perplexity_matrix(
+    model: LapeModel,
+    selection: NeuronSelection,
+    heldout: PackedCorpus,
+    *,
+    random_control: bool = True,
+    seed: int = 0,
+    batch_size: int = 4,
+    languages: Sequence[str] | None = None,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> PplMatrix:
+    """NLL of held-out text of each language with each language's neurons deactivated.
+
+    Rows: ``"none"`` (computed once), then per language of the selection its LAPE set
+    zeroed, then (``random_control``) per language a random set of the same size per layer
+    (:func:`~lape_utils.lape.random_matched` with ``seed``, drawn among neurons of no
+    language). An empty set reuses the none row (its ΔNLL is exactly 0).
+
+    Args:
+        model: The loaded model.
+        selection: The language-specific neurons (of this model).
+        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack` of the ``heldout``
+            split); its languages are the columns.
+        random_control: Add the random rows.
+        seed: Seed of the random sets.
+        batch_size: Chunks per forward pass.
+        languages: Deactivated languages (rows), default all of the selection.
+        backend: ``"nnsight"`` or ``"hooks"``.
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`PplMatrix`.
+
+    Raises:
+        InterventionError: the selection does not fit the model, or a language is not in it.
+    """
+    from .lape import random_matched
+
+    check_selection(model, selection)
+    rows_langs = list(languages) if languages is not None else list(selection.languages)
+    for lang in rows_langs:
+        if lang not in selection.languages:
+            raise InterventionError(
+                f"language {lang!r} is not in the neuron set; it holds {selection.languages}"
+            )
+    cols = list(heldout.languages)
+    if not cols:
+        raise ValueError("the held-out corpus has no language")
+    specs: list[tuple[str, str, Intervention | None]] = [("none", "", None)]
+    for lang in rows_langs:
+        specs.append(("lape", lang, Intervention.zero(selection, lang)))
+    if random_control:
+        rnd = random_matched(selection, seed)
+        for lang in rows_langs:
+            specs.append(("random", lang, Intervention.zero(rnd, lang)))
+    for _, _, iv in specs:  # every check before the first forward
+        if iv is not None:
+            check_interventions(model, [iv])
+    missing = [lang for lang in rows_langs if lang not in cols]
+    if missing:
+        log.warning("no held-out text for %s: their diagonal will be NaN", missing)
+
+    chunks = {lang: heldout.chunks[lang] for lang in cols}
+    total = sum(int(c.shape[0]) for c in chunks.values())
+    n_forward = sum(1 for _, _, iv in specs if iv is None or iv.n_neurons > 0)
+    bar = tqdm(
+        total=total * n_forward, desc="perplexity matrix", unit="chunk", disable=not progress
+    )
+    base: dict[str, tuple[float, int]] = {}
+    records = []
+    for kind, lang, iv in specs:
+        label = _row_label(kind, lang)
+        for col in cols:
+            if iv is not None and iv.n_neurons == 0:
+                value, count = base[col]
+            else:
+                bar.set_postfix_str(f"{label} on {col}")
+                value, count = nll(
+                    model, chunks[col], [] if iv is None else [iv], batch_size,
+                    progress=False, backend=backend,
+                )
+                bar.update(int(chunks[col].shape[0]))
+            if kind == "none":
+                base[col] = (value, count)
+            records.append(
+                {
+                    "row": label,
+                    "kind": kind,
+                    "deactivated": lang,
+                    "n_neurons": 0 if iv is None else iv.n_neurons,
+                    "evaluated": col,
+                    "nll": value,
+                    "tokens": count,
+                }
+            )
+            log.debug("%s on %s: nll %.4f over %d tokens", label, col, value, count)
+    bar.close()
+    meta = {
+        "model": model.describe(),
+        "selection": {
+            "method": selection.method,
+            "languages": list(selection.languages),
+            "config": selection.config,
+            "n_layers": selection.n_layers,
+            "n_neurons": selection.n_neurons,
+        },
+        "heldout": heldout.provenance(),
+        "random_control": random_control,
+        "seed": seed,
+        "batch_size": batch_size,
+        "intervention": "zero at every position of every layer holding neurons of the set",
+    }
+    return PplMatrix(pd.DataFrame(records), meta)

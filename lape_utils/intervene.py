@@ -1,0 +1,936 @@
+"""Interventions on MLP neurons: zero, set, add or scale them during a forward pass or generation.
+
+An :class:`Intervention` names neurons per layer (``{layer: LongTensor}``), an operation and
+the positions it applies to. The same semantics are applied two ways, sharing the
+operation code (:func:`apply_op`):
+
+* through nnsight (the default): the site outputs are edited inside ``model.nn.trace`` /
+  ``model.nn.generate``;
+* through plain ``register_forward_hook`` hooks (:func:`hooked`), the fallback and the
+  reference the tests compare nnsight with.
+
+Position scopes (``positions``), in terms of the forward passes of a generation with a KV
+cache: step 0 runs the whole (left-padded) prompt, every later step runs one new token.
+
+* ``"all"``: every position of every step;
+* ``"prompt"``: every position of step 0 only;
+* ``"last_prompt"``: the last prompt position of step 0 only (the position that predicts
+  the first generated token);
+* ``"generated"``: every later step (each generated token fed back). Note that the first
+  generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
+  use ``"all"`` to steer every generated token.
+
+A single forward pass (:func:`forward_logits`) is step 0.
+
+Several interventions compose: per layer, in list order, on the output of the previous one
+(e.g. zero a source language's neurons, then set the target language's). Each layer's site
+is read once per step, layers in forward order.
+
+nnsight 0.8.1 mechanics used by :func:`generate` (measured, see the tests): inside
+``with model.nn.generate(...) as tracer``, one ``tracer.invoke(inputs)`` holds
+``for step in tracer.all():`` whose body edits the sites of that step (step 0 sees
+``[batch, prompt_len, neuron]``, later steps ``[batch, 1, neuron]``); an open-ended loop
+never ends normally (the model running out of steps leaves its last request dangling, which
+nnsight reports as a warning we silence), so the generated ids are read in a second, empty
+``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step 0 the loop
+breaks after step 0, otherwise it would spin forever without a request.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from .models import LapeModel
+    from .selection import NeuronSelection
+    from .stats import ActivationStats
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "OPS",
+    "POSITIONS",
+    "Generation",
+    "Intervention",
+    "InterventionError",
+    "apply_in_trace",
+    "apply_op",
+    "check_interventions",
+    "check_selection",
+    "forward_logits",
+    "generate",
+    "generate_detailed",
+    "hooked",
+]
+
+Op = Literal["zero", "set", "add", "scale"]
+Positions = Literal["all", "prompt", "generated", "last_prompt"]
+
+OPS: tuple[str, ...] = ("zero", "set", "add", "scale")
+"""Operations: ``zero`` (activation := 0), ``set`` (:= value), ``add`` (+= value),
+``scale`` (*= value)."""
+
+POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")
+"""Position scopes (see the module docstring)."""
+
+BACKENDS: tuple[str, ...] = ("nnsight", "hooks")
+
+_DANGLING = r".*was never reached.*"  # nnsight's warning at the end of an open tracer.all()
+
+
+class InterventionError(ValueError):
+    """An intervention that cannot be applied to this model or these inputs."""
+
+
+# ============================================================================ the dataclass
+
+
+def _as_neurons(idx, where: str) -> torch.Tensor:
+    t = torch.as_tensor(idx)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InterventionError(f"{where}: neuron indices must be integers, got dtype {t.dtype}")
+    t = t.reshape(-1).to(torch.long)
+    if int(t.min()) < 0:
+        raise InterventionError(f"{where}: negative neuron index {int(t.min())}")
+    return torch.unique(t)  # sorted, duplicate-free
+
+
+def _check_finite(value: float, what: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InterventionError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise InterventionError(f"{what} must be finite, got {value!r}; pass a finite number")
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """An operation on a set of MLP neurons, at some positions.
+
+    Attributes:
+        neurons: ``{layer: LongTensor [k]}`` sorted neuron indices per layer (layers with
+            no neuron are dropped).
+        op: ``"zero"``, ``"set"``, ``"add"`` or ``"scale"``.
+        value: For ``set``/``add``/``scale``: a float, or ``{layer: FloatTensor [k]}`` one
+            value per neuron (same keys and lengths as ``neurons``). Ignored by ``zero``.
+        positions: ``"all"``, ``"prompt"``, ``"generated"`` or ``"last_prompt"``.
+        label: Human-readable description (e.g. ``"set fr (mean on fr) x1.0"``).
+        shape: ``(n_layers, n_neurons)`` of the model the neuron set was made for, when
+            known; checked against the model before any forward.
+    """
+
+    neurons: Mapping[int, torch.Tensor]
+    op: str = "zero"
+    value: float | Mapping[int, torch.Tensor] = 0.0
+    positions: str = "all"
+    label: str = ""
+    shape: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise InterventionError(f"unknown op {self.op!r}; use one of {OPS}")
+        if self.positions not in POSITIONS:
+            raise InterventionError(f"unknown positions {self.positions!r}; use one of {POSITIONS}")
+        if not isinstance(self.neurons, Mapping):
+            raise InterventionError(
+                f"neurons must be a dict {{layer: LongTensor}}, got {type(self.neurons).__name__}"
+            )
+        neurons: dict[int, torch.Tensor] = {}
+        for layer, idx in sorted(self.neurons.items(), key=lambda kv: int(kv[0])):
+            if isinstance(layer, bool) or int(layer) != layer or int(layer) < 0:
+                raise InterventionError(f"layer keys must be non-negative ints, got {layer!r}")
+            t = _as_neurons(idx, f"neurons[{int(layer)}]")
+            if t.numel():
+                neurons[int(layer)] = t
+        value = self.value
+        if self.op == "zero":
+            value = 0.0
+        elif isinstance(value, Mapping):
+            per: dict[int, torch.Tensor] = {}
+            given = {int(k): v for k, v in value.items()}
+            for layer, idx in neurons.items():
+                if layer not in given:
+                    raise InterventionError(
+                        f"value has no entry for layer {layer}, which holds {idx.numel()} neurons"
+                    )
+                v = torch.as_tensor(given[layer], dtype=torch.float64).reshape(-1)
+                if v.numel() == 1 and idx.numel() != 1:
+                    v = v.expand(idx.numel()).clone()
+                if v.numel() != idx.numel():
+                    raise InterventionError(
+                        f"value[{layer}] has {v.numel()} entries for {idx.numel()} neurons"
+                    )
+                if not bool(torch.isfinite(v).all()):
+                    bad = int((~torch.isfinite(v)).nonzero()[0, 0])
+                    raise InterventionError(
+                        f"value[{layer}] is not finite for neuron {int(idx[bad])} "
+                        f"({float(v[bad])}); the statistics may lack tokens for that language"
+                    )
+                per[layer] = v
+            value = per
+        else:
+            value = _check_finite(value, f"value of op {self.op!r}")
+        object.__setattr__(self, "neurons", neurons)
+        object.__setattr__(self, "value", value)
+        if self.shape is not None:
+            object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
+
+    # ------------------------------------------------------------------ views
+    @property
+    def n_neurons(self) -> int:
+        """Total neurons touched."""
+        return sum(int(t.numel()) for t in self.neurons.values())
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers touched, ascending."""
+        return list(self.neurons)
+
+    def layer_value(self, layer: int) -> float | torch.Tensor:
+        """The value applied at ``layer``: a float, or ``[k]`` float64 per neuron."""
+        return self.value[layer] if isinstance(self.value, Mapping) else self.value
+
+    def with_positions(self, positions: str) -> Intervention:
+        """The same intervention at other positions."""
+        return Intervention(self.neurons, self.op, self.value, positions, self.label, self.shape)
+
+    def __repr__(self) -> str:
+        v = "per-neuron" if isinstance(self.value, Mapping) else f"{self.value:g}"
+        return (
+            f"Intervention({self.label or self.op!r}: {self.op} {self.n_neurons} neurons in "
+            f"{len(self.neurons)} layers, value={v}, positions={self.positions!r})"
+        )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_selection(
+        cls,
+        selection: NeuronSelection,
+        lang: str,
+        op: str = "zero",
+        value: float | Mapping[int, torch.Tensor] = 0.0,
+        *,
+        positions: str = "all",
+        label: str | None = None,
+    ) -> Intervention:
+        """``op`` with ``value`` on the neurons of ``lang`` in ``selection``.
+
+        Raises:
+            InterventionError: ``lang`` is not in the selection, or a bad op/value/positions.
+        """
+        neurons = _selection_neurons(selection, lang)
+        return cls(
+            neurons,
+            op,
+            value,
+            positions,
+            label if label is not None else f"{op} {lang} ({selection.method})",
+            (selection.n_layers, selection.n_neurons),
+        )
+
+    @classmethod
+    def zero(cls, selection: NeuronSelection, lang: str, *, positions: str = "all") -> Intervention:
+        """Deactivate ``lang``'s neurons (activation := 0), the paper's §3 setting."""
+        return cls.from_selection(
+            selection, lang, "zero", positions=positions, label=f"zero {lang} ({selection.method})"
+        )
+
+    @classmethod
+    def set_to(
+        cls,
+        selection: NeuronSelection,
+        lang: str,
+        stats: ActivationStats,
+        source_lang: str | None = None,
+        strength: float = 1.0,
+        *,
+        positions: str = "all",
+    ) -> Intervention:
+        """Set ``lang``'s neurons to ``strength`` x their mean activation (the paper's steering).
+
+        Args:
+            selection: The neuron sets.
+            lang: Whose neurons are set.
+            stats: Activation statistics with activation sums, of the same model.
+            source_lang: The language whose mean activation gives the value (default
+                ``lang``: each neuron's mean activation on its own language).
+            strength: Multiplier of the mean activation.
+            positions: Position scope.
+        """
+        strength = _check_finite(strength, "strength")
+        mean = _stats_mean(selection, stats, source_lang or lang)
+        neurons = _selection_neurons(selection, lang)
+        value = {layer: mean[layer, idx] * strength for layer, idx in neurons.items()}
+        return cls(
+            neurons,
+            "set",
+            value,
+            positions,
+            f"set {lang} := mean on {source_lang or lang} x{strength:g} ({selection.method})",
+            (selection.n_layers, selection.n_neurons),
+        )
+
+    @classmethod
+    def add(
+        cls,
+        selection: NeuronSelection,
+        lang: str,
+        value: float,
+        *,
+        stats: ActivationStats | None = None,
+        source_lang: str | None = None,
+        positions: str = "all",
+    ) -> Intervention:
+        """Add to ``lang``'s neurons: ``value``, or ``value`` x mean activation if ``stats``.
+
+        Args:
+            selection: The neuron sets.
+            lang: Whose neurons are changed.
+            value: The amount (a strength when ``stats`` is given).
+            stats: If given, each neuron gets ``value`` x its mean activation on
+                ``source_lang`` (default ``lang``).
+            source_lang: See ``stats``.
+            positions: Position scope.
+        """
+        value = _check_finite(value, "value of add")
+        neurons = _selection_neurons(selection, lang)
+        if stats is None:
+            per: float | dict = value
+            label = f"add {value:g} to {lang} ({selection.method})"
+        else:
+            mean = _stats_mean(selection, stats, source_lang or lang)
+            per = {layer: mean[layer, idx] * value for layer, idx in neurons.items()}
+            label = f"add {value:g} x mean on {source_lang or lang} to {lang} ({selection.method})"
+        return cls(neurons, "add", per, positions, label, (selection.n_layers, selection.n_neurons))
+
+    @classmethod
+    def scale(
+        cls, selection: NeuronSelection, lang: str, factor: float, *, positions: str = "all"
+    ) -> Intervention:
+        """Multiply ``lang``'s neurons' activation by ``factor``."""
+        factor = _check_finite(factor, "scale factor")
+        return cls.from_selection(
+            selection, lang, "scale", factor, positions=positions,
+            label=f"scale {lang} x{factor:g} ({selection.method})",
+        )
+
+
+def _selection_neurons(selection: NeuronSelection, lang: str) -> dict[int, torch.Tensor]:
+    if lang not in selection.languages:
+        raise InterventionError(
+            f"language {lang!r} is not in the neuron set; it holds {selection.languages}"
+        )
+    return {li: t for li, t in enumerate(selection.indices[lang]) if t.numel()}
+
+
+def _stats_mean(selection: NeuronSelection, stats: ActivationStats, lang: str) -> torch.Tensor:
+    if (stats.n_layers, stats.n_neurons) != (selection.n_layers, selection.n_neurons):
+        raise InterventionError(
+            f"the statistics are [{stats.n_layers} layers x {stats.n_neurons} neurons] but the "
+            f"neuron set is [{selection.n_layers} x {selection.n_neurons}]: they come from "
+            "different models; use statistics captured on the model the neurons were selected for"
+        )
+    if lang not in stats.languages:
+        raise InterventionError(
+            f"language {lang!r} is not in the statistics; they hold {stats.languages}"
+        )
+    if stats.activation_sum is None:
+        raise InterventionError(
+            "these statistics hold no activation sums, so no mean activation; capture them again"
+        )
+    if int(stats.n[stats.index(lang)]) == 0:
+        raise InterventionError(f"the statistics counted no token of {lang!r}; no mean activation")
+    return stats.mean_activation(lang)
+
+
+# ============================================================================ the op
+
+
+def apply_op(
+    act: torch.Tensor,
+    neurons: torch.Tensor,
+    op: str,
+    value: float | torch.Tensor = 0.0,
+    position_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Applies one operation to some neurons of a site output (pure: returns a new tensor).
+
+    Args:
+        act: ``[batch, pos, neuron]`` activations (any ``[..., neuron]`` works when
+            ``position_mask`` is ``None``).
+        neurons: ``[k]`` neuron indices (on any device).
+        op: ``"zero"``, ``"set"``, ``"add"`` or ``"scale"``.
+        value: A float or ``[k]`` per-neuron values (cast to ``act``'s dtype and device).
+        position_mask: ``[batch, pos]`` bool, positions to change; ``None`` = all.
+
+    Returns:
+        A tensor like ``act``; ``act`` itself is not modified.
+    """
+    neurons = neurons.to(act.device)
+    sub = act[..., neurons]
+    if op == "zero":
+        new = torch.zeros_like(sub)
+    else:
+        v = value.to(device=act.device, dtype=act.dtype) if torch.is_tensor(value) else float(value)
+        if op == "set":
+            new = torch.zeros_like(sub) + v
+        elif op == "add":
+            new = sub + v
+        elif op == "scale":
+            new = sub * v
+        else:
+            raise InterventionError(f"unknown op {op!r}; use one of {OPS}")
+    if position_mask is not None:
+        new = torch.where(position_mask.to(act.device)[..., None], new, sub)
+    out = act.clone()
+    out[..., neurons] = new
+    return out
+
+
+# ============================================================================ planning
+
+
+@dataclass
+class _LayerOp:
+    neurons: torch.Tensor
+    op: str
+    value: float | torch.Tensor
+    positions: str
+
+
+@dataclass
+class _Plan:
+    """Prepared interventions: per layer (ascending), the ops in list order, on device."""
+
+    layers: list[tuple[int, list[_LayerOp]]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.layers
+
+    @property
+    def after_prompt(self) -> bool:
+        """Whether any op applies to steps after the first."""
+        return any(o.positions in ("all", "generated") for _, ops in self.layers for o in ops)
+
+
+def check_interventions(
+    model: LapeModel, interventions: Sequence[Intervention] | Intervention
+) -> list[Intervention]:
+    """Validates interventions against a model, before any forward.
+
+    Returns:
+        The interventions as a list.
+
+    Raises:
+        InterventionError: not an :class:`Intervention`; a neuron set made for a model of
+            another shape (both shapes named); a layer or neuron out of range.
+    """
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    out = list(interventions)
+    L, D = model.n_layers, model.n_neurons
+    for i, iv in enumerate(out):
+        if not isinstance(iv, Intervention):
+            raise InterventionError(
+                f"interventions[{i}] is a {type(iv).__name__}, not an Intervention; build one "
+                "with Intervention.zero/set_to/add/scale"
+            )
+        if iv.shape is not None and iv.shape != (L, D):
+            raise InterventionError(
+                f"interventions[{i}] ({iv.label or iv.op}) comes from a neuron set of "
+                f"{iv.shape[0]} layers x {iv.shape[1]} neurons, but {model.name} has {L} layers x "
+                f"{D} neurons: the neuron set is from another model; select neurons on this one"
+            )
+        for layer, idx in iv.neurons.items():
+            if layer >= L:
+                raise InterventionError(
+                    f"interventions[{i}] touches layer {layer}, but {model.name} has {L} layers "
+                    f"(0..{L - 1}); the neuron set is from another model"
+                )
+            if int(idx[-1]) >= D:
+                raise InterventionError(
+                    f"interventions[{i}] touches neuron {int(idx[-1])} of layer {layer}, but "
+                    f"{model.name} has {D} neurons per layer; the neuron set is from another model"
+                )
+    return out
+
+
+def check_selection(model: LapeModel, selection: NeuronSelection) -> None:
+    """Checks that a neuron set was made for a model of this shape.
+
+    Raises:
+        InterventionError: naming both shapes when layers or width differ.
+    """
+    have = (selection.n_layers, selection.n_neurons)
+    want = (model.n_layers, model.n_neurons)
+    if have != want:
+        made_for = selection.provenance.get("model") or selection.provenance.get("matched_to")
+        hint = f" (made for {made_for})" if isinstance(made_for, str) else ""
+        raise InterventionError(
+            f"the neuron set{hint} is for {have[0]} layers x {have[1]} neurons, but {model.name} "
+            f"has {want[0]} layers x {want[1]} neurons: it comes from another model. Select "
+            "neurons on this model (lape capture + lape identify), or load the matching model"
+        )
+
+
+def _plan(model: LapeModel, interventions) -> _Plan:
+    ivs = check_interventions(model, interventions)
+    device, dtype = model.device, model.dtype
+    per_layer: dict[int, list[_LayerOp]] = {}
+    for iv in ivs:
+        for layer, idx in iv.neurons.items():
+            v = iv.layer_value(layer)
+            if torch.is_tensor(v):
+                v = v.to(device=device, dtype=dtype)
+            per_layer.setdefault(layer, []).append(_LayerOp(idx.to(device), iv.op, v, iv.positions))
+    return _Plan(sorted(per_layer.items()))
+
+
+def _scope(positions: str, step: int) -> str | None:
+    """What ``positions`` covers at ``step``: ``"all"``, ``"last"`` or ``None`` (nothing)."""
+    if positions == "all":
+        return "all"
+    if step == 0:
+        return {"prompt": "all", "last_prompt": "last"}.get(positions)
+    return "all" if positions == "generated" else None
+
+
+def _active(ops: list[_LayerOp], step: int) -> list[tuple[_LayerOp, str]]:
+    return [(o, s) for o in ops if (s := _scope(o.positions, step)) is not None]
+
+
+def _edit(act: torch.Tensor, active: list[tuple[_LayerOp, str]], batch: int) -> torch.Tensor:
+    """Applies the active ops of one layer to its site output, in order.
+
+    Args:
+        act: ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT).
+        active: ``(op, scope)`` pairs from :func:`_active`.
+        batch: Rows of the batch (to reshape a 2-D output).
+
+    Returns:
+        The edited output, shaped like ``act``.
+    """
+    shape = act.shape
+    x = act.reshape(batch, -1, shape[-1]) if act.ndim == 2 else act
+    last = None
+    for o, scope in active:
+        mask = None
+        if scope == "last":
+            if last is None:
+                last = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+                last[..., -1] = True
+            mask = last
+        x = apply_op(x, o.neurons, o.op, o.value, mask)
+    return x.reshape(shape)
+
+
+def _edit_step_nnsight(model: LapeModel, plan: _Plan, step: int, batch: int) -> None:
+    """Inside a trace: edits every layer's site output for ``step`` (forward order, read once)."""
+    for layer, ops in plan.layers:
+        active = _active(ops, step)
+        if not active:
+            continue
+        site = model.site(layer)
+        site.output = _edit(site.output, active, batch)
+
+
+def apply_in_trace(
+    model: LapeModel,
+    interventions: Sequence[Intervention] | Intervention,
+    batch_size: int,
+    step: int = 0,
+) -> None:
+    """Applies interventions from inside a ``model.nn.trace``/``generate`` block.
+
+    The one function through which every nnsight path of this module edits the model: for
+    each layer holding neurons of some intervention (ascending), the site output is read
+    once, the interventions covering ``step`` are applied in list order, and the result is
+    written back. Call it before reading anything downstream of the first edited layer.
+
+    Example::
+
+        with model.nn.trace(ids) as tracer:
+            apply_in_trace(model, [Intervention.zero(sel, "fr")], batch_size=ids.shape[0])
+            logits = tracer.result.logits.save()
+
+    Args:
+        model: The loaded model.
+        interventions: Applied in list order.
+        batch_size: Rows of the batch (needed to reshape 2-D site outputs such as OPT's).
+        step: Which forward of a generation this is (0 = the prompt).
+    """
+    _edit_step_nnsight(model, _plan(model, interventions), step, batch_size)
+
+
+# ============================================================================ hooks
+
+
+@dataclass
+class HookState:
+    """Forward counter of a :func:`hooked` context (``step`` 0 = the first forward)."""
+
+    step: int = -1
+    batch: int = 0
+
+
+@contextmanager
+def hooked(
+    model: LapeModel, interventions: Sequence[Intervention] | Intervention
+) -> Iterator[HookState]:
+    """Applies interventions with plain forward hooks while the block runs.
+
+    Every forward of the whole model inside the block is one step: the first is step 0
+    (the prompt), later ones are generated steps. Use a fresh block per generation or
+    forward pass.
+
+    Example::
+
+        with hooked(model, [Intervention.zero(sel, "fr")]):
+            logits = model.hf(input_ids).logits
+
+    Yields:
+        A :class:`HookState` with the step counter.
+    """
+    with _hooks(model, _plan(model, interventions)) as state:
+        yield state
+
+
+@contextmanager
+def _hooks(model: LapeModel, plan: _Plan) -> Iterator[HookState]:
+    state = HookState()
+
+    def pre_hook(_module, args, kwargs):
+        state.step += 1
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        state.batch = int(ids.shape[0])
+
+    def make_hook(ops: list[_LayerOp]):
+        def hook(_module, _inputs, output):
+            active = _active(ops, state.step)
+            return _edit(output, active, state.batch) if active else None
+
+        return hook
+
+    handles = [model.hf.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    try:
+        for layer, ops in plan.layers:
+            handles.append(model.hf_site(layer).register_forward_hook(make_hook(ops)))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ============================================================================ forward
+
+
+def _accepts(model: LapeModel, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _model_inputs(
+    model: LapeModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> dict:
+    """Model inputs on the model's device; left-padded rows get mask-derived position ids."""
+    if input_ids.ndim != 2:
+        raise InterventionError(
+            f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}"
+        )
+    inputs = {"input_ids": input_ids.to(model.device)}
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise InterventionError(
+                f"attention_mask {tuple(attention_mask.shape)} differs from input_ids "
+                f"{tuple(input_ids.shape)}"
+            )
+        mask = attention_mask.to(model.device).long()
+        inputs["attention_mask"] = mask
+        if not bool(mask.all()) and _accepts(model, "position_ids"):
+            inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return inputs
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise InterventionError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+
+
+def forward_logits(
+    model: LapeModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    interventions: Sequence[Intervention] | Intervention = (),
+    *,
+    last_only: bool = False,
+    backend: str = "nnsight",
+) -> torch.Tensor:
+    """One forward pass with interventions; returns the logits.
+
+    The pass is step 0 of a generation: ``"all"``/``"prompt"`` interventions apply to every
+    position, ``"last_prompt"`` to the last one, ``"generated"`` to none.
+
+    Args:
+        model: The loaded model.
+        input_ids: ``[batch, pos]`` token ids, left padded if padded.
+        attention_mask: ``[batch, pos]`` 1 for real tokens, or ``None`` (no padding).
+        interventions: Applied in list order.
+        last_only: Compute the logits of the last position only (``logits_to_keep=1``).
+        backend: ``"nnsight"`` or ``"hooks"``.
+
+    Returns:
+        ``[batch, pos, vocab]`` logits (``[batch, 1, vocab]`` with ``last_only``), on the
+        model's device, in the model's dtype.
+    """
+    _check_backend(backend)
+    plan = _plan(model, interventions)
+    inputs = _model_inputs(model, input_ids, attention_mask)
+    if last_only and _accepts(model, "logits_to_keep"):
+        inputs["logits_to_keep"] = 1
+    batch = int(input_ids.shape[0])
+    with torch.inference_mode():
+        if plan.empty:
+            logits = model.hf(**inputs).logits
+        elif backend == "hooks":
+            with _hooks(model, plan):
+                logits = model.hf(**inputs).logits
+        else:
+            with model.nn.trace(inputs) as tracer:
+                _edit_step_nnsight(model, plan, 0, batch)
+                logits = tracer.result.logits.save()
+    if last_only:
+        logits = logits[:, -1:]
+    return logits
+
+
+# ============================================================================ generate
+
+
+@dataclass
+class Generation:
+    """What :func:`generate_detailed` returns.
+
+    Attributes:
+        texts: Decoded new text per prompt (special tokens skipped).
+        prompt_ids: Per prompt, ``[prompt_len]`` its token ids (no padding).
+        new_ids: Per prompt, ``[n_new]`` generated ids, cut after the first EOS (kept)
+            and without padding.
+        first_step_probs: ``[n_prompts, vocab]`` float32 next-token distribution at the
+            first generated step (with the interventions of step 0), or ``None``.
+    """
+
+    texts: list[str]
+    prompt_ids: list[torch.Tensor]
+    new_ids: list[torch.Tensor]
+    first_step_probs: torch.Tensor | None = None
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        raise InterventionError(
+            "prompts must be a list of strings, got a single str; wrap it in a list"
+        )
+    prompts = list(prompts)
+    if not prompts:
+        raise InterventionError("no prompts given; pass at least one non-empty prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InterventionError(f"prompts[{i}] is a {type(p).__name__}, not a str: {p!r:.80}")
+        if not p.strip():
+            raise InterventionError(f"prompts[{i}] is empty ({p!r}); remove it or give it text")
+    return prompts
+
+
+def _eos_ids(model: LapeModel) -> set[int]:
+    eos = getattr(model.hf.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def _generate_batch(model: LapeModel, plan: _Plan, inputs: dict, kwargs: dict, backend: str):
+    """One batch of ``model.hf.generate`` with the plan applied at every step it covers."""
+    if plan.empty:
+        return model.hf.generate(**inputs, **kwargs)
+    if backend == "hooks":
+        with _hooks(model, plan):
+            return model.hf.generate(**inputs, **kwargs)
+    batch = int(inputs["input_ids"].shape[0])
+    later = plan.after_prompt
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DANGLING)
+        with model.nn.generate(**kwargs) as tracer:
+            with tracer.invoke(inputs):
+                for step in tracer.all():
+                    _edit_step_nnsight(model, plan, step, batch)
+                    if not later:
+                        break
+            with tracer.invoke():
+                out = tracer.result.save()
+    return out
+
+
+def generate_detailed(
+    model: LapeModel,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] | Intervention = (),
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    repetition_penalty: float | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    return_first_step_probs: bool = False,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> Generation:
+    """Generates from each prompt with interventions; see :func:`generate` for the arguments.
+
+    Returns:
+        A :class:`Generation` with texts, ids and (optionally) first-step distributions.
+    """
+    _check_backend(backend)
+    prompts = _check_prompts(prompts)
+    ivs = check_interventions(model, interventions)
+    plan = _plan(model, ivs)
+    if int(max_new_tokens) < 1:
+        raise InterventionError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if int(batch_size) < 1:
+        raise InterventionError(f"batch_size must be >= 1, got {batch_size}")
+    tok = model.tokenizer
+    kwargs: dict = {
+        "max_new_tokens": int(max_new_tokens),
+        "do_sample": bool(do_sample),
+        "pad_token_id": tok.pad_token_id,
+    }
+    if do_sample:
+        kwargs["temperature"] = _check_finite(temperature, "temperature")
+        kwargs["top_p"] = _check_finite(top_p, "top_p")
+        kwargs["top_k"] = 0 if top_k is None else int(top_k)
+    if repetition_penalty is not None:
+        kwargs["repetition_penalty"] = _check_finite(repetition_penalty, "repetition_penalty")
+    eos = _eos_ids(model)
+    pad = tok.pad_token_id
+    from tqdm.auto import tqdm
+
+    texts: list[str] = []
+    prompt_ids: list[torch.Tensor] = []
+    new_ids: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
+    starts = range(0, len(prompts), int(batch_size))
+    bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2)
+    for b, start in enumerate(bar):
+        chunk = prompts[start : start + int(batch_size)]
+        enc = tok(chunk, return_tensors="pt", padding=True)
+        inputs = {
+            "input_ids": enc["input_ids"].to(model.device),
+            "attention_mask": enc["attention_mask"].to(model.device),
+        }
+        torch.manual_seed(int(seed) + b)
+        with torch.inference_mode():
+            out = _generate_batch(model, plan, inputs, kwargs, backend)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        n_prompt = inputs["input_ids"].shape[1]
+        for row in range(len(chunk)):
+            ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
+            gen = seqs[row, n_prompt:].cpu()
+            cut = len(gen)
+            for i, t in enumerate(gen.tolist()):
+                if t in eos:
+                    cut = i + 1
+                    break
+            gen = gen[:cut]
+            if pad is not None and pad not in eos:
+                gen = gen[gen != pad]
+            prompt_ids.append(ids)
+            new_ids.append(gen)
+            texts.append(tok.decode(gen, skip_special_tokens=True))
+        if return_first_step_probs:
+            logits = forward_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], ivs,
+                last_only=True, backend=backend,
+            )
+            probs.append(torch.softmax(logits[:, -1].float(), dim=-1).cpu())
+    return Generation(
+        texts, prompt_ids, new_ids, torch.cat(probs) if return_first_step_probs else None
+    )
+
+
+def generate(
+    model: LapeModel,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] | Intervention = (),
+    *,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    repetition_penalty: float | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    return_first_step_probs: bool = False,
+    backend: str = "nnsight",
+) -> list[str] | tuple[list[str], torch.Tensor]:
+    """Generates a continuation of each prompt with interventions on every step.
+
+    Prompts are batched with left padding; only the new tokens are decoded. Interventions
+    apply at every forward of the generation according to their ``positions`` (``"all"``
+    covers every generated token, the first included).
+
+    Args:
+        model: The loaded model.
+        prompts: Non-empty prompt strings.
+        interventions: Applied in list order at every step they cover.
+        max_new_tokens: Tokens to generate at most per prompt.
+        do_sample: Sample (else greedy).
+        temperature: Sampling temperature (sampling only).
+        top_p: Nucleus sampling threshold (sampling only). Top-k filtering is off
+            (``top_k=0``, not the transformers default of 50) unless
+            :func:`generate_detailed` is given ``top_k``.
+        repetition_penalty: HF repetition penalty (the paper used 1.1), or ``None``.
+        batch_size: Prompts per forward.
+        seed: Seed of the global RNG before each batch (``seed + batch index``).
+        return_first_step_probs: Also return the next-token distribution of the first
+            generated step.
+        backend: ``"nnsight"`` or ``"hooks"`` (same semantics, same tokens).
+
+    Returns:
+        The decoded new texts, one per prompt; with ``return_first_step_probs``, a tuple
+        ``(texts, probs [n_prompts, vocab] float32)``.
+
+    Raises:
+        InterventionError: empty prompts, an intervention that does not fit the model.
+    """
+    out = generate_detailed(
+        model, prompts, interventions, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
+        batch_size=batch_size, seed=seed, return_first_step_probs=return_first_step_probs,
+        backend=backend,
+    )
+    if return_first_step_probs:
+        return out.texts, out.first_step_probs
+    return out.texts
