@@ -87,6 +87,22 @@ def _token_nll(
     return total, count
 
 
+def _chunk_nll(model, chunks, ivs, batch_size, backend, bar=None):
+    """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``."""
+    sums = torch.zeros(chunks.shape[0], dtype=torch.float64)
+    counts = torch.zeros(chunks.shape[0], dtype=torch.int64)
+    for start in range(0, chunks.shape[0], int(batch_size)):
+        ids = chunks[start : start + int(batch_size)]
+        logits = forward_logits(model, ids, None, ivs, backend=backend)
+        for row in range(ids.shape[0]):
+            s, c = _token_nll(logits[row : row + 1], ids[row : row + 1], None)
+            sums[start + row], counts[start + row] = s, c
+        del logits
+        if bar is not None:
+            bar.update(int(ids.shape[0]))
+    return sums, counts
+
+
 def nll(
     model: LapeModel,
     chunks: torch.Tensor,
@@ -430,26 +446,36 @@ def perplexity_matrix(
     if missing:
         log.warning("no held-out text for %s: their diagonal will be NaN", missing)
 
-    chunks = {lang: heldout.chunks[lang] for lang in cols}
-    total = sum(int(c.shape[0]) for c in chunks.values())
+    # all columns' chunks in one tensor, so that a row's forward passes are full batches
+    # even when each language has only a chunk or two
+    chunks = [heldout.chunks[lang] for lang in cols]
+    owner = torch.cat([torch.full((int(c.shape[0]),), j) for j, c in enumerate(chunks)])
+    stacked = torch.cat(chunks) if len({c.shape[1] for c in chunks}) == 1 else None
+    total = int(owner.numel())
     n_forward = sum(1 for _, _, iv in specs if iv is None or iv.n_neurons > 0)
-    bar = tqdm(
-        total=total * n_forward, desc="perplexity matrix", unit="chunk", disable=not progress
-    )
+    bar = tqdm(total=total * n_forward, desc="perplexity matrix", unit="chunk", disable=not progress)
     base: dict[str, tuple[float, int]] = {}
     records = []
     for kind, lang, iv in specs:
         label = _row_label(kind, lang)
-        for col in cols:
-            if iv is not None and iv.n_neurons == 0:
-                value, count = base[col]
-            else:
-                bar.set_postfix_str(f"{label} on {col}")
-                value, count = nll(
-                    model, chunks[col], [] if iv is None else [iv], batch_size,
-                    progress=False, backend=backend,
-                )
-                bar.update(int(chunks[col].shape[0]))
+        if iv is not None and iv.n_neurons == 0:
+            per_col = [base[col] for col in cols]
+        else:
+            bar.set_postfix_str(label)
+            ivs = [] if iv is None else [iv]
+            if stacked is not None:
+                sums, counts = _chunk_nll(model, stacked, ivs, batch_size, backend, bar)
+                per_col = [
+                    (float(sums[owner == j].sum() / counts[owner == j].sum()),
+                     int(counts[owner == j].sum()))
+                    for j in range(len(cols))
+                ]
+            else:  # chunks of different lengths: one language at a time
+                per_col = []
+                for c in chunks:
+                    per_col.append(nll(model, c, ivs, batch_size, progress=False, backend=backend))
+                    bar.update(int(c.shape[0]))
+        for col, (value, count) in zip(cols, per_col):
             if kind == "none":
                 base[col] = (value, count)
             records.append(

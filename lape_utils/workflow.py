@@ -306,7 +306,7 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
             plots.save_figure(plots.plot_stability(stab, kind="jaccard", config=lape_cfg),
                               figs / "stability.png", close=True)
         try:
-            published = analysis.published_sets(download=False)
+            published = analysis.published_sets(download=True)
         except Exception as err:  # offline and not cached: say so in the summary
             published = {}
             summary["published_sets"] = f"not available: {err}"
