@@ -166,6 +166,38 @@ def cached_steering(
     return out
 
 
+def cached_sweep(
+    model: LapeModel,
+    selection,
+    stats,
+    prompts: Sequence[str],
+    target: str,
+    cache_dir: str | os.PathLike,
+    *,
+    source: str | None = "en",
+    strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
+    mode: str = "set",
+    max_new_tokens: int = 32,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`lape_utils.steer.strength_sweep`, cached as CSV under ``cache_dir/steering``."""
+    from .steer import strength_sweep
+
+    key = _digest({
+        "model": model.fingerprint, "dtype": str(model.dtype), "neurons": selection_digest(selection),
+        "prompts": list(prompts), "target": target, "source": source, "mode": mode,
+        "strengths": [float(x) for x in strengths], "max_new_tokens": max_new_tokens, "seed": seed,
+    })
+    path = Path(cache_dir) / "steering" / f"sweep_{target}_{key}.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    sweep = strength_sweep(model, selection, stats, list(prompts), target, source, list(strengths),
+                           mode, max_new_tokens=max_new_tokens, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep.to_csv(path, index=False)
+    return sweep
+
+
 def steering_table(results: dict) -> pd.DataFrame:
     """One row per (target, neuron set): target and source rates and costs."""
     frames = []
@@ -340,11 +372,9 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         table.to_csv(out / "steering_summary.csv", index=False)
         for target, result in results.items():
             result.to_jsonl(out / f"steering_{target}.jsonl", overwrite=True)
-        from .steer import strength_sweep
-
-        sweep = strength_sweep(model, selection, stats, prompts, cfg.steer_targets[0],
-                               cfg.steer_source, cfg.sweep_strengths,
-                               max_new_tokens=cfg.steer_max_new_tokens, seed=cfg.seed)
+        sweep = cached_sweep(model, selection, stats, prompts, cfg.steer_targets[0], cache,
+                             source=cfg.steer_source, strengths=cfg.sweep_strengths,
+                             max_new_tokens=cfg.steer_max_new_tokens, seed=cfg.seed)
         sweep.to_csv(out / "steering_sweep.csv", index=False)
         plots.save_figure(plots.plot_steering_sweep(sweep), figs / "steering_sweep.png", close=True)
     summary["steering"] = table.round(4).to_dict(orient="records")
@@ -427,7 +457,7 @@ def _md_table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     cols = [str(c) for c in df.columns]
     lines = ["| " + " | ".join([str(df.index.name or "")] + cols) + " |",
              "|" + "---|" * (len(cols) + 1)]
-    for idx, row in df.iterrows():
+    for idx, *row in df.itertuples(name=None):
         cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
         lines.append("| " + " | ".join([str(idx)] + cells) + " |")
     return "\n".join(lines)
