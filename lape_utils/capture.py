@@ -58,12 +58,14 @@ def reduce_site(
         boot_over_zero [rep, neuron] int64 or None)``.
     """
     b, s = count_mask.shape
-    act = act.reshape(b, s, act.shape[-1])
-    mask = count_mask.to(act.device)
-    active = (act > 0) & mask[..., None]
-    per_seq = active.sum(dim=1)  # [batch, neuron] int64
+    act = act.reshape(b, s, act.shape[-1]).float()
+    # masked sums over positions as batched matrix products: one pass over the activations,
+    # no [batch, pos, neuron] temporaries beyond the sign mask; float32 counts are exact up
+    # to 2**24 positions per sequence
+    mask = count_mask.to(device=act.device, dtype=torch.float32)[:, None, :]  # [batch, 1, pos]
+    per_seq = torch.bmm(mask, (act > 0).float())[:, 0].long()  # [batch, neuron]
     over_zero = per_seq.sum(dim=0)
-    act_sum = (act * mask[..., None].to(act.dtype)).sum(dim=1).double().sum(dim=0)
+    act_sum = torch.bmm(mask, act)[:, 0].double().sum(dim=0)
     boot = None
     if weights is not None:
         boot = weights.to(per_seq.device) @ per_seq  # [rep, neuron]
