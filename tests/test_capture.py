@@ -237,3 +237,22 @@ def test_top_activating_contexts_are_the_largest_activations(tiny, packed):
     assert (df.position > 0).all()
     with pytest.raises(ValueError, match="outside"):
         top_activating_contexts(model, packed, layer=5, neuron=0)
+
+
+def test_a_model_dispatched_by_accelerate_captures_the_same(packed):
+    """A sharded model carries accelerate's device-alignment hooks on every module (what
+    ``device_map="auto"`` installs over several GPUs); capture must not notice them."""
+    from accelerate import dispatch_model
+
+    from lape_utils import load_model
+
+    plain = load_model("tiny-llama", seed=4)
+    sharded = load_model("tiny-llama", seed=4)
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    dispatch_model(sharded.hf, device_map=device_map, main_device="cpu", force_hooks=True)
+    assert hasattr(sharded.hf.model.layers[1], "_hf_hook")
+    a = capture(plain, packed, replicates=2, progress=False)
+    b = capture(sharded, packed, replicates=2, progress=False)
+    assert torch.equal(a.over_zero, b.over_zero)
+    assert torch.equal(a.boot_over_zero, b.boot_over_zero)
