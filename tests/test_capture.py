@@ -256,3 +256,18 @@ def test_a_model_dispatched_by_accelerate_captures_the_same(packed):
     b = capture(sharded, packed, replicates=2, progress=False)
     assert torch.equal(a.over_zero, b.over_zero)
     assert torch.equal(a.boot_over_zero, b.boot_over_zero)
+
+
+@pytest.mark.gpu
+def test_capture_on_a_gpu_agrees_with_the_cpu(packed):
+    """Same model on CUDA: counts agree up to sign flips of near-zero activations."""
+    from lape_utils import load_model
+
+    cpu = load_model("tiny-llama", seed=5)
+    gpu = load_model("tiny-llama", seed=5)
+    gpu.hf.to("cuda")
+    a = capture(cpu, packed, replicates=0, progress=False)
+    b = capture(gpu, packed, replicates=0, progress=False)
+    assert torch.equal(a.n, b.n)
+    assert (a.over_zero - b.over_zero).abs().sum() <= 1e-3 * a.over_zero.sum()
+    assert torch.allclose(a.activation_sum, b.activation_sum, rtol=1e-3, atol=1e-2)
