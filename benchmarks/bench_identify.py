@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from lape_utils.lape import LapeConfig, identify
+from lape_utils.reference import reference_identify
 
 SIZES = [
     ("embedded (18x2048x10)", (18, 2048, 10), 0.1),
@@ -42,33 +43,6 @@ def synthetic_counts(
     base = torch.rand(n_layers, n_neurons, 1, generator=g)
     profile = torch.rand(n_layers, n_neurons, n_lang, generator=g) ** 4
     return (base * profile * n).long(), n
-
-
-def reference_identify(
-    over_zero: torch.Tensor, n: torch.Tensor, top_rate=0.01, filter_rate=0.95, bar_ratio=0.95
-):
-    """The reference algorithm (RUCAIBox identify.py), transcribed, for timing only."""
-    n_layers, n_neurons, _ = over_zero.shape
-    probs = over_zero / n
-    normed = probs / probs.sum(dim=-1, keepdim=True)
-    normed[torch.isnan(normed)] = 0
-    entropy = -torch.sum(normed * torch.where(normed > 0, normed.log(), 0), dim=-1)
-    pooled = probs.flatten()
-    tau = pooled.kthvalue(round(len(pooled) * filter_rate)).values.item()
-    entropy[(probs > tau).sum(dim=-1) == 0] = torch.inf
-    _, idx = entropy.flatten().topk(round(entropy.numel() * top_rate), largest=False)
-    rows, cols = idx // n_neurons, idx % n_neurons
-    chosen = probs[rows, cols].transpose(0, 1)
-    bar = pooled.kthvalue(round(len(pooled) * bar_ratio)).values.item()
-    lang_of, which = torch.where(chosen > bar)
-    pairs = torch.stack((rows, cols), dim=-1)
-    out = []
-    for chunk in which.split(torch.bincount(lang_of).tolist()):
-        per_layer: list[list[int]] = [[] for _ in range(n_layers)]
-        for layer, neuron in sorted(tuple(r.tolist()) for r in pairs[chunk]):
-            per_layer[layer].append(neuron)
-        out.append([torch.tensor(x).long() for x in per_layer])
-    return out
 
 
 def timings(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -103,7 +77,7 @@ def main() -> None:
     for label, shape, budget in SIZES:
         over_zero, n = synthetic_counts(shape)
         langs = [f"l{k}" for k in range(shape[2])]
-        t_ref, m_ref = timings(lambda: reference_identify(over_zero, n), max(1, args.repeats // 2))
+        t_ref, m_ref = timings(lambda: reference_identify(over_zero, n, 0.01, 0.95, 0.95), max(1, args.repeats // 2))
         cases = [
             ("identify (paper config)", lambda: identify(over_zero, n, langs, paper)),
             ("identify (bar 0.9 != filter 0.95)", lambda: identify(over_zero, n, langs, slider)),
