@@ -290,7 +290,21 @@ def test_steering_panel_in_jupyterlab(page, lab):
     panel = page.locator(".lape-steering")
     panel.wait_for(state="visible")
     assert panel.locator(".lape-prompt textarea").input_value().strip()
+    message = panel.locator(".lape-steering-message")
+    # the notebook already generated once: count the message's changes from now on, and
+    # wait until this click's run has changed it and finished
+    page.evaluate(
+        "(el) => { window.__lapeChanges = 0; new MutationObserver(() => window.__lapeChanges++)"
+        ".observe(el, {subtree: true, childList: true, characterData: true}); }",
+        message.element_handle(),
+    )
     panel.locator(".lape-generate").click()
+    page.wait_for_function(
+        "(el) => window.__lapeChanges > 0 && el.innerText.includes('done in')"
+        " && !el.innerText.includes('generating')",
+        arg=message.element_handle(),
+        timeout=UI_MS,
+    )
     steered = panel.locator(".lape-steered .lape-detected")
     unsteered = panel.locator(".lape-unsteered .lape-detected")
     steered.wait_for(state="visible", timeout=UI_MS)
@@ -299,5 +313,4 @@ def test_steering_panel_in_jupyterlab(page, lab):
     _shot(page, "steering-answers")
     assert "detected:" in steered.inner_text() and "detected:" in unsteered.inner_text()
     assert "steered to" in panel.locator(".lape-steered").inner_text()
-    message = panel.locator(".lape-steering-message").inner_text()
-    assert "done in" in message, message
+    assert "done in" in message.inner_text(), message.inner_text()
