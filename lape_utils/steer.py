@@ -457,6 +457,55 @@ def _target_ids(model, target, contrast, token_corpus) -> torch.Tensor | None:
         return None
 
 
+@dataclass
+class _Runner:
+    """What :func:`steer` and :func:`strength_sweep` share: the prompts formatted, the
+    unsteered baseline generated once, the target-token ids, and the neuron sets to run."""
+
+    model: LapeModel
+    stats: ActivationStats | None
+    prompts: list[str]
+    formatted: list[str]
+    sets: list[tuple[str, NeuronSelection]]
+    target: str
+    source: str | None
+    zero_source: bool
+    mode: str
+    positions: str
+    gen_kwargs: dict
+    backend: str
+    base: _Baseline
+    target_ids: torch.Tensor | None
+
+    @classmethod
+    def prepare(cls, model, selection, stats, prompts, target, source, zero_source, mode,
+                positions, random_control, seed, template, gen_kwargs, contrast, token_corpus,
+                backend) -> _Runner:
+        if "{prompt}" not in template:
+            raise InterventionError(f"template {template!r} has no '{{prompt}}' field")
+        sets = [("lape", selection)]
+        if random_control:
+            from .lape import random_matched
+
+            sets.append(("random", random_matched(selection, seed)))
+        formatted = [template.format(prompt=p) for p in prompts]
+        target_ids = _target_ids(model, target, contrast, token_corpus)
+        base = _baseline(model, formatted, gen_kwargs, backend)
+        return cls(model, stats, list(prompts), formatted, sets, target, source, zero_source,
+                   mode, positions, gen_kwargs, backend, base, target_ids)
+
+    def at(self, strength: float) -> list[pd.DataFrame]:
+        """One result table per neuron set, steered at ``strength``."""
+        return [
+            _run_set(
+                self.model, sel, self.stats, self.prompts, self.formatted, self.target,
+                self.source, self.zero_source, self.mode, strength, self.positions,
+                self.gen_kwargs, self.backend, self.base, self.target_ids, name,
+            )
+            for name, sel in self.sets
+        ]
+
+
 def steer(
     model: LapeModel,
     selection: NeuronSelection,
@@ -520,31 +569,18 @@ def steer(
             language absent from the neuron set or statistics, non-finite strength, a neuron
             set or statistics of another model, an unknown mode.
     """
-    if "{prompt}" not in template:
-        raise InterventionError(f"template {template!r} has no '{{prompt}}' field")
     prompts = _check_setup(
         model, selection, stats, target, source, zero_source, mode, strength, prompts
     )
-    rnd = None
-    if random_control:
-        from .lape import random_matched
-
-        rnd = random_matched(selection, seed)
-    formatted = [template.format(prompt=p) for p in prompts]
     gen_kwargs = dict(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
         top_p=top_p, repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed,
     )
-    target_ids = _target_ids(model, target, contrast or source or "en", token_corpus)
-    base = _baseline(model, formatted, gen_kwargs, backend)
-    parts = []
-    for name, sel in [("lape", selection)] + ([("random", rnd)] if rnd is not None else []):
-        parts.append(
-            _run_set(
-                model, sel, stats, prompts, formatted, target, source, zero_source, mode,
-                strength, positions, gen_kwargs, backend, base, target_ids, name,
-            )
-        )
+    run = _Runner.prepare(model, selection, stats, prompts, target, source, zero_source, mode,
+                          positions, random_control, seed, template, gen_kwargs,
+                          contrast or source or "en", token_corpus, backend)
+    parts = run.at(strength)
+    target_ids = run.target_ids
     config = _config(model, selection, target, source, zero_source, mode, strength, positions,
                      random_control, seed, template, gen_kwargs, contrast or source or "en",
                      target_ids)
@@ -604,8 +640,6 @@ def strength_sweep(
         DataFrame, one row per (strength, neuron set): ``strength``, ``neurons`` (``"lape"``
         / ``"random"``), and the columns of :meth:`SteerResult.summary`.
     """
-    if "{prompt}" not in template:
-        raise InterventionError(f"template {template!r} has no '{{prompt}}' field")
     strengths = [_check_finite(s, "strength") for s in strengths]
     if not strengths:
         raise InterventionError("no strengths given")
@@ -613,28 +647,16 @@ def strength_sweep(
         prompts = _check_setup(
             model, selection, stats, target, source, zero_source, mode, s, prompts
         )
-    rnd = None
-    if random_control:
-        from .lape import random_matched
-
-        rnd = random_matched(selection, seed)
-    formatted = [template.format(prompt=p) for p in prompts]
     gen_kwargs = dict(
         max_new_tokens=max_new_tokens, do_sample=False, temperature=1.0, top_p=1.0,
         repetition_penalty=repetition_penalty, batch_size=batch_size, seed=seed,
     )
-    target_ids = _target_ids(model, target, source or "en", "builtin")
-    base = _baseline(model, formatted, gen_kwargs, backend)
+    run = _Runner.prepare(model, selection, stats, prompts, target, source, zero_source, mode,
+                          positions, random_control, seed, template, gen_kwargs,
+                          source or "en", "builtin", backend)
     frames = []
     for s in strengths:
-        parts = []
-        for name, sel in [("lape", selection)] + ([("random", rnd)] if rnd is not None else []):
-            parts.append(
-                _run_set(
-                    model, sel, stats, prompts, formatted, target, source, zero_source, mode, s,
-                    positions, gen_kwargs, backend, base, target_ids, name,
-                )
-            )
+        parts = run.at(s)
         result = SteerResult(
             pd.concat(parts, ignore_index=True), {"target": target, "source": source}
         )
