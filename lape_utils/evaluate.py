@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ._files import refuse_overwrite
 from .intervene import (
     Intervention,
     InterventionError,
@@ -355,8 +356,7 @@ class PplMatrix:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True or another path")
+        refuse_overwrite([path], overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tidy().to_csv(path, index=False)
         Path(str(path) + ".json").write_text(json.dumps(self.meta, indent=2, default=str))

@@ -32,6 +32,8 @@ from typing import Any, NamedTuple
 import pandas as pd
 import torch
 
+from ._files import refuse_overwrite
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -436,7 +438,7 @@ class NeuronSelection:
         """
         path = Path(path)
         sidecar = _sidecar(path)
-        _refuse_overwrite([path, sidecar], overwrite)
+        refuse_overwrite([path, sidecar], overwrite)
         config_json = _to_json(self.config, "config")
         provenance_json = _to_json(self.provenance, "provenance")
         payload = {
@@ -550,7 +552,7 @@ class NeuronSelection:
             The path written.
         """
         path = Path(path)
-        _refuse_overwrite([path], overwrite)
+        refuse_overwrite([path], overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save([[t.clone() for t in self.indices[lang]] for lang in self.languages], path)
         return path
@@ -818,17 +820,6 @@ def _split_flat(flat: torch.Tensor, n_layers: int, n_neurons: int) -> list[torch
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    existing = [str(p) for p in paths if p.exists()]
-    if existing:
-        raise FileExistsError(
-            f"refusing to overwrite {', '.join(existing)}; pass overwrite=True to replace, "
-            "or choose another path."
-        )
 
 
 def _to_json(obj: Any, what: str) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ._files import refuse_overwrite
+
 log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.pt"
@@ -166,10 +168,7 @@ class ActivationStats:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / STATS_FILE
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target} already exists; pass overwrite=True (or --overwrite) to replace it"
-            )
+        refuse_overwrite([target], overwrite)
         payload = {
             "languages": self.languages,
             "n": self.n,
@@ -237,8 +236,7 @@ class ActivationStats:
         paths = []
         for i, lang in enumerate(self.languages):
             path = directory / f"activation.{lang}.train.{tag}"
-            if path.exists() and not overwrite:
-                raise FileExistsError(f"{path} already exists; pass overwrite=True")
+            refuse_overwrite([path], overwrite)
             over_zero = self.over_zero[..., i]
             if over_zero.numel() == 0 or int(over_zero.max()) < 2**31:
                 over_zero = over_zero.to(torch.int32)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from ._files import refuse_overwrite
 from .evaluate import score_continuations
 from .intervene import (
     Generation,
@@ -297,8 +298,7 @@ class SteerResult:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
         """
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True or another path")
+        refuse_overwrite([path], overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         head = {k: self.config.get(k) for k in ("target", "source", "mode", "strength")}
         with open(path, "w", encoding="utf-8") as fh:
