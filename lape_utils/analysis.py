@@ -1,6 +1,7 @@
-"""Tables that describe a neuron selection: where the neurons sit, how languages overlap,
-how the thresholds cut the entropy distribution, how stable the selection is, and how it
-compares with the paper's published sets.
+"""Tables that describe a neuron selection: where its neurons sit, overlaps, thresholds.
+
+How languages overlap, how the thresholds cut the entropy distribution and how stable the
+selection is, too.
 
 Pure pandas/torch: no plotting and no model. Every table puts languages in the one
 module-level order of :data:`lape_utils.languages.LANGUAGE_ORDER` (via
@@ -21,47 +22,40 @@ L      bottom       top
 
 The paper (``lape-method.md`` §5) says the LLaMA-2 sets sit mostly in the bottom
 (layers 0-1) and top layers and the BLOOM, Mistral, OPT and Phi-2 sets mostly in the top
-quarter; :func:`compare_with_published` measures this on the files themselves (what they
-really show is written down in its docstring).
+quarter; :func:`lape_utils.published.compare_with_published` measures this on the files
+themselves (what they really show is written down in its docstring).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from lape_utils.config import LapeConfig
 from lape_utils.languages import sort_languages
-from lape_utils.lape import LapeConfig, activation_probability, identify, lape_entropy
-from lape_utils.selection import (
-    OFFICIAL_MODELS,
-    NeuronSelection,
-    download_official,
-    official_path,
-)
+from lape_utils.lape import activation_probability, identify, lape_entropy
+from lape_utils.selection import NeuronSelection
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "REGIONS",
     "EntropyTable",
-    "compare_with_published",
     "depth_profile",
     "entropy_table",
+    "layer_counts",
     "layer_distribution",
     "layer_region_shares",
     "layer_share",
     "overlap",
     "probability_profiles",
-    "published_sets",
     "region_layers",
     "relative_depth",
     "selection_frequencies",
@@ -105,6 +99,28 @@ def layer_distribution(selection: NeuronSelection, *, union: bool = False) -> pd
     return counts
 
 
+def layer_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
+    """Neurons per layer and language with the ``"all"`` column, from a selection or a table.
+
+    The common input of the depth and region tables: a selection, or a count table as
+    :func:`lape_utils.published.published_counts` reads it (the paper's sets without their
+    indices), which must carry ``attrs["n_neurons"]`` and an ``"all"`` column.
+
+    Returns:
+        :func:`layer_distribution` with ``union=True``, ``attrs["n_neurons"]`` set.
+    """
+    if isinstance(data, NeuronSelection):
+        counts = layer_distribution(data, union=True)
+        counts.attrs["n_neurons"] = data.n_neurons
+        return counts
+    if ALL not in data.columns or "n_neurons" not in data.attrs:
+        raise ValueError(
+            "a count table needs an 'all' column (distinct neurons per layer) and "
+            "attrs['n_neurons']; see lape_utils.published.published_counts()."
+        )
+    return data
+
+
 def layer_share(selection: NeuronSelection, *, union: bool = False) -> pd.DataFrame:
     """Share of each layer's FFN neurons that belong to each language.
 
@@ -136,7 +152,9 @@ def relative_depth(n_layers: int) -> np.ndarray:
     return np.arange(n_layers) / (n_layers - 1)
 
 
-def depth_profile(selection: NeuronSelection, language: str | None = None) -> pd.DataFrame:
+def depth_profile(
+    selection: NeuronSelection | pd.DataFrame, language: str | None = None
+) -> pd.DataFrame:
     """How a selection's neurons are spread over the depth of the network.
 
     Comparable across models of different depth: ``density`` is the fraction of the
@@ -144,7 +162,7 @@ def depth_profile(selection: NeuronSelection, language: str | None = None) -> pd
     drawn against ``relative_depth``.
 
     Args:
-        selection: The selection.
+        selection: The selection, or a count table (see :func:`layer_counts`).
         language: One language, or ``None`` for the distinct neurons of all languages.
 
     Returns:
@@ -152,21 +170,20 @@ def depth_profile(selection: NeuronSelection, language: str | None = None) -> pd
         selection's neurons; sums to 1, or NaN when the selection is empty), ``density``
         (``fraction · L``) and ``cumulative`` (running sum of ``fraction``).
     """
-    if language is None:
-        count = selection.union().sum(dim=1).numpy().astype(int)
-    else:
-        count = selection.counts()[language].to_numpy()
+    table = layer_counts(selection)
+    count = table[ALL if language is None else language].to_numpy()
+    n_layers = len(table)
     total = count.sum()
     fraction = count / total if total else np.full(len(count), np.nan)
     df = pd.DataFrame(
         {
-            "relative_depth": relative_depth(selection.n_layers),
+            "relative_depth": relative_depth(n_layers),
             "count": count,
             "fraction": fraction,
-            "density": fraction * selection.n_layers,
+            "density": fraction * n_layers,
             "cumulative": np.cumsum(fraction),
         },
-        index=pd.RangeIndex(selection.n_layers, name="layer"),
+        index=pd.RangeIndex(n_layers, name="layer"),
     )
     return df
 
@@ -203,7 +220,7 @@ def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict
 
 
 def layer_region_shares(
-    selection: NeuronSelection, bottom: float = 0.1, top: float = 0.25
+    selection: NeuronSelection | pd.DataFrame, bottom: float = 0.1, top: float = 0.25
 ) -> pd.DataFrame:
     """Share of each language's neurons in the bottom, middle and top layers.
 
@@ -212,7 +229,7 @@ def layer_region_shares(
     LLaMA-2's sets sit mostly in bottom + top, the other models' in the top quarter.
 
     Args:
-        selection: The selection.
+        selection: The selection, or a count table (see :func:`layer_counts`).
         bottom: Fraction of layers counted as bottom.
         top: Fraction of layers counted as top.
 
@@ -221,8 +238,8 @@ def layer_region_shares(
         of any language): ``count`` and the shares ``bottom``, ``middle``, ``top`` (each row
         sums to 1; NaN for a language with no neurons).
     """
-    regions = region_layers(selection.n_layers, bottom, top)
-    counts = layer_distribution(selection, union=True)
+    counts = layer_counts(selection)
+    regions = region_layers(len(counts), bottom, top)
     rows = {}
     for lang in counts.columns:
         col = counts[lang].to_numpy()
@@ -271,144 +288,6 @@ def overlap(selection: NeuronSelection) -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
-# ============================================================================ published
-
-
-def published_sets(
-    names: Sequence[str] | None = None,
-    directory: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-) -> dict[str, NeuronSelection]:
-    """Load the paper's published neuron sets.
-
-    Where each file is found:
-
-    * ``directory`` given: ``<directory>/<name>.neuron.pth`` (nothing else is tried);
-    * else :func:`~lape_utils.selection.official_path`: ``$LAPE_OFFICIAL_DIR``, then the
-      cache ``~/.cache/lape_utils/official``;
-    * else, with ``download=True``, :func:`~lape_utils.selection.download_official` fetches
-      it from the authors' repository into the cache (needs the internet).
-
-    Args:
-        names: Published set names (see :data:`~lape_utils.selection.OFFICIAL_MODELS`:
-            ``"LLaMA-2-7B"``, ``"LLaMA-2-13B"``, ``"LLaMA-2-70B"``, ``"BLOOM-7B"``,
-            ``"Mistral-7B"``, ``"OPT-6.7B"``, ``"Phi-2-2.7B"``); ``None`` for all seven.
-        directory: A folder holding the files.
-        download: Download missing files (ignored when ``directory`` is given).
-
-    Returns:
-        ``{name: NeuronSelection}`` in the order of ``names``.
-
-    Raises:
-        ValueError: An unknown name.
-        FileNotFoundError: A file is in none of the places looked at (and ``download`` is
-            off or ``directory`` was given).
-        ConnectionError: A download failed.
-    """
-    names = list(OFFICIAL_MODELS) if names is None else list(names)
-    unknown = [n for n in names if n not in OFFICIAL_MODELS]
-    if unknown:
-        raise ValueError(
-            f"unknown published set(s) {unknown}; known: {', '.join(OFFICIAL_MODELS)}."
-        )
-    out: dict[str, NeuronSelection] = {}
-    for name in names:
-        info = OFFICIAL_MODELS[name]
-        if directory is not None:
-            path = Path(directory) / f"{name}.neuron.pth"
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{path} not found; the folder should hold the published "
-                    f"<name>.neuron.pth files (or pass directory=None to use the cache)."
-                )
-        elif download:
-            path = download_official(name)
-        else:
-            path = official_path(name)
-        out[name] = NeuronSelection.from_official(path, n_neurons=info.n_neurons)
-        logger.debug("loaded published set %s from %s", name, path)
-    return out
-
-
-def compare_with_published(
-    ours: NeuronSelection | None,
-    published: Mapping[str, NeuronSelection],
-    *,
-    ours_name: str = "ours",
-    bottom: float = 0.1,
-    top: float = 0.25,
-) -> pd.DataFrame:
-    """One line per model: size of the selection and where in the network it sits.
-
-    What the seven published files really show (defaults bottom 10%, top 25%; shares of the
-    distinct selected neurons; checked in ``tests/test_analysis.py``)::
-
-        model        layers  % selected  % per language  bottom  middle  top   peak layer
-        LLaMA-2-7B     32       1.00      0.027-0.303     0.26    0.32   0.42      0
-        LLaMA-2-13B    40       1.00      0.029-0.286     0.26    0.40   0.34      0
-        LLaMA-2-70B    80       1.00      0.032-0.284     0.21    0.32   0.47      1
-        BLOOM-7B       30       1.00      0.091-0.574     0.00    0.02   0.98     29
-        Mistral-7B     32       1.00      0.017-0.339     0.03    0.21   0.75     28
-        OPT-6.7B       32       1.00      0.066-0.300     0.03    0.25   0.73     29
-        Phi-2-2.7B     32       1.00      0.016-0.341     0.01    0.14   0.86     29
-
-    So: every set is exactly 1% of the FFN neurons. The LLaMA-2 sets have a real bottom
-    cluster, nearly all of it in layers 0-1 (19-26% of each set; 7B: 768 neurons in layer
-    0, its largest layer, and 125 in layer 1), on top of the top-layer mass.
-    "Mostly bottom and top" holds for 7B and 70B (68% and 68% in bottom + top) but only
-    narrowly for 13B (60%), where the middle region (0.40) holds more than the top quarter
-    (0.34). BLOOM, Mistral, OPT and Phi-2 sit mostly in the top quarter (73-98%), BLOOM
-    almost entirely. Details the paper's summary hides: OPT has a second, smaller bump in
-    layers 5-10 (16% of its set); Mistral's mass peaks before the last layers (layers 27-29
-    hold 54%, the last two only 6%). Per language the sets hold 0.016-0.574% of the
-    neurons: wider than the paper's 0.02-0.34% (BLOOM's Indonesian set: 0.57%).
-
-    Args:
-        ours: Our selection (first line), or ``None`` for the published sets only.
-        published: ``{model name: selection}``, e.g. from :func:`published_sets`.
-        ours_name: Label of our line.
-        bottom: Fraction of layers counted as bottom (see :func:`region_layers`).
-        top: Fraction of layers counted as top.
-
-    Returns:
-        DataFrame indexed by ``model``: ``layers``, ``neurons_per_layer``,
-        ``total_neurons`` (``L·D``), ``languages``, ``selected`` (distinct neurons in any
-        language), ``pct_selected`` (percent of ``L·D``), ``pct_language_min`` /
-        ``pct_language_max`` (percent of ``L·D`` of the smallest / largest language set),
-        and the region shares ``bottom``, ``middle``, ``top`` of the distinct neurons.
-    """
-    sets: dict[str, NeuronSelection] = {}
-    if ours is not None:
-        sets[ours_name] = ours
-    for name, sel in published.items():
-        if name in sets:
-            raise ValueError(f"model name {name!r} used twice; pass another ours_name.")
-        sets[name] = sel
-    rows = {}
-    for name, sel in sets.items():
-        total = sel.n_layers * sel.n_neurons
-        per_lang = sel.counts().sum(axis=0)
-        shares = layer_region_shares(sel, bottom, top).loc[ALL]
-        selected = sel.total_distinct()
-        rows[name] = {
-            "layers": sel.n_layers,
-            "neurons_per_layer": sel.n_neurons,
-            "total_neurons": total,
-            "languages": len(sel.languages),
-            "selected": selected,
-            "pct_selected": 100.0 * selected / total,
-            "pct_language_min": 100.0 * per_lang.min() / total if len(per_lang) else math.nan,
-            "pct_language_max": 100.0 * per_lang.max() / total if len(per_lang) else math.nan,
-            "bottom": shares["bottom"],
-            "middle": shares["middle"],
-            "top": shares["top"],
-        }
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "model"
-    return df
-
-
 # ============================================================================ entropy
 
 
@@ -446,8 +325,10 @@ class EntropyTable:
     n_selected: int
 
     def probabilities(self) -> np.ndarray:
-        """Every ``P`` value pooled over layers, neurons and languages (the values the two
-        quantiles are taken of): ``float [L·D·K]``."""
+        """Every ``P`` value pooled over layers, neurons and languages: ``float [L·D·K]``.
+
+        These are the values the two quantiles are taken of.
+        """
         return self.frame[[f"prob_{lang}" for lang in self.languages]].to_numpy().ravel()
 
     def passing(self) -> pd.DataFrame:
@@ -605,12 +486,11 @@ def stability_table(result: Any, stable_at: float = 0.9) -> pd.DataFrame:
     return summ
 
 
-def selection_frequencies(result: Any, *, min_frequency: float = 0.0) -> pd.DataFrame:
+def selection_frequencies(result: Any) -> pd.DataFrame:
     """Selection frequency of every neuron selected in some replicate, tidy.
 
     Args:
         result: A :class:`~lape_utils.lape.StabilityResult`.
-        min_frequency: Keep neurons whose frequency is strictly above this.
 
     Returns:
         DataFrame with columns ``language`` (module order), ``layer``, ``neuron``,
@@ -620,7 +500,7 @@ def selection_frequencies(result: Any, *, min_frequency: float = 0.0) -> pd.Data
     frames = []
     for lang in _ordered(result.frequency):
         f = result.frequency[lang]
-        idx = (f > min_frequency).nonzero()
+        idx = (f > 0).nonzero()
         frames.append(
             pd.DataFrame(
                 {

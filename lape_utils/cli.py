@@ -1,10 +1,21 @@
-"""The ``lape`` command line: one sub-command per stage of the workbook."""
+"""The ``lape`` command line: one sub-command per stage of the workbook.
+
+``info`` (a model's neuron sites), ``capture`` (activation statistics), ``identify``
+(LAPE), ``ppl`` (the perplexity-change matrix), ``steer`` (steering and its measures) and
+``run`` (the main job)::
+
+    lape ppl --model gemma-3-270m --neurons sel.pt --corpus builtin \\
+        --tokens-per-language 4096 --out results/ppl.csv
+    lape steer --model gemma-3-270m --neurons sel.pt --stats results/stats \\
+        --prompts en --target fr --out results/steer-fr.jsonl
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -86,7 +97,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     print(packed.table().to_string(index=False))
     stats = capture(
         model, packed, args.out, batch_size=args.batch_size, replicates=args.replicates,
-        seed=args.seed, backend=args.backend, overwrite=args.overwrite,
+        seed=args.seed, overwrite=args.overwrite,
         remote=args.remote,
     )
     print(stats)
@@ -107,7 +118,9 @@ def _load_stats(path: str):
 
 def cmd_identify(args: argparse.Namespace) -> int:
     """Selects language-specific neurons from saved statistics."""
-    from .lape import LapeConfig, identify
+    from .config import LapeConfig
+    from .lape import identify
+    from .published import to_official
 
     stats = _load_stats(args.stats)
     if args.languages:
@@ -125,16 +138,125 @@ def cmd_identify(args: argparse.Namespace) -> int:
     print(sel)
     print(sel.counts().sum().to_string())
     if args.format == "official":
-        sel.to_official(args.out, overwrite=args.overwrite)
+        to_official(sel, args.out, overwrite=args.overwrite)
     else:
         sel.save(args.out, overwrite=args.overwrite)
     print(f"saved to {args.out}")
     return 0
 
 
+def load_neurons(path: str | os.PathLike, model=None):
+    """Reads a neuron set: a workbook selection file, or the paper's ``*.neuron.pth``.
+
+    For a paper-format file whose width cannot be told from its name, the width of
+    ``model`` is used when the layer counts agree (the file only bounds it from below).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: neither format.
+    """
+    from .published import from_official
+    from .selection import NeuronSelection
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"neuron file {str(path)!r} does not exist")
+    try:
+        return NeuronSelection.load(path)
+    except ValueError as err:
+        if "not a saved NeuronSelection" not in str(err):
+            raise
+    sel = from_official(path)
+    if (
+        model is not None
+        and sel.n_layers == model.n_layers
+        and sel.n_neurons < model.n_neurons
+    ):
+        sel = from_official(path, n_neurons=model.n_neurons)
+    return sel
+
+
+def _model(args):
+    from .models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    """Computes the perplexity-change matrix and writes it as CSV."""
+    from .evaluate import perplexity_matrix
+    from .intervene import check_selection
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite or another --out")
+    model = _model(args)
+    selection = load_neurons(args.neurons, model)
+    check_selection(model, selection)
+    if args.languages is None:
+        args.languages = ",".join(selection.languages)
+    heldout = _packed(args, model.tokenizer)
+    print(heldout.table().to_string())
+    matrix = perplexity_matrix(
+        model, selection, heldout, random_control=args.random_control, seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    matrix.to_csv(out, overwrite=args.overwrite)
+    print("\nΔNLL (rows: neurons deactivated, columns: held-out language)")
+    print(matrix.delta_table().round(4).to_string())
+    print("\nsummary")
+    print(matrix.summary().round(4).to_string())
+    print(f"\nsaved to {out} (+ {out.name}.json)")
+    return 0
+
+
+def _prompts(spec: str, limit: int | None) -> tuple[list[str], str | None]:
+    """Prompts from a file, or the built-in questions of a language code."""
+    from .corpus import load_prompts
+
+    if Path(spec).exists():
+        prompts, lang = load_prompts(spec), None
+    else:
+        prompts, lang = load_prompts("builtin", language=spec), spec
+    if limit is not None:
+        prompts = prompts[: int(limit)]
+    return prompts, lang
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    """Steers generation towards a language and writes every output as JSONL."""
+    from .intervene import check_selection
+    from .generation import GenerationConfig
+    from .steering import SteerSpec, steer
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite or another --out")
+    prompts, prompt_lang = _prompts(args.prompts, args.limit)
+    stats = _load_stats(args.stats) if args.stats else None
+    model = _model(args)
+    selection = load_neurons(args.neurons, model)
+    check_selection(model, selection)
+    spec = SteerSpec(
+        args.target, source=args.source or prompt_lang, zero_source=args.zero_source,
+        mode=args.mode, strength=args.strength, positions=args.positions,
+        template=args.template.replace("\\n", "\n"),
+    )
+    generation = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+        repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, seed=args.seed,
+    )
+    result = steer(model, selection, stats, prompts, spec, generation=generation,
+                   random_control=args.random_control)
+    result.to_jsonl(out, overwrite=args.overwrite)
+    print(result.summary().round(4).T.to_string())
+    print(f"\nsaved {len(result.rows)} lines to {out} (+ {out.name}.json)")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline, figures, notebooks and summary."""
-    from .workflow import JobConfig, run_main_job
+    from .job import JobConfig, run_main_job
 
     logging.getLogger("lape_utils.workflow").setLevel(logging.INFO)
     cfg = JobConfig(model=args.model, dtype=args.dtype, notebooks=not args.no_notebooks)
@@ -169,7 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--replicates", type=int, default=16, help="bootstrap replicates (0: none)")
-    p.add_argument("--backend", choices=["nnsight", "hooks"], default="nnsight")
     p.add_argument("--remote", action="store_true", help="run the trace on NDIF (nnsight remote)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if DIR holds statistics")
     p.add_argument("--out", required=True, help="output directory")
@@ -189,9 +310,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=cmd_identify)
 
-    from .cli_causal import register
+    p = sub.add_parser(
+        "ppl",
+        help="perplexity-change matrix: deactivate each language's neurons (+ random control)",
+    )
+    _add_model_args(p)
+    p.add_argument("--neurons", required=True,
+                   help="neuron set: a workbook selection file or the paper's *.neuron.pth")
+    _add_corpus_args(p, split="heldout")
+    p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=True,
+                   help="add same-size random rows (default: on)")
+    p.add_argument("--batch-size", type=int, default=4,
+                   help="chunks per forward (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output CSV (tidy; meta in OUT.json)")
+    p.set_defaults(func=cmd_ppl)
 
-    register(sub)
+    p = sub.add_parser("steer", help="steer generation to a target language and measure it")
+    _add_model_args(p)
+    p.add_argument("--neurons", required=True,
+                   help="neuron set: a workbook selection file or the paper's *.neuron.pth")
+    p.add_argument("--stats", default=None,
+                   help="activation statistics directory (mean activations; needed by set/add)")
+    p.add_argument("--prompts", required=True,
+                   help="a file of questions (one per line) or a language code of the built-in "
+                   "ones")
+    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--target", required=True, help="language to steer to")
+    p.add_argument("--source", default=None,
+                   help="the prompts' language (default: --prompts when it is a code)")
+    p.add_argument("--zero-source", action="store_true",
+                   help="also deactivate the source language's neurons")
+    p.add_argument("--mode", choices=["set", "add", "scale"], default="set",
+                   help="set := strength x mean activation on the target (paper), add += "
+                   "strength x that mean, scale *= strength (default: %(default)s)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--positions", choices=["all", "prompt", "generated", "last_prompt"],
+                   default="all", help="where to intervene (default: every position)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repetition-penalty", type=float, default=1.1, help="paper: 1.1")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--template", default="Q: {prompt}\nA:", help="prompt format (paper's default)")
+    p.add_argument("--random-control", action="store_true",
+                   help="also steer with same-size random neurons")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output JSONL (config and summary in OUT.json)")
+    p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default model")
     _add_model_args(p)

@@ -919,7 +919,7 @@ def pack(
     take_all: bool = False,
     bos: bool = True,
 ) -> PackedCorpus:
-    """Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
+    r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
     For each language: every document is tokenized without special tokens; documents are put
     in a seeded random order (the same permutation for languages with the same number of

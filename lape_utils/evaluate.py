@@ -88,13 +88,13 @@ def _token_nll(
     return total, count
 
 
-def _chunk_nll(model, chunks, ivs, batch_size, backend, bar=None):
+def _chunk_nll(model, chunks, ivs, batch_size, bar=None):
     """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``."""
     sums = torch.zeros(chunks.shape[0], dtype=torch.float64)
     counts = torch.zeros(chunks.shape[0], dtype=torch.int64)
     for start in range(0, chunks.shape[0], int(batch_size)):
         ids = chunks[start : start + int(batch_size)]
-        logits = forward_logits(model, ids, None, ivs, backend=backend)
+        logits = forward_logits(model, ids, None, ivs)
         for row in range(ids.shape[0]):
             s, c = _token_nll(logits[row : row + 1], ids[row : row + 1], None)
             sums[start + row], counts[start + row] = s, c
@@ -112,8 +112,6 @@ def nll(
     *,
     attention_mask: torch.Tensor | None = None,
     progress: bool = True,
-    desc: str = "nll",
-    backend: str = "nnsight",
 ) -> tuple[float, int]:
     """Mean next-token NLL of token chunks, with interventions.
 
@@ -128,8 +126,6 @@ def nll(
         batch_size: Chunks per forward pass.
         attention_mask: ``[n, seq]`` 1 for real tokens (left padding), or ``None``.
         progress: Show a tqdm progress bar.
-        desc: Its label.
-        backend: ``"nnsight"`` or ``"hooks"``.
 
     Returns:
         ``(mean NLL in nats, number of predicted tokens)``.
@@ -157,11 +153,11 @@ def nll(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     total, count = 0.0, 0
     n = chunks.shape[0]
-    bar = tqdm(total=n, desc=desc, unit="chunk", disable=not progress, leave=False)
+    bar = tqdm(total=n, desc="nll", unit="chunk", disable=not progress, leave=False)
     for start in range(0, n, int(batch_size)):
         ids = chunks[start : start + int(batch_size)]
         mask = None if attention_mask is None else attention_mask[start : start + int(batch_size)]
-        logits = forward_logits(model, ids, mask, ivs, backend=backend)
+        logits = forward_logits(model, ids, mask, ivs)
         s, c = _token_nll(logits, ids, mask)
         del logits
         total += s
@@ -179,16 +175,14 @@ def score_continuations(
     continuation_ids: Sequence[torch.Tensor],
     *,
     batch_size: int = 8,
-    interventions: Sequence[Intervention] | Intervention = (),
 ) -> pd.DataFrame:
-    """NLL of each continuation given its prompt (by default under the unmodified model).
+    """NLL of each continuation given its prompt, under the unmodified model.
 
     Args:
         model: The loaded model.
         prompt_ids: Per item, ``[p]`` prompt token ids (BOS included if the tokenizer adds it).
         continuation_ids: Per item, ``[c]`` token ids that follow the prompt.
         batch_size: Items per forward pass (left padded).
-        interventions: Applied at every position (default none).
 
     Returns:
         DataFrame, one row per item: ``nll_sum`` (nats), ``tokens`` (continuation tokens
@@ -218,7 +212,7 @@ def score_continuations(
                 ids[r, width - len(s) :] = s
                 mask[r, width - len(s) :] = 1
                 target[r, width - len(cs[i]) :] = True
-            logits = forward_logits(model, ids, mask, interventions)
+            logits = forward_logits(model, ids, mask)
             for r, i in enumerate(todo):
                 keep = target[r, 1:].to(logits.device)
                 lp = logits[r, :-1][keep].float()
@@ -392,7 +386,6 @@ def perplexity_matrix(
     seed: int = 0,
     batch_size: int = 4,
     languages: Sequence[str] | None = None,
-    backend: str = "nnsight",
     progress: bool = True,
 ) -> PplMatrix:
     """NLL of held-out text of each language with each language's neurons deactivated.
@@ -411,7 +404,6 @@ def perplexity_matrix(
         seed: Seed of the random sets.
         batch_size: Chunks per forward pass.
         languages: Deactivated languages (rows), default all of the selection.
-        backend: ``"nnsight"`` or ``"hooks"``.
         progress: Show a progress bar.
 
     Returns:
@@ -464,7 +456,7 @@ def perplexity_matrix(
             bar.set_postfix_str(label)
             ivs = [] if iv is None else [iv]
             if stacked is not None:
-                sums, counts = _chunk_nll(model, stacked, ivs, batch_size, backend, bar)
+                sums, counts = _chunk_nll(model, stacked, ivs, batch_size, bar)
                 per_col = [
                     (float(sums[owner == j].sum() / counts[owner == j].sum()),
                      int(counts[owner == j].sum()))
@@ -473,7 +465,7 @@ def perplexity_matrix(
             else:  # chunks of different lengths: one language at a time
                 per_col = []
                 for c in chunks:
-                    per_col.append(nll(model, c, ivs, batch_size, progress=False, backend=backend))
+                    per_col.append(nll(model, c, ivs, batch_size, progress=False))
                     bar.update(int(c.shape[0]))
         for col, (value, count) in zip(cols, per_col):
             if kind == "none":

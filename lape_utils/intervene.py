@@ -26,14 +26,7 @@ Several interventions compose: per layer, in list order, on the output of the pr
 (e.g. zero a source language's neurons, then set the target language's). Each layer's site
 is read once per step, layers in forward order.
 
-nnsight 0.8.1 mechanics used by :func:`generate` (measured, see the tests): inside
-``with model.nn.generate(...) as tracer``, one ``tracer.invoke(inputs)`` holds
-``for step in tracer.all():`` whose body edits the sites of that step (step 0 sees
-``[batch, prompt_len, neuron]``, later steps ``[batch, 1, neuron]``); an open-ended loop
-never ends normally (the model running out of steps leaves its last request dangling, which
-nnsight reports as a warning we silence), so the generated ids are read in a second, empty
-``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step 0 the loop
-breaks after step 0, otherwise it would spin forever without a request.
+Generation with interventions is :func:`lape_utils.generation.generate`.
 """
 
 from __future__ import annotations
@@ -41,7 +34,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -60,7 +52,6 @@ __all__ = [
     "BACKENDS",
     "OPS",
     "POSITIONS",
-    "Generation",
     "Intervention",
     "InterventionError",
     "apply_in_trace",
@@ -68,8 +59,6 @@ __all__ = [
     "check_interventions",
     "check_selection",
     "forward_logits",
-    "generate",
-    "generate_detailed",
     "hooked",
 ]
 
@@ -84,8 +73,6 @@ POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")
 """Position scopes (see the module docstring)."""
 
 BACKENDS: tuple[str, ...] = ("nnsight", "hooks")
-
-_DANGLING = r".*was never reached.*"  # nnsight's warning at the end of an open tracer.all()
 
 
 class InterventionError(ValueError):
@@ -720,217 +707,3 @@ def forward_logits(
     if last_only:
         logits = logits[:, -1:]
     return logits
-
-
-# ============================================================================ generate
-
-
-@dataclass
-class Generation:
-    """What :func:`generate_detailed` returns.
-
-    Attributes:
-        texts: Decoded new text per prompt (special tokens skipped).
-        prompt_ids: Per prompt, ``[prompt_len]`` its token ids (no padding).
-        new_ids: Per prompt, ``[n_new]`` generated ids, cut after the first EOS (kept)
-            and without padding.
-        first_step_probs: ``[n_prompts, vocab]`` float32 next-token distribution at the
-            first generated step (with the interventions of step 0), or ``None``.
-    """
-
-    texts: list[str]
-    prompt_ids: list[torch.Tensor]
-    new_ids: list[torch.Tensor]
-    first_step_probs: torch.Tensor | None = None
-
-
-def _check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):
-        raise InterventionError(
-            "prompts must be a list of strings, got a single str; wrap it in a list"
-        )
-    prompts = list(prompts)
-    if not prompts:
-        raise InterventionError("no prompts given; pass at least one non-empty prompt")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise InterventionError(f"prompts[{i}] is a {type(p).__name__}, not a str: {p!r:.80}")
-        if not p.strip():
-            raise InterventionError(f"prompts[{i}] is empty ({p!r}); remove it or give it text")
-    return prompts
-
-
-def _eos_ids(model: LapeModel) -> set[int]:
-    eos = getattr(model.hf.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = model.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-
-
-def _generate_batch(model: LapeModel, plan: _Plan, inputs: dict, kwargs: dict, backend: str):
-    """One batch of ``model.hf.generate`` with the plan applied at every step it covers."""
-    if plan.empty:
-        return model.hf.generate(**inputs, **kwargs)
-    if backend == "hooks":
-        with _hooks(model, plan):
-            return model.hf.generate(**inputs, **kwargs)
-    batch = int(inputs["input_ids"].shape[0])
-    later = plan.after_prompt
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_DANGLING)
-        with model.nn.generate(**kwargs) as tracer:
-            with tracer.invoke(inputs):
-                for step in tracer.all():
-                    _edit_step_nnsight(model, plan, step, batch)
-                    if not later:
-                        break
-            with tracer.invoke():
-                out = tracer.result.save()
-    return out
-
-
-def generate_detailed(
-    model: LapeModel,
-    prompts: Sequence[str],
-    interventions: Sequence[Intervention] | Intervention = (),
-    *,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    repetition_penalty: float | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    return_first_step_probs: bool = False,
-    backend: str = "nnsight",
-    progress: bool = True,
-) -> Generation:
-    """Generates from each prompt with interventions; see :func:`generate` for the arguments.
-
-    Returns:
-        A :class:`Generation` with texts, ids and (optionally) first-step distributions.
-    """
-    _check_backend(backend)
-    prompts = _check_prompts(prompts)
-    ivs = check_interventions(model, interventions)
-    plan = _plan(model, ivs)
-    if int(max_new_tokens) < 1:
-        raise InterventionError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if int(batch_size) < 1:
-        raise InterventionError(f"batch_size must be >= 1, got {batch_size}")
-    tok = model.tokenizer
-    kwargs: dict = {
-        "max_new_tokens": int(max_new_tokens),
-        "do_sample": bool(do_sample),
-        "pad_token_id": tok.pad_token_id,
-    }
-    if do_sample:
-        kwargs["temperature"] = _check_finite(temperature, "temperature")
-        kwargs["top_p"] = _check_finite(top_p, "top_p")
-        kwargs["top_k"] = 0 if top_k is None else int(top_k)
-    if repetition_penalty is not None:
-        kwargs["repetition_penalty"] = _check_finite(repetition_penalty, "repetition_penalty")
-    eos = _eos_ids(model)
-    pad = tok.pad_token_id
-    from tqdm.auto import tqdm
-
-    texts: list[str] = []
-    prompt_ids: list[torch.Tensor] = []
-    new_ids: list[torch.Tensor] = []
-    probs: list[torch.Tensor] = []
-    starts = range(0, len(prompts), int(batch_size))
-    bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2)
-    for b, start in enumerate(bar):
-        chunk = prompts[start : start + int(batch_size)]
-        enc = tok(chunk, return_tensors="pt", padding=True)
-        inputs = {
-            "input_ids": enc["input_ids"].to(model.device),
-            "attention_mask": enc["attention_mask"].to(model.device),
-        }
-        torch.manual_seed(int(seed) + b)
-        with torch.inference_mode():
-            out = _generate_batch(model, plan, inputs, kwargs, backend)
-        seqs = out.sequences if hasattr(out, "sequences") else out
-        n_prompt = inputs["input_ids"].shape[1]
-        for row in range(len(chunk)):
-            ids = enc["input_ids"][row][enc["attention_mask"][row].bool()]
-            gen = seqs[row, n_prompt:].cpu()
-            cut = len(gen)
-            for i, t in enumerate(gen.tolist()):
-                if t in eos:
-                    cut = i + 1
-                    break
-            gen = gen[:cut]
-            if pad is not None and pad not in eos:
-                gen = gen[gen != pad]
-            prompt_ids.append(ids)
-            new_ids.append(gen)
-            texts.append(tok.decode(gen, skip_special_tokens=True))
-        if return_first_step_probs:
-            logits = forward_logits(
-                model, inputs["input_ids"], inputs["attention_mask"], ivs,
-                last_only=True, backend=backend,
-            )
-            probs.append(torch.softmax(logits[:, -1].float(), dim=-1).cpu())
-    return Generation(
-        texts, prompt_ids, new_ids, torch.cat(probs) if return_first_step_probs else None
-    )
-
-
-def generate(
-    model: LapeModel,
-    prompts: Sequence[str],
-    interventions: Sequence[Intervention] | Intervention = (),
-    *,
-    max_new_tokens: int = 64,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    repetition_penalty: float | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
-    return_first_step_probs: bool = False,
-    backend: str = "nnsight",
-) -> list[str] | tuple[list[str], torch.Tensor]:
-    """Generates a continuation of each prompt with interventions on every step.
-
-    Prompts are batched with left padding; only the new tokens are decoded. Interventions
-    apply at every forward of the generation according to their ``positions`` (``"all"``
-    covers every generated token, the first included).
-
-    Args:
-        model: The loaded model.
-        prompts: Non-empty prompt strings.
-        interventions: Applied in list order at every step they cover.
-        max_new_tokens: Tokens to generate at most per prompt.
-        do_sample: Sample (else greedy).
-        temperature: Sampling temperature (sampling only).
-        top_p: Nucleus sampling threshold (sampling only). Top-k filtering is off
-            (``top_k=0``, not the transformers default of 50) unless
-            :func:`generate_detailed` is given ``top_k``.
-        repetition_penalty: HF repetition penalty (the paper used 1.1), or ``None``.
-        batch_size: Prompts per forward.
-        seed: Seed of the global RNG before each batch (``seed + batch index``).
-        return_first_step_probs: Also return the next-token distribution of the first
-            generated step.
-        backend: ``"nnsight"`` or ``"hooks"`` (same semantics, same tokens).
-
-    Returns:
-        The decoded new texts, one per prompt; with ``return_first_step_probs``, a tuple
-        ``(texts, probs [n_prompts, vocab] float32)``.
-
-    Raises:
-        InterventionError: empty prompts, an intervention that does not fit the model.
-    """
-    out = generate_detailed(
-        model, prompts, interventions, max_new_tokens=max_new_tokens, do_sample=do_sample,
-        temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty,
-        batch_size=batch_size, seed=seed, return_first_step_probs=return_first_step_probs,
-        backend=backend,
-    )
-    if return_first_step_probs:
-        return out.texts, out.first_step_probs
-    return out.texts

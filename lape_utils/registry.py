@@ -12,7 +12,7 @@ on a short forward pass that an entry is right for a given model.
 
 Example (adding a family)::
 
-    from lape_utils import register_architecture
+    from lape_utils.registry import register_architecture
     register_architecture(
         "my-family", model_types=("my_model",),
         layers="model.layers", site="mlp.act_fn", width="intermediate_size",
@@ -175,7 +175,7 @@ def architecture_for(config) -> Architecture:
         f"families: {', '.join(supported_families())} (model types: "
         f"{', '.join(supported_model_types())}). To add one, tell the registry where its "
         "MLP activation lives, e.g.\n"
-        "    from lape_utils import register_architecture\n"
+        "    from lape_utils.registry import register_architecture\n"
         f"    register_architecture('my-family', model_types=({model_type!r},),\n"
         "        layers='model.layers', site='mlp.act_fn', width='intermediate_size')\n"
         "then load the model again; the self-check will verify the entry."

@@ -1,14 +1,10 @@
-"""The result type of neuron identification, and the paper's published neuron files.
+"""The result type of neuron identification: which neurons belong to which language.
 
 A :class:`NeuronSelection` says, for every language, which FFN neurons of every layer
 belong to it. It is what :func:`lape_utils.lape.identify` returns, what the
 deactivation/steering code consumes, and what is saved to disk (with a JSON sidecar
-carrying config and provenance).
-
-The published LAPE neuron sets of Tang et al. (ACL 2024) use a simpler format,
-``List[List[LongTensor]]`` indexed ``mask[language][layer]``; :meth:`NeuronSelection.to_official`
-and :meth:`NeuronSelection.from_official` convert to and from it, and
-:func:`official_path` / :func:`download_official` find or fetch the published files.
+carrying config and provenance). The paper's own ``*.neuron.pth`` format is read and
+written by :mod:`lape_utils.published`.
 
 Nothing here touches a model.
 """
@@ -16,18 +12,13 @@ Nothing here touches a model.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 import torch
@@ -36,79 +27,11 @@ from ._files import refuse_overwrite
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "OFFICIAL_LANGUAGES",
-    "OFFICIAL_MODELS",
-    "OFFICIAL_REPO",
-    "NeuronSelection",
-    "OfficialModel",
-    "default_official_cache",
-    "download_official",
-    "from_official",
-    "official_path",
-    "official_url",
-]
-
-#: Language order of the published neuron files (index 0..6).
-OFFICIAL_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr", "es", "vi", "id", "ja")
-
-#: The authors' public repository.
-OFFICIAL_REPO = "RUCAIBox/Language-Specific-Neurons"
+__all__ = ["NeuronSelection"]
 
 _FORMAT = "lape_utils.NeuronSelection"
 _FORMAT_VERSION = 1
 _TABLES = ("selected", "selected_prob", "selected_entropy", "selected_score")
-
-
-class OfficialModel(NamedTuple):
-    """What is known about one published neuron file.
-
-    Attributes:
-        n_layers: Transformer layers of the model (= lists per language in the file).
-        n_neurons: FFN intermediate size of the model.
-        n_languages: Language lists held by the file (6 files lack ``ja``).
-        commit: Commit of ``RUCAIBox/Language-Specific-Neurons`` holding the file at the
-            repository root (taken from a stored copy of the repository's file list).
-        sha256: SHA-256 of the copy in ``shared/data/official-lape-neurons`` (believed to be
-            a byte copy of the upstream file; a mismatch on download is logged, not fatal).
-    """
-
-    n_layers: int
-    n_neurons: int
-    n_languages: int
-    commit: str
-    sha256: str
-
-
-_C1 = "1ec944cf50adac636e8b52c5663b2c68fcbd4cd0"
-_C2 = "e2236818cba435c6f33cde7f582154665030ea25"
-
-#: Published neuron sets by name (file ``<name>.neuron.pth`` at the repository root).
-OFFICIAL_MODELS: dict[str, OfficialModel] = {
-    "LLaMA-2-7B": OfficialModel(
-        32, 11008, 7, _C1, "6653cb977fb85a5e61b21dd8f08480e7d69a18bdabdd6e374a56203b5c018c0d"
-    ),
-    "LLaMA-2-13B": OfficialModel(
-        40, 13824, 7, _C1, "695ce7d2da665ac05eeb8267a50765edcb315cb961afd93a318c48c0ebccb8a0"
-    ),
-    "LLaMA-2-70B": OfficialModel(
-        80, 28672, 6, _C1, "a5384631cffaa335e5ea78b3c7d1c747af5e87f0b74d25a491a8ebac5cf94dc8"
-    ),
-    "BLOOM-7B": OfficialModel(
-        30, 16384, 6, _C1, "c2d74f87588e650225d3a2571b3fd3db1895ef5778b31e2102ba4a42f0dee44b"
-    ),
-    "Mistral-7B": OfficialModel(
-        32, 14336, 6, _C2, "6ff1c4e00294319ff0788071b587f36dea8816f870bbd0923be8b5d90055a39b"
-    ),
-    "OPT-6.7B": OfficialModel(
-        32, 16384, 6, _C2, "c4ea974dc94e9d72014e6b9bd29a632973e5c66908daf7023e215efb9d1277b1"
-    ),
-    "Phi-2-2.7B": OfficialModel(
-        32, 10240, 6, _C2, "e8a7d0ca8cf032d748b433c26d902d9580cb941b455c0a7644251f5267c6457e"
-    ),
-}
-
-_OFFICIAL_SUFFIX = ".neuron.pth"
 
 
 def _as_index_tensor(x: Any, where: str) -> torch.Tensor:
@@ -490,15 +413,15 @@ class NeuronSelection:
             The selection, tables included.
 
         Raises:
-            ValueError: The file is not a saved NeuronSelection (use :meth:`from_official`
-                for the paper's format), or the sidecar disagrees with it.
+            ValueError: The file is not a saved NeuronSelection (use
+                :func:`lape_utils.published.from_official` for the paper's format), or the sidecar disagrees with it.
         """
         path = Path(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(
                 f"{path} is not a saved NeuronSelection (no '{_FORMAT}' header). For the "
-                "paper's List[List[LongTensor]] files use NeuronSelection.from_official()."
+                "paper's List[List[LongTensor]] files use lape_utils.published.from_official()."
             )
         if payload.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(
@@ -537,267 +460,6 @@ class NeuronSelection:
             logger.warning("no sidecar %s next to %s; loading without the check", sidecar, path)
         return sel
 
-    def to_official(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the paper's published format: ``torch.save`` of ``List[List[LongTensor]]``.
-
-        ``mask[language][layer]`` with languages in :attr:`languages` order. Every language
-        is written, including ones with no neurons (the reference's ``bincount`` would drop
-        trailing empty ones). Config and provenance are not part of this format.
-
-        Args:
-            path: Target file (conventionally ``<name>.neuron.pth``).
-            overwrite: Replace an existing file.
-
-        Returns:
-            The path written.
-        """
-        path = Path(path)
-        refuse_overwrite([path], overwrite)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save([[t.clone() for t in self.indices[lang]] for lang in self.languages], path)
-        return path
-
-    @classmethod
-    def from_official(
-        cls,
-        path: str | os.PathLike,
-        languages: Sequence[str] | None = None,
-        n_neurons: int | None = None,
-    ) -> NeuronSelection:
-        """Read a published ``*.neuron.pth`` file (``List[List[LongTensor]]``).
-
-        Loaded with ``torch.load(weights_only=True)``.
-
-        * ``n_layers`` is the number of per-layer tensors (the same in every language).
-        * ``n_neurons``: the argument if given; else, if the file name is a published one
-          (``LLaMA-2-7B.neuron.pth`` ...; see :data:`OFFICIAL_MODELS`) with a matching layer
-          count, that model's FFN width; else ``max index + 1`` — only a lower bound, logged
-          as a warning (pass ``n_neurons`` to be exact; masks and random controls depend on
-          it).
-        * ``languages`` default to :data:`OFFICIAL_LANGUAGES` cut to the number of lists in
-          the file. Six of the seven published files hold 6 lists; whether ``ja`` was not
-          run or was dropped by the reference's ``bincount`` (it drops trailing languages
-          with no neurons) cannot be told from the file.
-
-        The config is recorded as the paper's defaults (top 1%, 0.95, 0.95), which the
-        published files are consistent with (exactly 1% distinct neurons each); the files
-        themselves do not record it.
-
-        Args:
-            path: The file.
-            languages: Language codes, one per list in the file.
-            n_neurons: FFN width of the model.
-
-        Returns:
-            The selection, ``method="lape"``, provenance naming the file and its SHA-256.
-        """
-        path = Path(path)
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(raw, (list, tuple)) or not raw or not all(
-            isinstance(x, (list, tuple)) for x in raw
-        ):
-            raise ValueError(
-                f"{path}: expected List[List[LongTensor]] (mask[language][layer]), got "
-                f"{type(raw).__name__}."
-            )
-        n_layers_set = {len(x) for x in raw}
-        if len(n_layers_set) != 1 or 0 in n_layers_set:
-            raise ValueError(
-                f"{path}: languages have different layer counts {sorted(n_layers_set)}."
-            )
-        n_layers = n_layers_set.pop()
-        if languages is None:
-            if len(raw) > len(OFFICIAL_LANGUAGES):
-                raise ValueError(
-                    f"{path} holds {len(raw)} language lists, more than the "
-                    f"{len(OFFICIAL_LANGUAGES)} official ones; pass languages=[...]."
-                )
-            languages = list(OFFICIAL_LANGUAGES[: len(raw)])
-        else:
-            languages = list(languages)
-            if len(languages) != len(raw):
-                raise ValueError(
-                    f"{path} holds {len(raw)} language lists but {len(languages)} languages "
-                    f"were given ({languages})."
-                )
-        tensors = [
-            [_as_index_tensor(t, f"{path.name}[{k}][{li}]") for li, t in enumerate(lists)]
-            for k, lists in enumerate(raw)
-        ]
-        max_index = max((int(t.max()) for lists in tensors for t in lists if t.numel()), default=-1)
-        name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
-        if n_neurons is not None:
-            source = "argument"
-        elif name in OFFICIAL_MODELS and OFFICIAL_MODELS[name].n_layers == n_layers:
-            n_neurons = OFFICIAL_MODELS[name].n_neurons
-            source = f"known size of {name}"
-        else:
-            n_neurons = max(max_index + 1, 1)
-            source = "max index + 1 (lower bound)"
-            logger.warning(
-                "%s: FFN width unknown; using max index + 1 = %d, which may be smaller than "
-                "the model's. Pass n_neurons= to be exact.",
-                path,
-                n_neurons,
-            )
-        if max_index >= n_neurons:
-            raise ValueError(
-                f"{path}: index {max_index} does not fit n_neurons={n_neurons}."
-            )
-        from lape_utils.lape import LapeConfig  # local: lape imports this module
-
-        return cls(
-            languages=languages,
-            indices=dict(zip(languages, tensors, strict=True)),
-            n_layers=n_layers,
-            n_neurons=n_neurons,
-            method="lape",
-            config=LapeConfig().to_dict(),
-            provenance={
-                "source": "published LAPE neurons (Tang et al., ACL 2024)",
-                "file": str(path),
-                "sha256": _sha256(path),
-                "model": name,
-                "n_neurons_from": source,
-                "config_note": "paper defaults assumed; the file does not record them",
-            },
-        )
-
-
-from_official = NeuronSelection.from_official
-
-
-# ---------------------------------------------------------------------- official files
-
-
-def default_official_cache() -> Path:
-    """``~/.cache/lape_utils/official`` (where :func:`download_official` stores files)."""
-    return Path.home() / ".cache" / "lape_utils" / "official"
-
-
-def _check_official_name(name: str) -> OfficialModel:
-    if name not in OFFICIAL_MODELS:
-        raise ValueError(
-            f"unknown published neuron set {name!r}; known: {', '.join(OFFICIAL_MODELS)}."
-        )
-    return OFFICIAL_MODELS[name]
-
-
-def official_url(name: str) -> str:
-    """Raw-file URL of a published neuron set, pinned to the commit that holds it.
-
-    The file names and commits come from a stored copy of the repository's file list
-    (files at the repository root, not under ``activation_mask/``); the URL itself could not
-    be fetched from this machine.
-    """
-    info = _check_official_name(name)
-    return (
-        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/"
-        f"{name}{_OFFICIAL_SUFFIX}"
-    )
-
-
-def official_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Find a local copy of a published neuron set, without any network access.
-
-    Looks in ``$LAPE_OFFICIAL_DIR`` first, then in ``cache_dir`` (default
-    :func:`default_official_cache`).
-
-    Args:
-        name: One of :data:`OFFICIAL_MODELS` (e.g. ``"LLaMA-2-7B"``).
-        cache_dir: Cache folder to search.
-
-    Returns:
-        Path of ``<name>.neuron.pth``.
-
-    Raises:
-        FileNotFoundError: No copy found; the message lists where it looked.
-    """
-    _check_official_name(name)
-    fname = name + _OFFICIAL_SUFFIX
-    tried = []
-    env = os.environ.get("LAPE_OFFICIAL_DIR")
-    if env:
-        tried.append(Path(env) / fname)
-    tried.append(Path(cache_dir or default_official_cache()) / fname)
-    for p in tried:
-        if p.is_file():
-            return p
-    raise FileNotFoundError(
-        f"no local copy of {fname}; looked in {', '.join(str(p) for p in tried)}. Set "
-        f"LAPE_OFFICIAL_DIR to a folder holding it, or call download_official({name!r})."
-    )
-
-
-def download_official(
-    name: str,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    force: bool = False,
-    timeout: float = 30.0,
-) -> Path:
-    """Get a published neuron set, downloading it into the cache if no local copy exists.
-
-    Source: ``RUCAIBox/Language-Specific-Neurons`` on GitHub (see :func:`official_url`).
-    Local copies found by :func:`official_path` are used without network access unless
-    ``force``. The download is written atomically, checked to be a
-    ``List[List[LongTensor]]`` of the expected number of layers, and its SHA-256 compared
-    with :data:`OFFICIAL_MODELS` (a mismatch is logged, not fatal).
-
-    Args:
-        name: One of :data:`OFFICIAL_MODELS`.
-        cache_dir: Where to store it (default :func:`default_official_cache`).
-        force: Download even if a local copy exists.
-        timeout: Network timeout in seconds.
-
-    Returns:
-        Path of the local file; read it with :meth:`NeuronSelection.from_official`.
-
-    Raises:
-        ConnectionError: The file could not be fetched (e.g. no internet).
-    """
-    info = _check_official_name(name)
-    if not force:
-        try:
-            return official_path(name, cache_dir)
-        except FileNotFoundError:
-            pass
-    cache = Path(cache_dir or default_official_cache())
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / (name + _OFFICIAL_SUFFIX)
-    url = official_url(name)
-    logger.info("downloading %s from %s", name, url)
-    fd, tmp_name = tempfile.mkstemp(dir=cache, suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, fh)
-        sel = NeuronSelection.from_official(tmp, n_neurons=info.n_neurons)
-        if sel.n_layers != info.n_layers:
-            raise ValueError(
-                f"downloaded {name} has {sel.n_layers} layers, expected {info.n_layers}."
-            )
-        digest = _sha256(tmp)
-        if digest != info.sha256:
-            logger.warning(
-                "%s: SHA-256 %s differs from the recorded %s (upstream may have changed).",
-                name,
-                digest,
-                info.sha256,
-            )
-        os.replace(tmp, target)
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
-        tmp.unlink(missing_ok=True)
-        raise ConnectionError(
-            f"could not download {name} from {url}: {err}. If this machine is offline, copy "
-            f"{name}{_OFFICIAL_SUFFIX} into {cache} or into a folder named by "
-            "$LAPE_OFFICIAL_DIR."
-        ) from err
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
 
 # ---------------------------------------------------------------------- helpers
 
@@ -830,12 +492,3 @@ def _to_json(obj: Any, what: str) -> str:
             f"{what} must be JSON-serialisable to be saved ({err}); convert tensors and "
             "paths to lists/str first."
         ) from err
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-

@@ -11,7 +11,7 @@ tested without a browser:
   the scale does not jump. The current selection can be saved (:func:`save_selection`).
 * :func:`steering_panel` generates, on a button only, an unsteered and a steered answer
   side by side with their detected language and confidence (:func:`run_steering`, which
-  calls :func:`lape_utils.steer.steer`; no generation code lives here).
+  calls :func:`lape_utils.steering.steer`; no generation code lives here).
 
 Cheap work is live, expensive work waits for a button: sliders use
 ``continuous_update=False`` (one update when the slider is released, or per arrow key),
@@ -120,7 +120,7 @@ _TOOLTIP = {
     "exceed in a language to belong to it; paper 0.95",
 }
 
-#: Steering modes of :func:`lape_utils.steer.steer`.
+#: Steering modes of :func:`lape_utils.steering.steer`.
 MODES: tuple[str, ...] = ("set", "add", "scale")
 
 _MODE_TOOLTIPS = (
@@ -128,6 +128,8 @@ _MODE_TOOLTIPS = (
     "add strength x the mean activation on the target",
     "multiply the target's neurons' activation by strength",
 )
+
+_LIVE_DPI = 90  # resolution of the live figure (lower is faster)
 
 _LEVEL_COLOURS = {"info": "#555555", "ok": "#1a7f37", "warning": "#9a6700", "error": "#cf222e"}
 
@@ -670,14 +672,11 @@ class ExplorerPanel:
         save_dir: str | os.PathLike | None,
         ranges: Mapping[str, tuple[float, float, float]] | None,
         heatmap_vmax: float | None,
-        overlap_vmax: float | None,
-        dpi: float,
     ) -> None:
         self.stats = stats
         self.base_config = config
         self.save_dir = None if save_dir is None else Path(save_dir)
-        self.dpi = float(dpi)
-        self._fixed = {"heatmap": heatmap_vmax, "overlap": overlap_vmax}
+        self.heatmap_vmax = heatmap_vmax
         bounds = dict(DEFAULT_RANGES)
         for name, rng in (ranges or {}).items():
             if name not in THRESHOLDS:
@@ -779,8 +778,8 @@ class ExplorerPanel:
             logger.debug("colour limits from the current selection (%s)", err)
         lim = _limits_from(ceiling)
         return _Limits(
-            heatmap=float(self._fixed["heatmap"] or lim.heatmap),
-            overlap=float(self._fixed["overlap"] or lim.overlap),
+            heatmap=float(self.heatmap_vmax or lim.heatmap),
+            overlap=lim.overlap,
             counts=lim.counts,
         )
 
@@ -807,7 +806,7 @@ class ExplorerPanel:
         rebuild = self._live is None or self._live.languages != sort_languages(langs)
         if rebuild:  # first draw, or other languages: new figure and colour limits
             self._limits = self._limits_for(oz, n, langs, sel, config)
-            self._live = _LiveFigure(sel, self._limits, title=title, dpi=self.dpi)
+            self._live = _LiveFigure(sel, self._limits, title=title, dpi=_LIVE_DPI)
         png = self._live.update(sel, title)
         self.image.value = png
         self.counts_html.value = render_counts_html(
@@ -925,8 +924,6 @@ def threshold_explorer(
     save_dir: str | os.PathLike | None = None,
     ranges: Mapping[str, tuple[float, float, float]] | None = None,
     heatmap_vmax: float | None = None,
-    overlap_vmax: float | None = None,
-    dpi: float = 90,
 ) -> ExplorerPanel:
     """A panel to move the LAPE thresholds and see the selection change live.
 
@@ -946,8 +943,6 @@ def threshold_explorer(
         save_dir: Folder for *Save selection* (``None`` disables it).
         ranges: ``{threshold: (min, max, step)}`` replacing :data:`DEFAULT_RANGES`.
         heatmap_vmax: Fixed upper colour limit of the layer heatmap (neurons per cell).
-        overlap_vmax: Fixed upper colour limit of the overlap heatmap.
-        dpi: Resolution of the live figure (lower is faster).
 
     Returns:
         An :class:`ExplorerPanel`; the last expression of a cell displays it.
@@ -970,7 +965,7 @@ def threshold_explorer(
         )
     return ExplorerPanel(
         stats, config=config, languages=languages, save_dir=save_dir, ranges=ranges,
-        heatmap_vmax=heatmap_vmax, overlap_vmax=overlap_vmax, dpi=dpi,
+        heatmap_vmax=heatmap_vmax,
     )
 
 
@@ -989,12 +984,10 @@ def run_steering(
     max_new_tokens: int,
     *,
     zero_source: bool = False,
-    template: str | None = None,
-    backend: str = "nnsight",
 ) -> dict[str, Any]:
     """Generate one unsteered and one steered answer (the steering panel's callback).
 
-    A thin wrapper over :func:`lape_utils.steer.steer` for a single prompt (greedy
+    A thin wrapper over :func:`lape_utils.steering.steer` for a single prompt (greedy
     decoding, the paper's repetition penalty 1.1).
 
     Args:
@@ -1008,8 +1001,6 @@ def run_steering(
         strength: Multiplier of the mode.
         max_new_tokens: Tokens to generate.
         zero_source: Also deactivate the source language's neurons.
-        template: Prompt format with ``{prompt}`` (default the paper's ``"Q: {prompt}\\nA:"``).
-        backend: ``"nnsight"`` or ``"hooks"``.
 
     Returns:
         ``{"prompt", "source", "target", "mode", "strength", "max_new_tokens",
@@ -1023,19 +1014,17 @@ def run_steering(
             strength, statistics of another model), checked before any generation.
     """
     from lape_utils.intervene import InterventionError
-    from lape_utils.steer import PAPER_TEMPLATE, steer
+    from lape_utils.steering import PAPER_GENERATION, SteerSpec, steer
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise InterventionError("the prompt is empty; type a question")
     if int(max_new_tokens) < 1:
         raise InterventionError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     started = time.perf_counter()
-    result = steer(
-        model, neurons, stats, [prompt.strip()], target, source=source or None,
-        zero_source=bool(zero_source), mode=mode, strength=float(strength),
-        max_new_tokens=int(max_new_tokens), template=template or PAPER_TEMPLATE,
-        backend=backend,
-    )
+    spec = SteerSpec(target, source=source or None, zero_source=bool(zero_source), mode=mode,
+                     strength=strength)
+    generation = dataclasses.replace(PAPER_GENERATION, max_new_tokens=int(max_new_tokens))
+    result = steer(model, neurons, stats, [prompt.strip()], spec, generation=generation)
     row = result.rows.iloc[0]
     out: dict[str, Any] = {
         "prompt": prompt.strip(),
@@ -1123,11 +1112,8 @@ class SteeringPanel:
         target: str | None,
         mode: str,
         strength: float,
-        strength_range: tuple[float, float, float],
         max_new_tokens: int,
         zero_source: bool,
-        template: str | None,
-        backend: str,
     ) -> None:
         if not isinstance(neurons, NeuronSelection):
             raise TypeError(f"neurons must be a NeuronSelection, got {type(neurons).__name__}")
@@ -1136,7 +1122,6 @@ class SteeringPanel:
         if mode not in MODES:
             raise ValueError(f"unknown steering mode {mode!r}; use one of {MODES}")
         self.model, self.neurons, self.stats = model, neurons, stats
-        self.template, self.backend = template, backend
         self.results: list[dict[str, Any]] = []
 
         targets = sort_languages(
@@ -1160,7 +1145,6 @@ class SteeringPanel:
         self.prompts = self._load_prompts(source) if prompts is None else (
             [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
         )
-        lo, hi, step = (float(x) for x in strength_range)
         self.prompt = widgets.Textarea(
             value=self.prompts[0] if self.prompts else "",
             placeholder="type a question",
@@ -1191,7 +1175,7 @@ class SteeringPanel:
             style={"description_width": "80px", "button_width": "70px"},
         )
         self.strength = widgets.FloatSlider(
-            value=float(strength), min=min(lo, strength), max=max(hi, strength), step=step,
+            value=float(strength), min=min(0.0, strength), max=max(10.0, strength), step=0.1,
             description="strength", continuous_update=False, readout_format=".2f",
             style={"description_width": "80px"}, layout=widgets.Layout(width="420px"),
         )
@@ -1306,7 +1290,7 @@ class SteeringPanel:
                 self.model, self.neurons, self.stats, settings.pop("prompt"),
                 settings.pop("source"), settings.pop("target"), settings.pop("mode"),
                 settings.pop("strength"), settings.pop("max_new_tokens"),
-                template=self.template, backend=self.backend, **settings,
+                **settings,
             )
         except Exception as err:  # a panel never shows a traceback
             logger.debug("steering failed", exc_info=True)
@@ -1389,16 +1373,13 @@ def steering_panel(
     target: str | None = None,
     mode: str = "set",
     strength: float = 1.0,
-    strength_range: tuple[float, float, float] = (0.0, 10.0, 0.1),
     max_new_tokens: int = 32,
     zero_source: bool = False,
-    template: str | None = None,
-    backend: str = "nnsight",
 ) -> SteeringPanel:
     """A panel to steer generation towards a language and compare with the plain answer.
 
     Prompt, source and target language, mode, strength, max new tokens and a *Generate*
-    button; a click runs :func:`run_steering` (:func:`lape_utils.steer.steer`) and shows the
+    button; a click runs :func:`run_steering` (:func:`lape_utils.steering.steer`) and shows the
     unsteered and the steered answer side by side with the detected language and its
     confidence. Nothing generates before the click; errors appear in the panel.
 
@@ -1412,17 +1393,13 @@ def steering_panel(
         target: The language to steer to (default the first other language).
         mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
         strength: Initial strength.
-        strength_range: ``(min, max, step)`` of the strength slider.
         max_new_tokens: Initial number of tokens to generate.
         zero_source: Initially also deactivate the source's neurons.
-        template: Prompt format (default the paper's ``"Q: {prompt}\\nA:"``).
-        backend: ``"nnsight"`` or ``"hooks"``.
 
     Returns:
         A :class:`SteeringPanel`; the last expression of a cell displays it.
     """
     return SteeringPanel(
         model, neurons, stats, prompts=prompts, source=source, target=target, mode=mode,
-        strength=strength, strength_range=strength_range, max_new_tokens=max_new_tokens,
-        zero_source=zero_source, template=template, backend=backend,
+        strength=strength, max_new_tokens=max_new_tokens, zero_source=zero_source,
     )

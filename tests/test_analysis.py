@@ -10,24 +10,30 @@ import pandas as pd
 import pytest
 import torch
 
-from lape_utils import analysis
+from lape_utils import published as published_mod
 from lape_utils.analysis import (
-    compare_with_published,
     depth_profile,
     entropy_table,
+    layer_counts,
     layer_distribution,
     layer_region_shares,
     layer_share,
     overlap,
     probability_profiles,
-    published_sets,
     region_layers,
     relative_depth,
     selection_frequencies,
     stability_table,
 )
 from lape_utils.lape import LapeConfig, identify, stability
-from lape_utils.selection import OFFICIAL_MODELS, NeuronSelection
+from lape_utils.published import (
+    OFFICIAL_MODELS,
+    compare_with_published,
+    published_counts,
+    published_sets,
+    to_official,
+)
+from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats
 
 
@@ -199,11 +205,11 @@ def test_published_sets_lookup(tmp_path, monkeypatch):
         published_sets(["Phi-2-2.7B"], directory=tmp_path)
     # the environment variable of selection.official_path, no download
     monkeypatch.setenv("LAPE_OFFICIAL_DIR", str(tmp_path))
-    monkeypatch.setattr(analysis, "download_official", _no_network)
+    monkeypatch.setattr(published_mod, "download_official", _no_network)
     with pytest.raises(FileNotFoundError, match="LAPE_OFFICIAL_DIR"):
         published_sets(["Phi-2-2.7B"], download=False)
     sel = NeuronSelection.from_masks(masks(32, 10240, {"en": [(31, 7)]}))
-    sel.to_official(tmp_path / "Phi-2-2.7B.neuron.pth")
+    to_official(sel, tmp_path / "Phi-2-2.7B.neuron.pth")
     got = published_sets(["Phi-2-2.7B"], download=False)
     assert list(got) == ["Phi-2-2.7B"]
     assert got["Phi-2-2.7B"].n_neurons == 10240
@@ -215,9 +221,17 @@ def _no_network(*args, **kwargs):  # pragma: no cover - must not be called
 
 
 @pytest.fixture(scope="module")
-def published(official_dir):
-    """The seven shared copies (``official_dir`` of conftest skips when they are absent)."""
-    return published_sets(directory=official_dir)
+def published():
+    """The seven published sets' per-layer counts, shipped in data/published (offline)."""
+    return published_counts()
+
+
+def test_shipped_counts_match_the_published_files(official_dir, published):
+    files = published_sets(directory=official_dir)
+    assert list(files) == list(published) == list(OFFICIAL_MODELS)
+    for name, sel in files.items():
+        pd.testing.assert_frame_equal(layer_counts(sel), published[name], check_names=False)
+        assert published[name].attrs["n_neurons"] == sel.n_neurons
 
 
 def test_published_sets_are_one_percent(published):
@@ -270,9 +284,9 @@ def test_published_region_shares_what_the_files_show(published):
     assert df.loc["LLaMA-2-13B", "middle"] > df.loc["LLaMA-2-13B", "top"]
     # the LLaMA-2 bottom cluster is layers 0-1: layer 0 is the largest layer of 7B and 13B
     for model in llama:
-        d = layer_distribution(published[model], union=True)["all"]
+        d = layer_counts(published[model])["all"]
         assert d.iloc[:2].sum() / d.sum() > 0.18
-    assert layer_distribution(published["LLaMA-2-7B"], union=True)["all"].iloc[:2].tolist() == [
+    assert layer_counts(published["LLaMA-2-7B"])["all"].iloc[:2].tolist() == [
         768,
         125,
     ]

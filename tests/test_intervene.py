@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import (
     Intervention,
     InterventionError,
@@ -14,8 +15,6 @@ from lape_utils.intervene import (
     check_interventions,
     check_selection,
     forward_logits,
-    generate,
-    generate_detailed,
     hooked,
 )
 from lape_utils.selection import NeuronSelection
@@ -270,9 +269,9 @@ def test_greedy_generation_nnsight_equals_hooks(tiny, family, positions):
         Intervention({0: torch.arange(0, 64)}, "set", 4.0, positions),
         Intervention({model.n_layers - 1: torch.arange(10, 50)}, "scale", -3.0, positions),
     ]
-    kw = dict(max_new_tokens=6, batch_size=2)
-    a = generate_detailed(model, PROMPTS, ivs, **kw)
-    b = generate_detailed(model, PROMPTS, ivs, backend="hooks", **kw)
+    cfg = GenerationConfig(max_new_tokens=6, batch_size=2)
+    a = generate(model, PROMPTS, ivs, cfg)
+    b = generate(model, PROMPTS, ivs, cfg, backend="hooks")
     assert _ids(a) == _ids(b)
     assert a.texts == b.texts
 
@@ -280,9 +279,9 @@ def test_greedy_generation_nnsight_equals_hooks(tiny, family, positions):
 def test_sampled_generation_nnsight_equals_hooks(tiny):
     model = tiny("llama")
     ivs = [Intervention({1: torch.arange(0, 30)}, "add", 2.0)]
-    kw = dict(max_new_tokens=8, do_sample=True, temperature=1.3, top_p=0.95, seed=7)
-    a = generate_detailed(model, PROMPTS, ivs, **kw)
-    b = generate_detailed(model, PROMPTS, ivs, backend="hooks", **kw)
+    cfg = GenerationConfig(max_new_tokens=8, do_sample=True, temperature=1.3, top_p=0.95, seed=7)
+    a = generate(model, PROMPTS, ivs, cfg)
+    b = generate(model, PROMPTS, ivs, cfg, backend="hooks")
     assert _ids(a) == _ids(b)
 
 
@@ -290,10 +289,10 @@ def test_generated_scope_changes_tokens_after_the_first(tiny):
     """Every generated step is edited: the first token (predicted at the prompt step) is
     untouched by positions='generated', later tokens change; 'all' edits the first step."""
     model = tiny("llama")
-    kw = dict(max_new_tokens=8, batch_size=3)
-    base = generate_detailed(model, PROMPTS, [], **kw)
+    cfg = GenerationConfig(max_new_tokens=8, batch_size=3)
+    base = generate(model, PROMPTS, [], cfg)
     n = {0: torch.arange(0, 128), 1: torch.arange(0, 128)}
-    gen_only = generate_detailed(model, PROMPTS, [Intervention(n, "set", 5.0, "generated")], **kw)
+    gen_only = generate(model, PROMPTS, [Intervention(n, "set", 5.0, "generated")], cfg)
     for b, s in zip(base.new_ids, gen_only.new_ids):
         assert b[0] == s[0]
     assert any(b[1:].tolist() != s[1:].tolist() for b, s in zip(base.new_ids, gen_only.new_ids))
@@ -301,32 +300,34 @@ def test_generated_scope_changes_tokens_after_the_first(tiny):
     calls = []
     probe = model.hf_site(0).register_forward_hook(lambda m, i, o: calls.append(o.shape[1]))
     try:
-        generate_detailed(model, PROMPTS[:1], [Intervention(n, "set", 5.0, "generated")],
-                          max_new_tokens=5)
+        generate(model, PROMPTS[:1], [Intervention(n, "set", 5.0, "generated")],
+                 GenerationConfig(max_new_tokens=5))
     finally:
         probe.remove()
     assert len(calls) == 5 and calls[1:] == [1, 1, 1, 1]
     # with 'all' the first step is edited too
-    first = generate_detailed(model, PROMPTS, [Intervention(n, "set", 5.0, "all")],
-                              return_first_step_probs=True, **kw)
+    first = generate(model, PROMPTS, [Intervention(n, "set", 5.0, "all")], cfg,
+                     first_step_probs=True)
     assert not torch.equal(first.first_step_probs,
-                           generate_detailed(model, PROMPTS, [], return_first_step_probs=True,
-                                             **kw).first_step_probs)
+                           generate(model, PROMPTS, [], cfg,
+                                    first_step_probs=True).first_step_probs)
 
 
 def test_generate_api(tiny):
     model = tiny("gemma3")
-    texts = generate(model, PROMPTS, max_new_tokens=4)
+    texts = generate(model, PROMPTS, [], GenerationConfig(max_new_tokens=4)).texts
     assert isinstance(texts, list) and len(texts) == 3 and all(isinstance(t, str) for t in texts)
     ivs = [Intervention({0: torch.arange(20)}, "zero")]
-    texts2, probs = generate(model, PROMPTS, ivs, max_new_tokens=4, return_first_step_probs=True,
-                             batch_size=2, repetition_penalty=1.1)
+    out = generate(model, PROMPTS, ivs,
+                   GenerationConfig(max_new_tokens=4, batch_size=2, repetition_penalty=1.1),
+                   first_step_probs=True)
+    probs = out.first_step_probs
     assert probs.shape == (3, model.hf.config.vocab_size)
     assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-4)
     ids, mask = _batch(model)
     last = forward_logits(model, ids, mask, ivs)[:, -1].float().softmax(-1)
     assert torch.allclose(probs, last, atol=1e-5)
-    det = generate_detailed(model, PROMPTS, max_new_tokens=4)
+    det = generate(model, PROMPTS, [], GenerationConfig(max_new_tokens=4))
     assert all(len(p) > 0 for p in det.prompt_ids)
     assert all(0 < len(n) <= 4 for n in det.new_ids)
 

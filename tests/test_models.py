@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from lape_utils import ModelLoadError, load_model
-from lape_utils.models import cache_dir
+from lape_utils import load_model
+from lape_utils.models import ModelLoadError, cache_dir
 
 
 def test_missing_local_path_is_a_clear_error(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lape_utils.workflow import NOTEBOOKS, execute_notebooks, notebooks_dir
+from lape_utils.job.notebooks import NOTEBOOKS, execute_notebooks, notebooks_dir
 
 SMOKE = {
     "model_name": "tiny-llama",

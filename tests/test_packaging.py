@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +67,80 @@ def test_bad_model_on_the_command_line_is_one_line_not_a_traceback(tmp_path):
     assert res.returncode == 2
     assert "does not exist" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _internal_imports(path: Path, package: str) -> set[str]:
+    """Modules of ``package`` that the file imports, at any depth (lazy imports included)."""
+    import ast
+
+    module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    if module.endswith(".__init__"):
+        module = module[: -len(".__init__")]
+    parent = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = parent.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n == package or n.startswith(package + ".")}
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    files = sorted((REPO / "lape_utils").rglob("*.py"))
+    modules = {}
+    for f in files:
+        name = ".".join(f.relative_to(REPO).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = f
+    graph = {}
+    for name, f in modules.items():
+        targets = {t for t in _internal_imports(f, "lape_utils") if t in modules}
+        # importing a sub-module runs its package's __init__ first, but the package
+        # importing its own modules is how a package is built, not a cycle
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}
+    graph["lape_utils"] = set()  # the top level only re-exports (checked below)
+
+    seen, stack, cycles = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            cycles.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt)
+        stack.pop()
+
+    for node in sorted(graph):
+        visit(node)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    # and the re-exports of __init__ import nothing that imports lape_utils itself back
+    assert all("lape_utils" not in targets for targets in graph.values())
+
+
+def test_public_api_is_small_and_documented():
+    import lape_utils
+
+    assert len(lape_utils.__all__) <= 16
+    for name in lape_utils.__all__:
+        assert getattr(lape_utils, name).__doc__, name
+        assert name in lape_utils.__doc__, f"{name} is exported but the package docstring skips it"
+
+
+def test_ruff_is_clean():
+    res = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -19,6 +19,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lape_utils import analysis, plots  # noqa: E402
+from lape_utils import published as published_mod  # noqa: E402
 from lape_utils.languages import LANGUAGE_ORDER  # noqa: E402
 from lape_utils.lape import LapeConfig, identify, stability  # noqa: E402
 from lape_utils.selection import NeuronSelection  # noqa: E402
@@ -313,7 +314,7 @@ def test_published_comparison_hand_sets():
     assert yticklabels(regions) == ["mine", "toy"]
     # three stacked containers bottom / middle / top, one bar per model
     widths = [[b.get_width() for b in c] for c in regions.containers]
-    table = analysis.compare_with_published(SEL, {"toy": other}, ours_name="mine")
+    table = published_mod.compare_with_published(SEL, {"toy": other}, ours_name="mine")
     for region, w in zip(analysis.REGIONS, widths):
         assert w == pytest.approx(table[region].tolist())
     assert CFG.label() in depth.get_title()
@@ -322,7 +323,7 @@ def test_published_comparison_hand_sets():
 
 
 def test_published_comparison_on_the_shared_copies(official_dir):
-    published = analysis.published_sets(directory=official_dir)
+    published = published_mod.published_sets(directory=official_dir)
     ax = plots.plot_published_comparison(published, kind="regions")
     assert yticklabels(ax) == list(published)
     tops = [b.get_width() for b in ax.containers[2]]

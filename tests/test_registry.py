@@ -7,14 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from lape_utils import (
+from lape_utils import load_model
+from lape_utils.registry import (
+    _REGISTRY,
     SelfCheckError,
     UnknownArchitectureError,
-    load_model,
+    architecture_for,
     register_architecture,
+    self_check,
     supported_families,
 )
-from lape_utils.registry import _REGISTRY, architecture_for, self_check
 from lape_utils.tiny import TINY_FAMILIES, build_tiny
 
 REQUIRED = {

@@ -15,17 +15,18 @@ import pandas as pd
 import pytest
 import torch
 
-import lape_utils.selection as selection_mod
+import lape_utils.published as selection_mod
 from lape_utils.lape import LapeConfig, identify
-from lape_utils.selection import (
+from lape_utils.published import (
     OFFICIAL_LANGUAGES,
     OFFICIAL_MODELS,
-    NeuronSelection,
     download_official,
     from_official,
     official_path,
     official_url,
+    to_official,
 )
+from lape_utils.selection import NeuronSelection
 
 
 def _official_dir() -> Path:
@@ -172,7 +173,7 @@ def test_load_checks_sidecar_and_format(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert NeuronSelection.load(path).equals(sel)
     assert "no sidecar" in caplog.text
-    sel.to_official(tmp_path / "x.neuron.pth")
+    to_official(sel, tmp_path / "x.neuron.pth")
     with pytest.raises(ValueError, match="from_official"):
         NeuronSelection.load(tmp_path / "x.neuron.pth")
 
@@ -187,19 +188,19 @@ def test_save_rejects_unserialisable_provenance(tmp_path):
 
 def test_official_format_roundtrip_keeps_empty_language(tmp_path):
     sel = small()
-    path = sel.to_official(tmp_path / "toy.neuron.pth")
+    path = to_official(sel, tmp_path / "toy.neuron.pth")
     raw = torch.load(path, weights_only=True)
     assert isinstance(raw, list) and len(raw) == 3 and all(len(x) == 3 for x in raw)
     assert raw[2][0].dtype == torch.long and raw[2][0].numel() == 0
-    back = NeuronSelection.from_official(path, languages=["en", "zh", "ja"], n_neurons=6)
+    back = from_official(path, languages=["en", "zh", "ja"], n_neurons=6)
     assert back.equals(sel)
     with pytest.raises(FileExistsError):
-        sel.to_official(path)
+        to_official(sel, path)
 
 
 def test_from_official_defaults_and_width_inference(tmp_path, caplog):
     sel = small()
-    path = sel.to_official(tmp_path / "mine.neuron.pth")
+    path = to_official(sel, tmp_path / "mine.neuron.pth")
     with caplog.at_level(logging.WARNING):
         back = from_official(path)
     assert back.languages == list(OFFICIAL_LANGUAGES[:3])
@@ -242,7 +243,7 @@ def test_every_published_file_imports_and_roundtrips(name, tmp_path):
     assert len(sel.languages) == info.n_languages
     # Every published set is exactly 1% of the FFN neurons, each in >= 1 language.
     assert sel.total_distinct() == round(info.n_layers * info.n_neurons * 0.01)
-    out = sel.to_official(tmp_path / path.name)
+    out = to_official(sel, tmp_path / path.name)
     original = torch.load(path, weights_only=True)
     written = torch.load(out, weights_only=True)
     assert len(written) == len(original)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 
@@ -10,11 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
+from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import InterventionError
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats
-from lape_utils.steer import (
+from lape_utils.steering import (
+    PAPER_GENERATION,
     SteerResult,
+    SteerSpec,
     chrf,
     language_token_ids,
     steer,
@@ -58,6 +61,16 @@ def test_chrf_known_answers():
     assert 0 < chrf("the cat sat", "the dog sat") < 100
 
 
+def test_chrf_is_sacrebleus_on_known_pairs():
+    from sacrebleu.metrics import CHRF
+
+    reference = CHRF()
+    for hyp, ref in [("ab", "abc"), ("the cat sat", "the dog sat"), ("猫是", "猫是动物"),
+                     ("Le chat dort.", "The cat sleeps."), ("abc", "xyz")]:
+        assert chrf(hyp, ref) == pytest.approx(reference.sentence_score(hyp, [ref]).score)
+    assert chrf("the cat sat", "the dog sat") == pytest.approx(24.2063492, abs=1e-6)
+
+
 def test_language_token_ids(tiny):
     tok = tiny("llama").tokenizer  # byte-level: ASCII bytes are in English text
     zh = language_token_ids(tok, "zh", "en")
@@ -72,23 +85,25 @@ def test_language_token_ids(tiny):
 
 def test_steering_interventions():
     sel, stats = _selection(), _stats()
-    ivs = steering_interventions(sel, stats, "fr", source="en", zero_source=True, mode="set", strength=2)
+    ivs = steering_interventions(
+        sel, stats, SteerSpec("fr", source="en", zero_source=True, mode="set", strength=2)
+    )
     assert [iv.op for iv in ivs] == ["zero", "set"]
     assert ivs[0].n_neurons == sel.flat("en").numel()
     layer, idx = next(iter(ivs[1].neurons.items()))
     assert torch.allclose(ivs[1].value[layer], 2 * stats.mean_activation("fr")[layer, idx])
-    (add,) = steering_interventions(sel, stats, "fr", mode="add", strength=0.5)
+    (add,) = steering_interventions(sel, stats, SteerSpec("fr", mode="add", strength=0.5))
     assert add.op == "add" and torch.allclose(add.value[layer], 0.5 * stats.mean_activation("fr")[layer, idx])
-    (scale,) = steering_interventions(sel, None, "zh", mode="scale", strength=3)
+    (scale,) = steering_interventions(sel, None, SteerSpec("zh", mode="scale", strength=3))
     assert scale.op == "scale" and scale.value == 3.0
     with pytest.raises(InterventionError, match="unknown steering mode"):
-        steering_interventions(sel, stats, "fr", mode="boost")
+        steering_interventions(sel, stats, SteerSpec("fr", mode="boost"))
     with pytest.raises(InterventionError, match="strength must be finite"):
-        steering_interventions(sel, stats, "fr", strength=float("nan"))
+        steering_interventions(sel, stats, SteerSpec("fr", strength=float("nan")))
     with pytest.raises(InterventionError, match="needs activation statistics"):
-        steering_interventions(sel, None, "fr", mode="set")
+        steering_interventions(sel, None, SteerSpec("fr", mode="set"))
     with pytest.raises(InterventionError, match="needs the source"):
-        steering_interventions(sel, stats, "fr", zero_source=True)
+        steering_interventions(sel, stats, SteerSpec("fr", zero_source=True))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -97,8 +112,10 @@ def test_steering_interventions():
 def test_steer_end_to_end_tiny(tiny, tmp_path):
     model = tiny("llama")
     sel, stats = _selection(), _stats()
-    res = steer(model, sel, stats, PROMPTS, "zh", source="en", zero_source=True, mode="add",
-                strength=3.0, random_control=True, max_new_tokens=6, batch_size=2)
+    res = steer(model, sel, stats, PROMPTS,
+                SteerSpec("zh", source="en", zero_source=True, mode="add", strength=3.0),
+                generation=GenerationConfig(max_new_tokens=6, batch_size=2),
+                random_control=True)
     assert list(res.rows["neurons"]) == ["lape", "lape", "random", "random"]
     assert list(res.rows["prompt"]) == PROMPTS * 2
     # the unsteered answers are shared by both sets
@@ -126,61 +143,62 @@ def test_steer_end_to_end_tiny(tiny, tmp_path):
 def test_steer_hooks_backend_gives_the_same_outputs(tiny):
     model = tiny("gemma3")
     sel, stats = _selection(), _stats()
-    kw = dict(mode="set", strength=4.0, max_new_tokens=5)
-    a = steer(model, sel, stats, PROMPTS, "fr", **kw)
-    b = steer(model, sel, stats, PROMPTS, "fr", backend="hooks", **kw)
-    assert list(a.rows["steered"]) == list(b.rows["steered"])
+    spec = SteerSpec("fr", mode="set", strength=4.0)
+    gen = dataclasses.replace(PAPER_GENERATION, max_new_tokens=5)
+    a = steer(model, sel, stats, PROMPTS, spec, generation=gen)
+    formatted = [spec.template.format(prompt=p) for p in PROMPTS]
+    b = generate(model, formatted, steering_interventions(sel, stats, spec), gen, backend="hooks")
+    assert list(a.rows["steered"]) == list(b.texts)
 
 
 def test_steer_refuses_bad_input_before_generating(tiny, monkeypatch):
-    import lape_utils.steer as steer_mod
+    import lape_utils.steering as steer_mod
 
     def boom(*a, **k):
         raise AssertionError("generation started")
 
-    monkeypatch.setattr(steer_mod, "generate_detailed", boom)
+    monkeypatch.setattr(steer_mod, "generate", boom)
     model = tiny("llama")
     sel, stats = _selection(), _stats()
     with pytest.raises(InterventionError, match="no prompts"):
-        steer(model, sel, stats, [], "fr")
+        steer(model, sel, stats, [], SteerSpec("fr"))
     with pytest.raises(InterventionError, match="'de' is not in the neuron set"):
-        steer(model, sel, stats, PROMPTS, "de")
+        steer(model, sel, stats, PROMPTS, SteerSpec("de"))
     with pytest.raises(InterventionError, match="'zh' is not in the statistics"):
-        steer(model, sel, stats.subset(["en", "fr"]), PROMPTS, "zh")
+        steer(model, sel, stats.subset(["en", "fr"]), PROMPTS, SteerSpec("zh"))
     with pytest.raises(InterventionError, match="strength must be finite"):
-        steer(model, sel, stats, PROMPTS, "fr", strength=float("inf"))
+        steer(model, sel, stats, PROMPTS, SteerSpec("fr", strength=float("inf")))
     with pytest.raises(InterventionError, match=r"18 layers x 2048 neurons.*2 layers x 128"):
-        steer(model, _selection(18, 2048), _stats(18, 2048), PROMPTS, "fr")
+        steer(model, _selection(18, 2048), _stats(18, 2048), PROMPTS, SteerSpec("fr"))
     with pytest.raises(InterventionError, match="statistics are for 2 layers x 64"):
-        steer(model, sel, _stats(2, 64), PROMPTS, "fr")
+        steer(model, sel, _stats(2, 64), PROMPTS, SteerSpec("fr"))
     with pytest.raises(InterventionError, match="source language 'ko'"):
-        steer(model, sel, stats, PROMPTS, "fr", source="ko", zero_source=True)
+        steer(model, sel, stats, PROMPTS, SteerSpec("fr", source="ko", zero_source=True))
     with pytest.raises(InterventionError, match="both 'fr'"):
-        steer(model, sel, stats, PROMPTS, "fr", source="fr")
+        steer(model, sel, stats, PROMPTS, SteerSpec("fr", source="fr"))
     with pytest.raises(InterventionError, match="template"):
-        steer(model, sel, stats, PROMPTS, "fr", template="Q: A:")
+        steer(model, sel, stats, PROMPTS, SteerSpec("fr", template="Q: A:"))
 
 
 def test_strength_sweep(tiny):
     model = tiny("llama")
-    df = strength_sweep(model, _selection(), _stats(), PROMPTS, "zh", "en", [1.0, 4.0], "set",
-                        random_control=True, max_new_tokens=4)
+    spec = SteerSpec("zh", source="en", mode="set")
+    df = strength_sweep(model, _selection(), _stats(), PROMPTS, spec, [1.0, 4.0],
+                        generation=GenerationConfig(max_new_tokens=4), random_control=True)
     assert list(df["strength"]) == [1.0, 1.0, 4.0, 4.0]
     assert list(df["neurons"]) == ["lape", "random"] * 2
     assert {"target_rate", "output_ppl", "chrf", "target_mass"} <= set(df.columns)
     with pytest.raises(InterventionError, match="strength must be finite"):
-        strength_sweep(model, _selection(), _stats(), PROMPTS, "zh", "en", [1.0, math.nan])
+        strength_sweep(model, _selection(), _stats(), PROMPTS, spec, [1.0, math.nan])
 
 
 # --------------------------------------------------------------------------- CLI
 
 
 def _parser():
-    from lape_utils.cli_causal import register
+    from lape_utils.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="lape")
-    register(parser.add_subparsers(dest="command"))
-    return parser
+    return build_parser()
 
 
 def test_cli_ppl_and_steer(tmp_path, capsys):
@@ -234,11 +252,12 @@ def test_cli_refuses_another_models_neurons(tmp_path, official_dir):
 
 
 def test_cli_reads_official_format_for_this_model(tmp_path, tiny):
-    from lape_utils.cli_causal import load_neurons
+    from lape_utils.cli import load_neurons
+    from lape_utils.published import to_official
 
     sel = _selection(p=0.02)
     path = tmp_path / "mine.neuron.pth"
-    sel.to_official(path)
+    to_official(sel, path)
     back = load_neurons(path, tiny("llama"))
     assert back.n_neurons == 128 and back.n_layers == 2
     # the paper's format has no language names: lists are read in the paper's order
@@ -260,8 +279,10 @@ def test_real_model_steering_end_to_end(default_model, tmp_path):
     packed = pack(corpus, model.tokenizer, seq_len=128, tokens_per_language=127 * 4)
     stats = capture(model, packed, None, replicates=0, progress=False)
     sel = identify(stats.over_zero, stats.n, stats.languages, activation_sum=stats.activation_sum)
-    res = steer(model, sel, stats, ["What is your favourite food?", "How do plants grow?"], "fr",
-                source="en", mode="add", strength=4.0, max_new_tokens=12, random_control=True)
+    res = steer(model, sel, stats, ["What is your favourite food?", "How do plants grow?"],
+                SteerSpec("fr", source="en", mode="add", strength=4.0),
+                generation=dataclasses.replace(PAPER_GENERATION, max_new_tokens=12),
+                random_control=True)
     summ = res.summary()
     assert list(summ.index) == ["lape", "random"]
     assert res.rows["unsteered"].str.len().gt(0).all()

@@ -327,7 +327,7 @@ def test_run_steering_returns_both_answers(steering_setup):
 def test_run_steering_bad_input_raises_before_generating(steering_setup, args, expected):
     model, neurons, stats = steering_setup
     with (
-        mock.patch("lape_utils.steer.generate_detailed") as gen,
+        mock.patch("lape_utils.steering.generate") as gen,
         pytest.raises(InterventionError, match=expected),
     ):
         W.run_steering(model, neurons, stats, *args)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lape_utils.workflow import JobConfig, run_main_job
+from lape_utils.job import JobConfig, run_main_job
 
 
 def _config(**kw) -> JobConfig:

@@ -1,214 +1,38 @@
-"""The workbook's stages, cached, and the main job that runs them all.
+"""The main job (``lape run``): the whole pipeline, figures, executed notebooks, summary.
 
-Notebooks and the ``lape run`` command call the same functions, so a notebook executed
-after the main job (or a second notebook after the first) reuses what is cached instead of
-computing it again:
-
-* :func:`detection_statistics`: pack the corpus and capture statistics (cached by
-  :func:`lape_utils.capture.capture` with its provenance sidecar);
-* :func:`cached_ppl_matrix`: the perplexity-change matrix with its random control;
-* :func:`cached_steering`: steering runs towards several target languages;
-* :func:`run_main_job`: everything above plus figures, executed notebooks and ``summary.md``.
-
-Derived results are stored under a name that contains a hash of everything they depend
-on, so a changed input never reuses (or overwrites) an old result.
+Orchestration only: every number comes from the library through the cached stages of
+:mod:`lape_utils.job.stages`; this module sequences them, times them, draws the figures
+and writes ``summary.md`` / ``summary.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
-from .languages import LANGUAGE_ORDER, PAPER_LANGUAGES
-from .models import DEFAULT_MODEL, LapeModel
+from ..languages import LANGUAGE_ORDER, PAPER_LANGUAGES
+from ..models import DEFAULT_MODEL
+from ..steering import PAPER_GENERATION, SteerSpec
+from .notebooks import execute_notebooks
+from .stages import (
+    cached_ppl_matrix,
+    cached_steering,
+    cached_sweep,
+    detection_statistics,
+    heldout_text,
+    steering_table,
+)
 
 log = logging.getLogger(__name__)
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def selection_digest(selection) -> str:
-    """A short hash of a neuron selection's contents (languages and indices)."""
-    return _digest({lang: [t.tolist() for t in selection.indices[lang]] for lang in selection.languages})
-
-
-# ----------------------------------------------------------------------------- stages
-def detection_statistics(
-    model: LapeModel,
-    cache_dir: str | os.PathLike,
-    *,
-    corpus: str = "builtin",
-    languages: Sequence[str] | str | None = None,
-    tokens_per_language: int | None = None,
-    seq_len: int = 512,
-    batch_size: int = 4,
-    replicates: int = 16,
-    seed: int = 0,
-    take_all: bool = False,
-):
-    """Packs the detection corpus and captures (or loads) its activation statistics.
-
-    Returns:
-        ``(packed, stats)``; the statistics live in ``cache_dir/stats``.
-    """
-    from .capture import capture
-    from .corpus import load_corpus, pack
-
-    text = load_corpus(corpus, languages, split="detect", tokenizer=model.tokenizer,
-                       tokens_per_language=tokens_per_language, seed=seed, take_all=take_all)
-    packed = pack(text, model.tokenizer, seq_len=seq_len, tokens_per_language=tokens_per_language,
-                  seed=seed, take_all=take_all)
-    stats = capture(model, packed, Path(cache_dir) / "stats", batch_size=batch_size,
-                    replicates=replicates, seed=seed)
-    return packed, stats
-
-
-def heldout_text(
-    model: LapeModel,
-    *,
-    corpus: str = "builtin",
-    languages: Sequence[str] | str | None = None,
-    tokens_per_language: int | None = None,
-    seq_len: int = 256,
-    seed: int = 0,
-):
-    """The packed held-out split used for perplexity."""
-    from .corpus import load_corpus, pack
-
-    text = load_corpus(corpus, languages, split="heldout", tokenizer=model.tokenizer,
-                       tokens_per_language=tokens_per_language, seed=seed)
-    return pack(text, model.tokenizer, seq_len=seq_len, tokens_per_language=tokens_per_language,
-                seed=seed)
-
-
-def cached_ppl_matrix(
-    model: LapeModel,
-    selection,
-    heldout,
-    cache_dir: str | os.PathLike,
-    *,
-    random_control: bool = True,
-    seed: int = 0,
-    batch_size: int = 4,
-    languages: Sequence[str] | None = None,
-):
-    """:func:`lape_utils.evaluate.perplexity_matrix`, cached under ``cache_dir/ppl``."""
-    from .evaluate import PplMatrix, perplexity_matrix
-
-    key = _digest({
-        "model": model.fingerprint, "dtype": str(model.dtype), "neurons": selection_digest(selection),
-        "heldout": heldout.fingerprint, "random": random_control, "seed": seed,
-        "rows": list(languages or selection.languages),
-    })
-    path = Path(cache_dir) / "ppl" / f"ppl_matrix_{key}.csv"
-    if path.exists():
-        log.info("perplexity matrix found in %s", path)
-        return PplMatrix.from_csv(path)
-    matrix = perplexity_matrix(model, selection, heldout, random_control=random_control, seed=seed,
-                               batch_size=batch_size, languages=languages)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    matrix.to_csv(path)
-    return matrix
-
-
-def cached_steering(
-    model: LapeModel,
-    selection,
-    stats,
-    prompts: Sequence[str],
-    targets: Sequence[str],
-    cache_dir: str | os.PathLike,
-    *,
-    source: str | None = "en",
-    mode: str = "set",
-    strength: float = 1.0,
-    max_new_tokens: int = 32,
-    random_control: bool = True,
-    seed: int = 0,
-    batch_size: int = 8,
-) -> dict:
-    """:func:`lape_utils.steer.steer` towards each target, cached as JSONL per target.
-
-    Returns:
-        ``{target: SteerResult}``.
-    """
-    from .steer import SteerResult, steer
-
-    out = {}
-    for target in targets:
-        key = _digest({
-            "model": model.fingerprint, "dtype": str(model.dtype),
-            "neurons": selection_digest(selection), "prompts": list(prompts), "target": target,
-            "source": source, "mode": mode, "strength": strength, "max_new_tokens": max_new_tokens,
-            "random": random_control, "seed": seed,
-        })
-        path = Path(cache_dir) / "steering" / f"steer_{target}_{key}.jsonl"
-        if path.exists():
-            out[target] = SteerResult.from_jsonl(path)
-            continue
-        result = steer(model, selection, stats, list(prompts), target, source=source, mode=mode,
-                       strength=strength, max_new_tokens=max_new_tokens,
-                       random_control=random_control, seed=seed, batch_size=batch_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result.to_jsonl(path)
-        out[target] = result
-    return out
-
-
-def cached_sweep(
-    model: LapeModel,
-    selection,
-    stats,
-    prompts: Sequence[str],
-    target: str,
-    cache_dir: str | os.PathLike,
-    *,
-    source: str | None = "en",
-    strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-    mode: str = "set",
-    max_new_tokens: int = 32,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """:func:`lape_utils.steer.strength_sweep`, cached as CSV under ``cache_dir/steering``."""
-    from .steer import strength_sweep
-
-    key = _digest({
-        "model": model.fingerprint, "dtype": str(model.dtype), "neurons": selection_digest(selection),
-        "prompts": list(prompts), "target": target, "source": source, "mode": mode,
-        "strengths": [float(x) for x in strengths], "max_new_tokens": max_new_tokens, "seed": seed,
-    })
-    path = Path(cache_dir) / "steering" / f"sweep_{target}_{key}.csv"
-    if path.exists():
-        return pd.read_csv(path)
-    sweep = strength_sweep(model, selection, stats, list(prompts), target, source, list(strengths),
-                           mode, max_new_tokens=max_new_tokens, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep.to_csv(path, index=False)
-    return sweep
-
-
-def steering_table(results: dict) -> pd.DataFrame:
-    """One row per (target, neuron set): target and source rates and costs."""
-    frames = []
-    for target, result in results.items():
-        s = result.summary().reset_index()
-        s.insert(0, "target", target)
-        frames.append(s)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-# --------------------------------------------------------------------------- main job
 @dataclass
 class JobConfig:
     """Settings of the main job (``lape run``); defaults fit 2 CPU cores in minutes.
@@ -280,10 +104,11 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
     import matplotlib
 
     matplotlib.use("Agg")
-    from . import analysis, plots
-    from .corpus import load_prompts
-    from .lape import LapeConfig, identify, stability
-    from .models import load_model
+    from .. import analysis, plots, published
+    from ..config import LapeConfig
+    from ..corpus import load_prompts
+    from ..lape import identify, stability
+    from ..models import load_model
 
     cfg = config or JobConfig()
     out = Path(out_dir)
@@ -310,7 +135,7 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         selection = identify(stats.over_zero, stats.n, stats.languages, lape_cfg,
                              activation_sum=stats.activation_sum, provenance=stats.provenance)
         selection.save(out / "neurons.pt", overwrite=True)
-        selection.to_official(out / "neurons.neuron.pth", overwrite=True)
+        published.to_official(selection, out / "neurons.neuron.pth", overwrite=True)
         stab = None
         if stats.n_replicates:
             stab = stability(stats.boot_over_zero, stats.boot_n, stats.languages, lape_cfg, selection)
@@ -338,16 +163,16 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
             plots.save_figure(plots.plot_stability(stab, kind="jaccard", config=lape_cfg),
                               figs / "stability.png", close=True)
         try:
-            published = analysis.published_sets(download=True)
+            sets = published.published_sets(download=True)
         except Exception as err:  # offline and not cached: say so in the summary
-            published = {}
+            sets = {}
             summary["published_sets"] = f"not available: {err}"
-        if published:
-            plots.save_figure(plots.plot_published_comparison(published, selection,
+        if sets:
+            plots.save_figure(plots.plot_published_comparison(sets, selection,
                                                               ours_name=cfg.model),
                               figs / "published_comparison.png", close=True)
-            summary["published_comparison"] = analysis.compare_with_published(
-                selection, published, ours_name=cfg.model
+            summary["published_comparison"] = published.compare_with_published(
+                selection, sets, ours_name=cfg.model
             ).reset_index().to_dict(orient="records")
 
     with timer.stage("perplexity matrix"):
@@ -365,16 +190,17 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
 
     with timer.stage("steering"):
         prompts = load_prompts("builtin", language=cfg.steer_source)[: cfg.steer_prompts]
+        generation = replace(PAPER_GENERATION, max_new_tokens=cfg.steer_max_new_tokens,
+                             seed=cfg.seed)
         results = cached_steering(model, selection, stats, prompts, cfg.steer_targets, cache,
-                                  source=cfg.steer_source, max_new_tokens=cfg.steer_max_new_tokens,
-                                  seed=cfg.seed)
+                                  source=cfg.steer_source, generation=generation)
         table = steering_table(results)
         table.to_csv(out / "steering_summary.csv", index=False)
         for target, result in results.items():
             result.to_jsonl(out / f"steering_{target}.jsonl", overwrite=True)
-        sweep = cached_sweep(model, selection, stats, prompts, cfg.steer_targets[0], cache,
-                             source=cfg.steer_source, strengths=cfg.sweep_strengths,
-                             max_new_tokens=cfg.steer_max_new_tokens, seed=cfg.seed)
+        sweep = cached_sweep(model, selection, stats, prompts,
+                             SteerSpec(cfg.steer_targets[0], source=cfg.steer_source),
+                             cfg.sweep_strengths, cache, generation=generation)
         sweep.to_csv(out / "steering_sweep.csv", index=False)
         plots.save_figure(plots.plot_steering_sweep(sweep), figs / "steering_sweep.png", close=True)
     summary["steering"] = table.round(4).to_dict(orient="records")
@@ -396,60 +222,6 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out / "summary.md").write_text(render_summary(summary, matrix, table, counts))
     return summary
-
-
-# ---------------------------------------------------------------------------- notebooks
-NOTEBOOKS = ("01_detection", "02_distribution", "03_deactivation", "04_steering")
-
-
-def notebooks_dir() -> Path:
-    """The repository's ``notebooks/`` directory."""
-    from .corpus import data_dir
-
-    return data_dir().parent / "notebooks"
-
-
-def execute_notebooks(
-    out_dir: str | os.PathLike,
-    parameters: dict,
-    names: Sequence[str] = NOTEBOOKS,
-    *,
-    html: bool = True,
-    timeout: int = 1800,
-) -> dict[str, str]:
-    """Executes the numbered notebooks with papermill and exports them to HTML.
-
-    Returns:
-        ``{name: path of the executed notebook (or HTML)}``.
-    """
-    import papermill
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done = {}
-    for name in names:
-        src = notebooks_dir() / f"{name}.ipynb"
-        dst = out / f"{name}.ipynb"
-        papermill.execute_notebook(
-            str(src), str(dst), parameters=parameters, cwd=str(notebooks_dir()),
-            kernel_name="python3", progress_bar=False, execution_timeout=timeout,
-        )
-        done[name] = str(dst)
-        if html:
-            done[name] = str(export_html(dst))
-    return done
-
-
-def export_html(notebook: str | os.PathLike) -> Path:
-    """Exports an executed notebook to HTML next to it (widget state included)."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(notebook), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    path = Path(notebook).with_suffix(".html")
-    path.write_text(body, encoding="utf-8")
-    return path
 
 
 # ----------------------------------------------------------------------------- summary

@@ -1,0 +1,97 @@
+"""The thresholds of LAPE identification, in one frozen, validated dataclass.
+
+:class:`LapeConfig` travels into every saved result and figure title. It has no
+dependencies inside the package, so every module (the math, the selection type, the
+published-set reader) can import it one way.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["LapeConfig"]
+
+_CONFIG_RANGES = {"top_rate": "(0, 1]", "filter_rate": "[0, 1)", "activation_bar_ratio": "[0, 1)"}
+
+
+@dataclass(frozen=True)
+class LapeConfig:
+    """Every threshold of LAPE identification (paper defaults).
+
+    Frozen and validated; make variants with ``dataclasses.replace(cfg, top_rate=0.02)``
+    (validation runs again). Values are stored as Python floats.
+    """
+
+    top_rate: float = 0.01
+    """Fraction of all FFN neurons (``L·D``) to select, globally across layers (no per-layer
+    quota): ``round(L·D·top_rate)`` neurons with the lowest entropy. In (0, 1]."""
+
+    filter_rate: float = 0.95
+    """Quantile (``kthvalue`` rule, see :func:`kth_quantile`) of all activation probabilities
+    pooled over layers, neurons and languages, giving ``tau``; a neuron whose probability is
+    ``<= tau`` in every language is excluded before ranking. In [0, 1); 0 gives the minimum
+    of all values (see :func:`kth_quantile`), so only neurons never above that minimum
+    (typically 0: the never-active ones) are excluded."""
+
+    activation_bar_ratio: float = 0.95
+    """Quantile of the same pooled probabilities giving ``bar``; a selected neuron belongs to
+    every language in which its probability is ``> bar``. In [0, 1). The paper uses one
+    number for both thresholds; the reference code keeps two, so do we (equal by default)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed = _CONFIG_RANGES[f.name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"LapeConfig.{f.name} must be a real number in {allowed}, got {value!r} "
+                    f"({type(value).__name__})."
+                )
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(
+                    f"LapeConfig.{f.name} must be a finite number in {allowed}, got {value!r}."
+                )
+            object.__setattr__(self, f.name, value)
+        if not 0.0 < self.top_rate <= 1.0:
+            raise ValueError(
+                f"LapeConfig.top_rate = {self.top_rate!r} is outside (0, 1]; it is the "
+                "fraction of all neurons to select (paper: 0.01)."
+            )
+        for name in ("filter_rate", "activation_bar_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"LapeConfig.{name} = {value!r} is outside [0, 1); it is a quantile of "
+                    "the pooled activation probabilities (paper: 0.95)."
+                )
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict of the fields (JSON-serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LapeConfig:
+        """Inverse of :meth:`to_dict`; missing fields take their defaults.
+
+        Raises:
+            ValueError: ``data`` has a key that is not a field.
+        """
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(
+                f"LapeConfig.from_dict: unknown field(s) {unknown}; allowed: {sorted(allowed)}."
+            )
+        return cls(**dict(data))
+
+    def label(self) -> str:
+        """Short text for figure titles, e.g. ``"top 1% · filter q0.95 · bar q0.95"``."""
+        return (
+            f"top {self.top_rate * 100:g}% · filter q{self.filter_rate:g} · "
+            f"bar q{self.activation_bar_ratio:g}"
+        )

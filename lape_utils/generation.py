@@ -1,0 +1,268 @@
+"""Generation with interventions on every step: one function, one settings type, one result.
+
+:func:`generate` continues each prompt with the model while applying
+:class:`~lape_utils.intervene.Intervention` s at every forward of the generation that
+their ``positions`` cover (see :mod:`lape_utils.intervene`). How to decode is one frozen,
+validated :class:`GenerationConfig`; what comes back is one :class:`Generation` (texts,
+token ids and, on request, the first step's next-token distribution).
+
+nnsight 0.8.1 mechanics (measured, see ``tests/test_intervene.py``): inside
+``with model.nn.generate(...) as tracer``, one ``tracer.invoke(inputs)`` holds
+``for step in tracer.all():`` whose body edits the sites of that step (step 0 sees
+``[batch, prompt_len, neuron]``, later steps ``[batch, 1, neuron]``); an open-ended loop
+never ends normally (the model running out of steps leaves its last request dangling,
+which nnsight reports as a warning we silence), so the generated ids are read in a second,
+empty ``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step
+0 the loop breaks after step 0, otherwise it would spin forever without a request.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from .intervene import (
+    Intervention,
+    InterventionError,
+    _check_backend,
+    _edit_step_nnsight,
+    _hooks,
+    _plan,
+    check_interventions,
+    forward_logits,
+)
+
+if TYPE_CHECKING:
+    from .models import LapeModel
+
+__all__ = ["Generation", "GenerationConfig", "generate"]
+
+_DANGLING = r".*was never reached.*"  # nnsight's warning at the end of an open tracer.all()
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate. Frozen and validated; variants with ``dataclasses.replace``.
+
+    Top-k filtering is off when sampling (``top_k=0``, not the transformers default of 50).
+    """
+
+    max_new_tokens: int = 64
+    """Tokens to generate at most per prompt (>= 1)."""
+
+    do_sample: bool = False
+    """Sample instead of greedy decoding."""
+
+    temperature: float = 1.0
+    """Sampling temperature (> 0; sampling only)."""
+
+    top_p: float = 1.0
+    """Nucleus sampling threshold in (0, 1] (sampling only)."""
+
+    repetition_penalty: float | None = None
+    """transformers' repetition penalty (> 0; the paper used 1.1), or ``None``."""
+
+    batch_size: int = 8
+    """Prompts per forward pass (>= 1; prompts are left padded)."""
+
+    seed: int = 0
+    """Seed of the global RNG before each batch (``seed + batch index``)."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value:
+                raise InterventionError(f"{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InterventionError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is None and name == "repetition_penalty":
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise InterventionError(f"{name} must be a number, got {value!r}") from None
+            if not math.isfinite(value) or value <= 0:
+                raise InterventionError(f"{name} must be a finite number > 0, got {value!r}")
+            object.__setattr__(self, name, value)
+        if self.top_p > 1:
+            raise InterventionError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "do_sample", bool(self.do_sample))
+
+    def hf_kwargs(self, pad_token_id: int | None) -> dict:
+        """Keyword arguments of ``model.generate`` for these settings."""
+        kwargs: dict = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "pad_token_id": pad_token_id,
+        }
+        if self.do_sample:
+            kwargs |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns.
+
+    Attributes:
+        texts: Decoded new text per prompt (special tokens skipped).
+        prompt_ids: Per prompt, ``[prompt_len]`` its token ids (no padding).
+        new_ids: Per prompt, ``[n_new]`` generated ids, cut after the first EOS (kept)
+            and without padding.
+        first_step_probs: ``[n_prompts, vocab]`` float32 next-token distribution at the
+            first generated step (with the interventions of step 0), or ``None``.
+    """
+
+    texts: list[str]
+    prompt_ids: list[torch.Tensor]
+    new_ids: list[torch.Tensor]
+    first_step_probs: torch.Tensor | None = None
+
+
+def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list, or a clear error for an empty list, a bare str or empty text.
+
+    Raises:
+        InterventionError: naming the offending prompt.
+    """
+    if isinstance(prompts, str):
+        raise InterventionError(
+            "prompts must be a list of strings, got a single str; wrap it in a list"
+        )
+    prompts = list(prompts)
+    if not prompts:
+        raise InterventionError("no prompts given; pass at least one non-empty prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InterventionError(f"prompts[{i}] is a {type(p).__name__}, not a str: {p!r:.80}")
+        if not p.strip():
+            raise InterventionError(f"prompts[{i}] is empty ({p!r}); remove it or give it text")
+    return prompts
+
+
+def _eos_ids(model: LapeModel) -> set[int]:
+    eos = getattr(model.hf.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    if eos is None:
+        return set()
+    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def _generate_batch(model: LapeModel, plan, inputs: dict, kwargs: dict, backend: str):
+    """One batch of ``model.hf.generate`` with the plan applied at every step it covers."""
+    if plan.empty:
+        return model.hf.generate(**inputs, **kwargs)
+    if backend == "hooks":
+        with _hooks(model, plan):
+            return model.hf.generate(**inputs, **kwargs)
+    batch = int(inputs["input_ids"].shape[0])
+    later = plan.after_prompt
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_DANGLING)
+        with model.nn.generate(**kwargs) as tracer:
+            with tracer.invoke(inputs):
+                for step in tracer.all():
+                    _edit_step_nnsight(model, plan, step, batch)
+                    if not later:
+                        break
+            with tracer.invoke():
+                out = tracer.result.save()
+    return out
+
+
+def _new_tokens(row: torch.Tensor, eos: set[int], pad: int | None) -> torch.Tensor:
+    """Generated ids of one row: cut after the first EOS (kept), padding dropped."""
+    cut = len(row)
+    for i, t in enumerate(row.tolist()):
+        if t in eos:
+            cut = i + 1
+            break
+    row = row[:cut]
+    return row[row != pad] if pad is not None and pad not in eos else row
+
+
+def generate(
+    model: LapeModel,
+    prompts: Sequence[str],
+    interventions: Sequence[Intervention] | Intervention = (),
+    config: GenerationConfig = GenerationConfig(),
+    *,
+    first_step_probs: bool = False,
+    backend: str = "nnsight",
+    progress: bool = True,
+) -> Generation:
+    """Generates a continuation of each prompt with interventions on every step.
+
+    Prompts are batched with left padding; only the new tokens are decoded. Interventions
+    apply at every forward of the generation according to their ``positions`` (``"all"``
+    covers every generated token, the first included).
+
+    Args:
+        model: The loaded model.
+        prompts: Non-empty prompt strings.
+        interventions: Applied in list order at every step they cover.
+        config: Decoding, length, batching and seed.
+        first_step_probs: Also return the next-token distribution of the first generated
+            step (one extra forward of the prompts).
+        backend: ``"nnsight"`` or ``"hooks"`` (same semantics, same tokens; the hook path
+            is the tests' reference for nnsight).
+        progress: Show a progress bar over batches.
+
+    Returns:
+        A :class:`Generation`.
+
+    Raises:
+        InterventionError: empty prompts, an intervention that does not fit the model, an
+            unknown backend; all before any generation.
+    """
+    _check_backend(backend)
+    if not isinstance(config, GenerationConfig):
+        raise InterventionError(
+            f"config must be a GenerationConfig, got {type(config).__name__}"
+        )
+    prompts = check_prompts(prompts)
+    ivs = check_interventions(model, interventions)
+    plan = _plan(model, ivs)
+    tok = model.tokenizer
+    kwargs = config.hf_kwargs(tok.pad_token_id)
+    eos, pad = _eos_ids(model), tok.pad_token_id
+    out = Generation([], [], [], None)
+    probs: list[torch.Tensor] = []
+    starts = range(0, len(prompts), config.batch_size)
+    bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2)
+    for b, start in enumerate(bar):
+        chunk = prompts[start : start + config.batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True)
+        inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+        torch.manual_seed(config.seed + b)
+        with torch.inference_mode():
+            result = _generate_batch(model, plan, inputs, kwargs, backend)
+        seqs = result.sequences if hasattr(result, "sequences") else result
+        n_prompt = inputs["input_ids"].shape[1]
+        for row in range(len(chunk)):
+            new = _new_tokens(seqs[row, n_prompt:].cpu(), eos, pad)
+            out.prompt_ids.append(enc["input_ids"][row][enc["attention_mask"][row].bool()])
+            out.new_ids.append(new)
+            out.texts.append(tok.decode(new, skip_special_tokens=True))
+        if first_step_probs:
+            logits = forward_logits(
+                model, inputs["input_ids"], inputs["attention_mask"], ivs,
+                last_only=True, backend=backend,
+            )
+            probs.append(torch.softmax(logits[:, -1].float(), dim=-1).cpu())
+    if first_step_probs:
+        out.first_step_probs = torch.cat(probs)
+    return out

@@ -1,0 +1,581 @@
+"""Steering generation towards a target language with its neurons, and measuring the result.
+
+The paper's setting (``lape-method.md`` §4): while generating, set the target language's
+neurons to their mean activation on that language (``mode="set"``), at every position
+(``positions="all"``: the prompt and every generated token, so the first generated token is
+steered too); optionally deactivate (zero) the source language's neurons first. Later work
+found adding to (``mode="add"``: ``activation += strength x mean activation on the target``)
+or scaling (``mode="scale"``: ``activation *= strength``) the activation steers better;
+both are here. A setting is one frozen, validated :class:`SteerSpec`; decoding is a
+:class:`~lape_utils.generation.GenerationConfig` (default :data:`PAPER_GENERATION`).
+
+Every output is identified offline by fastText lid.176 (:mod:`lape_utils.langid`). The
+metrics of a batch (:meth:`SteerResult.summary`):
+
+* ``target_rate`` / ``source_rate``: share of outputs whose language label is the target /
+  source language (``"mixed"`` and ``"unknown"`` count as neither), with and without
+  steering;
+* ``output_ppl``: perplexity of the generated continuations given their prompts under the
+  *unmodified* model (token-weighted over all outputs): what steering costs in fluency;
+* ``chrf``: similarity of the steered answer to the unsteered one, chrF (sacrebleu's
+  ``CHRF``: character n-grams 1-6, β = 2, whitespace removed, 0-100; Popović 2015), and
+  ``drift = 100 - chrf``. Character n-grams work across scripts and tokenizers;
+* ``target_mass``: probability the model puts, at the first generated step, on
+  *target-language tokens*: token ids that occur when the target language's text of the
+  built-in ``detect`` corpus is tokenized, and never in the source language's text
+  (English when there is no source). Shared tokens (punctuation, digits, names) are thus
+  excluded. Steering often raises this mass without changing the top token, which
+  ``top1_changed`` reports.
+
+A random control of the same size per layer (:func:`~lape_utils.lape.random_matched`, with
+the same values: the random neurons' own mean activation on the target) tells how much of
+the effect is specific to the language neurons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from sacrebleu.metrics import CHRF
+
+from ._files import refuse_overwrite
+from .corpus import load_corpus, tokenizer_identity
+from .evaluate import score_continuations
+from .generation import Generation, GenerationConfig, check_prompts, generate
+from .intervene import (
+    POSITIONS,
+    Intervention,
+    InterventionError,
+    _check_finite,
+    check_interventions,
+    check_selection,
+)
+from .langid import detect_batch
+from .lape import random_matched
+
+if TYPE_CHECKING:
+    from .models import LapeModel
+    from .selection import NeuronSelection
+    from .stats import ActivationStats
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MODES",
+    "PAPER_GENERATION",
+    "PAPER_TEMPLATE",
+    "SteerResult",
+    "SteerSpec",
+    "chrf",
+    "language_token_ids",
+    "steer",
+    "steering_interventions",
+    "strength_sweep",
+]
+
+MODES: tuple[str, ...] = ("set", "add", "scale")
+
+PAPER_TEMPLATE = "Q: {prompt}\nA:"
+"""The paper's prompt format for open questions."""
+
+PAPER_GENERATION = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1)
+"""The paper's decoding: greedy with repetition penalty 1.1."""
+
+
+# ============================================================================ the setting
+
+
+@dataclass(frozen=True)
+class SteerSpec:
+    """One steering setting. Frozen and validated; variants with ``dataclasses.replace``.
+
+    Example::
+
+        spec = SteerSpec("fr", source="en", mode="set", strength=1.0)   # the paper's
+        stronger = dataclasses.replace(spec, strength=2.0)
+    """
+
+    target: str
+    """Language to steer to."""
+
+    source: str | None = None
+    """The prompts' language (for ``source_rate``, ``zero_source`` and as the contrast of
+    the target-language tokens), or ``None``."""
+
+    zero_source: bool = False
+    """Also deactivate (zero) the source language's neurons, before the target's edit."""
+
+    mode: str = "set"
+    """``"set"`` (:= strength x mean activation on the target; the paper), ``"add"``
+    (+= strength x that mean) or ``"scale"`` (*= strength)."""
+
+    strength: float = 1.0
+    """Multiplier of the mode (finite)."""
+
+    positions: str = "all"
+    """Where to intervene (see :mod:`lape_utils.intervene`); default every position."""
+
+    template: str = PAPER_TEMPLATE
+    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target:
+            raise InterventionError(f"target must be a language code, got {self.target!r}")
+        if self.mode not in MODES:
+            raise InterventionError(f"unknown steering mode {self.mode!r}; use one of {MODES}")
+        if self.positions not in POSITIONS:
+            raise InterventionError(
+                f"unknown positions {self.positions!r}; use one of {POSITIONS}"
+            )
+        object.__setattr__(self, "strength", _check_finite(self.strength, "strength"))
+        object.__setattr__(self, "zero_source", bool(self.zero_source))
+        if self.source is not None and self.source == self.target:
+            raise InterventionError(
+                f"source and target are both {self.target!r}; steer to another language"
+            )
+        if self.zero_source and self.source is None:
+            raise InterventionError("zero_source needs the source language (source=...)")
+        if "{prompt}" not in self.template:
+            raise InterventionError(f"template {self.template!r} has no '{{prompt}}' field")
+
+    def describe(self) -> str:
+        """Short text, e.g. ``"set fr x1 (en zeroed)"``."""
+        zero = f" ({self.source} zeroed)" if self.zero_source else ""
+        return f"{self.mode} {self.target} x{self.strength:g}{zero}"
+
+
+# ============================================================================ metrics
+
+_CHRF = CHRF()  # character n-grams 1-6, beta 2, whitespace removed: sacrebleu's defaults
+
+
+def chrf(hypothesis: str, reference: str) -> float:
+    """ChrF of ``hypothesis`` against ``reference`` (sacrebleu's ``CHRF``), 0-100.
+
+    Identical texts (ignoring whitespace) score 100, two empty texts included: sacrebleu
+    gives 0 there, but an answer that did not change has not drifted.
+    """
+    if "".join(hypothesis.split()) == "".join(reference.split()):
+        return 100.0
+    return float(_CHRF.sentence_score(hypothesis, [reference]).score)
+
+
+_TOKEN_SETS: dict[tuple, torch.Tensor] = {}
+
+
+def language_token_ids(tokenizer, target: str, contrast: str) -> torch.Tensor:
+    """Token ids of the target language: in its corpus text, never in the contrast's.
+
+    Both languages' documents of the built-in ``detect`` corpus are tokenized (no special
+    tokens); the result is the set difference. Cached per tokenizer and language pair.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        target: Target language code.
+        contrast: Contrast language code (usually the prompts' language).
+
+    Returns:
+        Sorted ``LongTensor [n]`` of token ids (special tokens excluded).
+    """
+    ident = tokenizer_identity(tokenizer)
+    key = (ident["name"], ident["vocab_size"], ident["probe_sha256"], target, contrast)
+    if key in _TOKEN_SETS:
+        return _TOKEN_SETS[key]
+    if target == contrast:
+        raise InterventionError(
+            f"target and contrast language are both {target!r}; target-language tokens are "
+            "defined against another language"
+        )
+    corpus = load_corpus("builtin", [target, contrast], split="detect")
+    seen: dict[str, set[int]] = {}
+    for lang in (target, contrast):
+        ids = tokenizer(corpus.documents[lang], add_special_tokens=False, verbose=False)
+        seen[lang] = {int(t) for row in ids["input_ids"] for t in row}
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = torch.tensor(sorted(seen[target] - seen[contrast] - special), dtype=torch.long)
+    log.info(
+        "%d target-language tokens for %s vs %s (%d in %s, %d in %s)",
+        out.numel(), target, contrast, len(seen[target]), target, len(seen[contrast]), contrast,
+    )
+    _TOKEN_SETS[key] = out
+    return out
+
+
+# ============================================================================ interventions
+
+
+def steering_interventions(
+    selection: NeuronSelection, stats: ActivationStats | None, spec: SteerSpec
+) -> list[Intervention]:
+    """The interventions of one steering setting, in the order they are applied.
+
+    ``[zero(source)]`` (if ``spec.zero_source``), then the target's: ``set`` to strength x
+    mean activation on the target, ``add`` strength x that mean, or ``scale`` by strength.
+    A neuron in both sets ends with the target's operation.
+
+    Raises:
+        InterventionError: a language missing from the selection or statistics, ``set``/
+            ``add`` without statistics, statistics of another shape.
+    """
+    out: list[Intervention] = []
+    if spec.zero_source:
+        out.append(Intervention.zero(selection, spec.source, positions=spec.positions))
+    if spec.mode in ("set", "add") and stats is None:
+        raise InterventionError(f"mode {spec.mode!r} needs activation statistics (stats=...)")
+    target, strength, positions = spec.target, spec.strength, spec.positions
+    if spec.mode == "set":
+        out.append(Intervention.set_to(selection, target, stats, strength=strength,
+                                       positions=positions))
+    elif spec.mode == "add":
+        out.append(Intervention.add(selection, target, strength, stats=stats, positions=positions))
+    else:
+        out.append(Intervention.scale(selection, target, strength, positions=positions))
+    return out
+
+
+# ============================================================================ results
+
+
+ROW_COLUMNS = [
+    "neurons", "prompt", "unsteered", "steered",
+    "unsteered_lang", "unsteered_score", "unsteered_label",
+    "steered_lang", "steered_score", "steered_label",
+    "chrf", "unsteered_nll", "unsteered_tokens", "steered_nll", "steered_tokens",
+    "target_mass_unsteered", "target_mass_steered", "top1_changed",
+]
+
+
+@dataclass
+class SteerResult:
+    """Steered and unsteered outputs of a batch of prompts, with their language and costs.
+
+    Attributes:
+        rows: One row per (neuron set, prompt): ``neurons`` (``"lape"`` or ``"random"``),
+            ``prompt``, ``unsteered``, ``steered``, detected ``*_lang``/``*_score``/
+            ``*_label`` of both, ``chrf`` (steered vs unsteered), ``*_nll``/``*_tokens``
+            (summed NLL and token count of each continuation under the unmodified model),
+            ``target_mass_*`` (first-step probability of target-language tokens),
+            ``top1_changed`` (steering changed the first step's most likely token).
+        config: The setting (model, target, source, mode, strength, positions, sizes...).
+    """
+
+    rows: pd.DataFrame
+    config: dict = field(default_factory=dict)
+
+    def summary(self) -> pd.DataFrame:
+        """Aggregates per neuron set (index ``neurons``).
+
+        Columns: ``n``, ``target_rate``, ``target_rate_unsteered``, ``source_rate``,
+        ``source_rate_unsteered`` (NaN without a source language), ``mixed_rate``,
+        ``unknown_rate``, ``output_ppl``, ``output_ppl_unsteered``, ``chrf``, ``drift``,
+        ``target_mass``, ``target_mass_unsteered``, ``top1_changed_rate``.
+        """
+        target = self.config.get("target")
+        source = self.config.get("source")
+        out = {}
+        for name, part in self.rows.groupby("neurons", sort=False):
+            def ppl(kind: str) -> float:
+                tokens = part[f"{kind}_tokens"].sum()
+                return math.exp(part[f"{kind}_nll"].sum() / tokens) if tokens else math.nan
+
+            out[name] = {
+                "n": len(part),
+                "target_rate": float((part["steered_label"] == target).mean()),
+                "target_rate_unsteered": float((part["unsteered_label"] == target).mean()),
+                "source_rate": (
+                    float((part["steered_label"] == source).mean()) if source else math.nan
+                ),
+                "source_rate_unsteered": (
+                    float((part["unsteered_label"] == source).mean()) if source else math.nan
+                ),
+                "mixed_rate": float((part["steered_label"] == "mixed").mean()),
+                "unknown_rate": float((part["steered_label"] == "unknown").mean()),
+                "output_ppl": ppl("steered"),
+                "output_ppl_unsteered": ppl("unsteered"),
+                "chrf": float(part["chrf"].mean()),
+                "drift": 100.0 - float(part["chrf"].mean()),
+                "target_mass": float(part["target_mass_steered"].mean()),
+                "target_mass_unsteered": float(part["target_mass_unsteered"].mean()),
+                "top1_changed_rate": float(part["top1_changed"].mean()),
+            }
+        df = pd.DataFrame.from_dict(out, orient="index")
+        df.index.name = "neurons"
+        return df
+
+    def to_jsonl(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Writes one JSON object per row to ``path``, and config + summary to ``path + ".json"``.
+
+        Each line: ``neurons``, ``target``, ``mode``, ``strength``, ``prompt``,
+        ``unsteered``, ``steered``, the detected languages, labels and scores of both, and
+        the per-prompt metrics.
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is false.
+        """
+        path = Path(path)
+        refuse_overwrite([path], overwrite)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        head = {k: self.config.get(k) for k in ("target", "source", "mode", "strength")}
+        with open(path, "w", encoding="utf-8") as fh:
+            for rec in self.rows.to_dict(orient="records"):
+                line = {"neurons": rec.pop("neurons"), **head, **rec}
+                fh.write(json.dumps(_jsonable(line), ensure_ascii=False) + "\n")
+        side = {"config": self.config, "summary": self.summary().to_dict(orient="index")}
+        Path(str(path) + ".json").write_text(
+            json.dumps(_jsonable(side), indent=2, ensure_ascii=False, default=str)
+        )
+        return path
+
+    @classmethod
+    def from_jsonl(cls, path: str | os.PathLike) -> SteerResult:
+        """Reads a result written by :meth:`to_jsonl`."""
+        path = Path(path)
+        lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        side = Path(str(path) + ".json")
+        config = json.loads(side.read_text())["config"] if side.exists() else {}
+        rows = pd.DataFrame(lines)
+        return cls(rows[[c for c in ROW_COLUMNS if c in rows.columns]], config)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            return _jsonable(obj.item())
+        except (ValueError, AttributeError):
+            pass
+    return obj
+
+
+# ============================================================================ running
+
+
+def _check_setup(model, selection, stats, spec: SteerSpec, prompts) -> list[str]:
+    """Every check that can fail, before any generation."""
+    prompts = check_prompts(prompts)
+    if not isinstance(spec, SteerSpec):
+        raise InterventionError(f"spec must be a SteerSpec, got {type(spec).__name__}")
+    check_selection(model, selection)
+    if stats is not None and (stats.n_layers, stats.n_neurons) != (model.n_layers, model.n_neurons):
+        raise InterventionError(
+            f"the statistics are for {stats.n_layers} layers x {stats.n_neurons} neurons, but "
+            f"{model.name} has {model.n_layers} x {model.n_neurons}: they come from another "
+            "model; capture statistics on this one"
+        )
+    if spec.target not in selection.languages:
+        raise InterventionError(
+            f"target language {spec.target!r} is not in the neuron set; it holds "
+            f"{selection.languages}"
+        )
+    if stats is not None and spec.target not in stats.languages:
+        raise InterventionError(
+            f"target language {spec.target!r} is not in the statistics; they hold "
+            f"{stats.languages}"
+        )
+    if spec.zero_source and spec.source not in selection.languages:
+        raise InterventionError(
+            f"source language {spec.source!r} is not in the neuron set; it holds "
+            f"{selection.languages}"
+        )
+    check_interventions(model, steering_interventions(selection, stats, spec))
+    return prompts
+
+
+@dataclass
+class _Outputs:
+    """Generated answers of one neuron set (or none), with their language and NLL."""
+
+    generation: Generation
+    langs: list
+    scores: pd.DataFrame
+
+
+def _outputs(model, formatted, ivs, generation: GenerationConfig) -> _Outputs:
+    gen = generate(model, formatted, ivs, generation, first_step_probs=True)
+    scores = score_continuations(
+        model, gen.prompt_ids, gen.new_ids, batch_size=generation.batch_size
+    )
+    return _Outputs(gen, detect_batch(gen.texts), scores)
+
+
+def _rows(name: str, prompts, base: _Outputs, out: _Outputs, target_ids) -> pd.DataFrame:
+    p0, p1 = base.generation.first_step_probs, out.generation.first_step_probs
+    if target_ids is not None and target_ids.numel():
+        m0 = p0[:, target_ids].sum(-1).tolist()
+        m1 = p1[:, target_ids].sum(-1).tolist()
+    else:
+        m0 = m1 = [math.nan] * len(prompts)
+    changed = (p0.argmax(-1) != p1.argmax(-1)).tolist()
+    rows = []
+    for i, prompt in enumerate(prompts):
+        u, s = base.generation.texts[i], out.generation.texts[i]
+        lu, ls = base.langs[i], out.langs[i]
+        rows.append(
+            {
+                "neurons": name,
+                "prompt": prompt,
+                "unsteered": u,
+                "steered": s,
+                "unsteered_lang": lu.lang,
+                "unsteered_score": lu.score,
+                "unsteered_label": lu.label,
+                "steered_lang": ls.lang,
+                "steered_score": ls.score,
+                "steered_label": ls.label,
+                "chrf": chrf(s, u),
+                "unsteered_nll": float(base.scores["nll_sum"].iloc[i]),
+                "unsteered_tokens": int(base.scores["tokens"].iloc[i]),
+                "steered_nll": float(out.scores["nll_sum"].iloc[i]),
+                "steered_tokens": int(out.scores["tokens"].iloc[i]),
+                "target_mass_unsteered": m0[i],
+                "target_mass_steered": m1[i],
+                "top1_changed": bool(changed[i]),
+            }
+        )
+    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+
+
+@dataclass
+class _Runner:
+    """What :func:`steer` and :func:`strength_sweep` share.
+
+    The prompts formatted, the unsteered baseline generated once, the target-token ids,
+    and the neuron sets to run.
+    """
+
+    model: LapeModel
+    stats: ActivationStats | None
+    prompts: list[str]
+    formatted: list[str]
+    sets: list[tuple[str, NeuronSelection]]
+    generation: GenerationConfig
+    base: _Outputs
+    target_ids: torch.Tensor | None
+
+    @classmethod
+    def prepare(cls, model, selection, stats, prompts, spec, generation, random_control):
+        sets = [("lape", selection)]
+        if random_control:
+            sets.append(("random", random_matched(selection, generation.seed)))
+        formatted = [spec.template.format(prompt=p) for p in prompts]
+        contrast = spec.source or "en"
+        try:
+            target_ids = language_token_ids(model.tokenizer, spec.target, contrast)
+        except (ValueError, FileNotFoundError) as err:
+            log.warning("no target-language token set for %s vs %s (%s); target_mass is NaN",
+                        spec.target, contrast, err)
+            target_ids = None
+        base = _outputs(model, formatted, [], generation)
+        return cls(model, stats, list(prompts), formatted, sets, generation, base, target_ids)
+
+    def run(self, spec: SteerSpec) -> pd.DataFrame:
+        """One result table, neuron set after neuron set, steered with ``spec``."""
+        parts = []
+        for name, sel in self.sets:
+            ivs = steering_interventions(sel, self.stats, spec)
+            out = _outputs(self.model, self.formatted, ivs, self.generation)
+            parts.append(_rows(name, self.prompts, self.base, out, self.target_ids))
+        return pd.concat(parts, ignore_index=True)
+
+
+def steer(
+    model: LapeModel,
+    neurons: NeuronSelection,
+    stats: ActivationStats | None,
+    prompts: Sequence[str],
+    spec: SteerSpec,
+    *,
+    generation: GenerationConfig = PAPER_GENERATION,
+    random_control: bool = False,
+) -> SteerResult:
+    """Generates with and without steering and measures the outputs.
+
+    Args:
+        model: The loaded model.
+        neurons: Language-specific neurons of this model.
+        stats: Activation statistics of this model (mean activations; needed for ``set``
+            and ``add``).
+        prompts: Questions (non-empty strings), formatted with ``spec.template``.
+        spec: The steering setting.
+        generation: Decoding (default the paper's: greedy, repetition penalty 1.1, 64
+            tokens); its seed also draws the random control.
+        random_control: Also steer with a random set of the same size per layer.
+
+    Returns:
+        A :class:`SteerResult` (rows for ``"lape"``, and ``"random"`` with the control).
+
+    Raises:
+        InterventionError: bad input, all checked before generation: empty prompts, a
+            language absent from the neuron set or statistics, a neuron set or statistics
+            of another model.
+    """
+    prompts = _check_setup(model, neurons, stats, spec, prompts)
+    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, random_control)
+    config = {
+        "model": model.name,
+        "model_fingerprint": model.fingerprint,
+        **dataclasses.asdict(spec),
+        "random_control": random_control,
+        "seed": generation.seed,
+        "generation": dataclasses.asdict(generation),
+        "n_target_neurons": int(neurons.flat(spec.target).numel()),
+        "n_source_neurons": int(neurons.flat(spec.source).numel()) if spec.zero_source else 0,
+        "selection_method": neurons.method,
+        "target_tokens": {
+            "contrast": spec.source or "en",
+            "n": None if run.target_ids is None else int(run.target_ids.numel()),
+        },
+    }
+    return SteerResult(run.run(spec), config)
+
+
+def strength_sweep(
+    model: LapeModel,
+    neurons: NeuronSelection,
+    stats: ActivationStats | None,
+    prompts: Sequence[str],
+    spec: SteerSpec,
+    strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
+    *,
+    generation: GenerationConfig = PAPER_GENERATION,
+    random_control: bool = False,
+) -> pd.DataFrame:
+    """Target rate and cost as a function of the steering strength, for one setting.
+
+    ``spec.strength`` is replaced by each of ``strengths``; the unsteered outputs are
+    generated once and shared by every strength.
+
+    Returns:
+        DataFrame, one row per (strength, neuron set): ``strength``, ``neurons`` (``"lape"``
+        / ``"random"``), and the columns of :meth:`SteerResult.summary`.
+    """
+    specs = [dataclasses.replace(spec, strength=s) for s in strengths]
+    if not specs:
+        raise InterventionError("no strengths given")
+    for s in specs:
+        prompts = _check_setup(model, neurons, stats, s, prompts)
+    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, random_control)
+    frames = []
+    for s in specs:
+        result = SteerResult(run.run(s), {"target": s.target, "source": s.source})
+        summ = result.summary().reset_index()
+        summ.insert(0, "strength", s.strength)
+        frames.append(summ)
+        log.info("strength %g: target rate %s", s.strength,
+                 summ.set_index("neurons")["target_rate"].to_dict())
+    return pd.concat(frames, ignore_index=True)
