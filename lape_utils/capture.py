@@ -244,7 +244,9 @@ def capture_provenance(
     tok = model.tokenizer
     k, m = shard if shard is not None else (0, 1)
     n_chunks = {lang: packed.n_chunks(lang) for lang in packed.languages}
-    chunks = {lang: [list(distributed.shard_range(n, batch_size, k, m))] for lang, n in n_chunks.items()}
+    chunks = {
+        lang: [list(distributed.shard_range(n, batch_size, k, m))] for lang, n in n_chunks.items()
+    }
     return {
         "model": model.name,
         "model_fingerprint": model.fingerprint,
@@ -387,7 +389,10 @@ def capture(
         shard=shard, world_size=world,
     )
     identity = {key: prov[key] for key in (*IDENTITY_KEYS, "corpus_fingerprint", "languages")}
-    run = {key: prov[key] for key in ("batch_size", "bootstrap_replicates", "bootstrap_seed", "backend")}
+    run = {
+        key: prov[key]
+        for key in ("batch_size", "bootstrap_replicates", "bootstrap_seed", "backend")
+    }
     if world > 1:
         distributed.same_on_all_ranks(identity | run | {"shard": prov["shard"]}, "what to capture")
     ckpt_file = CHECKPOINT_FILE if world == 1 else f"checkpoint.rank{rank}.pt"
@@ -420,7 +425,10 @@ def capture(
     def save_checkpoint():
         if out is None:
             return
-        payload = {"provenance": prov | ckpt_identity, "states": {lang: vars(v) for lang, v in states.items()}}
+        payload = {
+            "provenance": prov | ckpt_identity,
+            "states": {lang: vars(s) for lang, s in states.items()},
+        }
         tmp = out / (ckpt_file + ".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, out / ckpt_file)

@@ -106,7 +106,8 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         k, m = (int(x) for x in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K/M (shard K of M, from 0), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected K/M (shard K of M, from 0), got {text!r}") \
+            from None
     return k, m
 
 
@@ -119,7 +120,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     print(merged)
     total = merged.provenance.get("corpus_chunks", {})
     for lang, spans in merged.provenance["chunks"].items():
-        print(f"{lang}: chunks {spans} counted, {sum(b - a for a, b in spans)} of {total.get(lang, '?')}")
+        counted = sum(b - a for a, b in spans)
+        print(f"{lang}: chunks {spans} counted ({counted} of {total.get(lang, '?')})")
     print(f"saved to {args.out}")
     return 0
 

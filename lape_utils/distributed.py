@@ -58,8 +58,9 @@ def init_from_env() -> tuple[int, int]:
     if backend == "nccl":
         torch.cuda.set_device(local_device())
     dist.init_process_group(backend)
-    log.info("rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend)
-    return dist.get_rank(), dist.get_world_size()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    log.info("rank %d of %d joined the %s process group", rank, world, backend)
+    return rank, world
 
 
 def barrier() -> None:

@@ -198,7 +198,9 @@ class ActivationStats:
                 if _norm(a) != _norm(b):
                     diffs.append(f"{key}: part 1 has {a!r}, part {i} has {b!r}")
             if sorted(part.languages) != sorted(first.languages):
-                diffs.append(f"languages: part 1 has {first.languages}, part {i} has {part.languages}")
+                diffs.append(
+                    f"languages: part 1 has {first.languages}, part {i} has {part.languages}"
+                )
             if part.over_zero.shape[:2] != first.over_zero.shape[:2]:
                 diffs.append(
                     f"shape: part 1 is {tuple(first.over_zero.shape[:2])} [layer, neuron], "
@@ -219,15 +221,15 @@ class ActivationStats:
         prov = {k: v for k, v in first.provenance.items()
                 if k not in (*RUN_KEYS, "merged_from", "tokens_counted", "shape")}
         prov["chunks"] = chunks
-        prov["merged_from"] = [
-            entry for p in parts
-            for entry in p.provenance.get("merged_from")
-            or [{k: p.provenance[k] for k in RUN_KEYS if k in p.provenance}]
-        ]
+        prov["merged_from"] = []
+        for p in parts:  # a part that is itself a merge contributes the runs it came from
+            run = {k: p.provenance[k] for k in RUN_KEYS if k in p.provenance}
+            prov["merged_from"] += p.provenance.get("merged_from") or [run]
         prov["date"] = now_utc()
-        coverage = {lang: (sum(b - a for a, b in chunks[lang]), _corpus_chunks(first.provenance).get(lang))
-                    for lang in langs}
-        short = {lang: f"{c}/{t}" for lang, (c, t) in coverage.items() if c != t}
+        corpus = _corpus_chunks(first.provenance)
+        counted = {lang: sum(b - a for a, b in chunks[lang]) for lang in langs}
+        short = {lang: f"{c}/{corpus.get(lang)}" for lang, c in counted.items()
+                 if c != corpus.get(lang)}
         if short:
             log.warning("the merged statistics do not cover every chunk: %s", short)
         return cls(
@@ -417,7 +419,8 @@ def counted_chunks(provenance: Mapping) -> dict[str, list[list[int]]]:
         ValueError: the provenance says neither (e.g. imported reference count files).
     """
     if "chunks" in provenance:
-        return {lang: [[int(a), int(b)] for a, b in spans] for lang, spans in provenance["chunks"].items()}
+        chunks = provenance["chunks"]
+        return {lang: [[int(a), int(b)] for a, b in spans] for lang, spans in chunks.items()}
     return {lang: [[0, n]] for lang, n in _corpus_chunks(provenance).items()}
 
 
