@@ -414,7 +414,10 @@ def capture(
         ckpt_path = out / ckpt_file
         if ckpt_path.exists() and not overwrite:
             ckpt = torch.load(ckpt_path, weights_only=True)
-            check_provenance(ckpt["provenance"], ckpt_identity, where=str(ckpt_path))
+            # checkpoints from before shards existed are one-process runs over every chunk
+            full = {lang: [[0, n]] for lang, n in prov["corpus_chunks"].items()}
+            found = {"world_size": 1, "chunks": full} | ckpt["provenance"]
+            check_provenance(found, ckpt_identity, where=str(ckpt_path))
             states = {lang: _LangState(**s) for lang, s in ckpt["states"].items()}
             started = ckpt["provenance"].get("started", started)
             done = {lang: s.next_chunk for lang, s in states.items()}
@@ -447,7 +450,7 @@ def capture(
         bar = tqdm(
             total=(stop - first) * per_chunk_tokens,
             initial=(state.next_chunk - first) * per_chunk_tokens,
-            desc=f"capture {lang}",
+            desc=f"capture {lang}" + (f" (rank 0's shard of {world})" if world > 1 else ""),
             unit="tok",
             unit_scale=True,
             disable=not progress or rank != 0,

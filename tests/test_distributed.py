@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,8 @@ def test_shards_merge_to_the_one_process_statistics(one_process, packed, tmp_pat
     _same(one_process, merged)
     assert merged.provenance["chunks"] == {"en": [[0, 9]], "fr": [[0, 9]]}
     assert len(merged.provenance["merged_from"]) == 3
+    gap = ActivationStats.merge(shards[0], shards[2])  # allowed, with a warning
+    assert gap.provenance["chunks"]["en"] == [[0, 4], [8, 9]] and gap.n.tolist() == [315, 315]
     # the command line gives the same, and the merged directory serves as a capture cache
     assert main(["merge", "--out", str(tmp_path / "merged"), *map(str, dirs)]) == 0
     _same(one_process, ActivationStats.load(tmp_path / "merged"))
@@ -189,7 +192,7 @@ def test_ranks_within_a_shard_count_exactly_that_shard():
     for n, bs, m, world in [(9, 4, 2, 1), (23, 2, 3, 2), (100, 3, 4, 3), (7, 1, 2, 3)]:
         for k in range(m):
             spans = [shard_range(n, bs, k * world + r, m * world) for r in range(world)]
-            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+            assert all(a[1] == b[0] for a, b in pairwise(spans))
             assert (spans[0][0], spans[-1][1]) == shard_range(n, bs, k, m)
         assert shard_range(n, bs, 0, m)[0] == 0 and shard_range(n, bs, m - 1, m)[1] == n
 
@@ -201,3 +204,21 @@ def test_too_many_parts_fail_before_any_forward(tiny, packed, tmp_path):
     with pytest.raises(ValueError, match="shard"):
         capture(tiny("llama"), packed, progress=False, shard=(2, 2))
     assert main(["capture", *ARGS, "--shard", "2/2", "--out", str(tmp_path)]) == 2
+
+
+def test_a_checkpoint_from_before_shards_still_resumes(one_process, packed, tiny, tmp_path):
+    def stop(lang, next_chunk):
+        if lang == "fr":
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        capture(tiny("llama"), packed, tmp_path, progress=False, checkpoint_every=1, on_batch=stop)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("chunks", "corpus_chunks", "shard", "world_size"):
+        del ckpt["provenance"][key]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    seen = []
+    resumed = capture(tiny("llama"), packed, tmp_path, progress=False,
+                      on_batch=lambda *a: seen.append(a))
+    assert seen == [("fr", 8), ("fr", 9)]
+    _same(one_process, resumed)
