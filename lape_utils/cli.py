@@ -82,6 +82,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     Under ``torchrun``/``accelerate launch`` every rank counts its shard (on
     ``cuda:LOCAL_RANK`` when there is CUDA and no ``--device-map``); only rank 0 prints.
     """
+    import torch
+
     from . import distributed
     from .capture import capture
     from .models import load_model
@@ -97,18 +99,18 @@ def cmd_capture(args: argparse.Namespace) -> int:
         seed=args.seed, backend=args.backend, overwrite=args.overwrite,
         remote=args.remote, shard=args.shard,
     )
+    if torch.distributed.is_initialized():  # capture initialised it from torchrun's variables
+        torch.distributed.destroy_process_group()
     say(stats)
     say(f"saved to {args.out}")
     return 0
 
 
 def _shard(text: str) -> tuple[int, int]:
-    try:
-        k, m = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K/M (shard K of M, from 0), got {text!r}") \
-            from None
-    return k, m
+    k, _, m = text.partition("/")
+    if not (k.isdigit() and m.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected K/M (shard K of M, from 0), got {text!r}")
+    return int(k), int(m)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
