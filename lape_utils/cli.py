@@ -88,19 +88,52 @@ def _packed(args, tokenizer):
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    """Counts neuron activations per language and saves them with provenance."""
+    """Counts neuron activations per language and saves them with provenance.
+
+    Under ``torchrun``/``accelerate launch`` every rank counts its shard (on
+    ``cuda:LOCAL_RANK`` when there is CUDA and no ``--device-map``); only rank 0 prints.
+    """
+    import torch
+
+    from . import distributed
     from .capture import capture
     from .models import load_model
 
+    say = print if distributed.env_rank() == 0 else (lambda *a: None)
     model = load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+    if distributed.env_world_size() > 1 and args.device_map is None:
+        model.hf.to(distributed.local_device())
     packed = _packed(args, model.tokenizer)
-    print(packed.table().to_string(index=False))
+    say(packed.table().to_string(index=False))
     stats = capture(
         model, packed, args.out, batch_size=args.batch_size, replicates=args.replicates,
-        seed=args.seed, overwrite=args.overwrite,
-        remote=args.remote,
+        seed=args.seed, overwrite=args.overwrite, remote=args.remote, shard=args.shard,
     )
-    print(stats)
+    if torch.distributed.is_initialized():  # capture initialised it from torchrun's variables
+        torch.distributed.destroy_process_group()
+    say(stats)
+    say(f"saved to {args.out}")
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, _, m = text.partition("/")
+    if not (k.isdigit() and m.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected K/M (shard K of M, from 0), got {text!r}")
+    return int(k), int(m)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Adds up statistics captured separately on disjoint shards of the same corpus."""
+    from .stats import ActivationStats
+
+    merged = ActivationStats.merge(*(ActivationStats.load(d) for d in args.stats))
+    merged.save(args.out, overwrite=args.overwrite)
+    print(merged)
+    total = merged.provenance.get("corpus_chunks", {})
+    for lang, spans in merged.provenance["chunks"].items():
+        counted = sum(b - a for a, b in spans)
+        print(f"{lang}: chunks {spans} counted ({counted} of {total.get(lang, '?')})")
     print(f"saved to {args.out}")
     return 0
 
@@ -293,8 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=16, help="bootstrap replicates (0: none)")
     p.add_argument("--remote", action="store_true", help="run the trace on NDIF (nnsight remote)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if DIR holds statistics")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/M",
+                   help="count only shard K of M (0-based), for `lape merge` later")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("merge", help="add up statistics captured on disjoint shards of one corpus")
+    p.add_argument("stats", nargs="+", metavar="STATS_DIR", help="capture directories")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("identify", help="select language-specific neurons (LAPE) from statistics")
     p.add_argument("--stats", required=True,

@@ -32,6 +32,16 @@ PROVENANCE_FILE = "provenance.json"
 
 # provenance keys that must agree for two statistics to be the same experiment
 IDENTITY_KEYS = ("model", "model_fingerprint", "dtype", "corpus_fingerprint", "seq_len")
+# ... and for statistics of parts of one experiment to be added up (merge)
+MERGE_KEYS = (
+    "model", "model_fingerprint", "family", "site", "dtype", "tokenizer", "corpus_fingerprint",
+    "seq_len", "bos_prepended_not_counted", "bootstrap_replicates", "bootstrap_seed",
+)
+# provenance of one run, which a merge keeps per part under "merged_from"
+RUN_KEYS = (
+    "chunks", "shard", "world_size", "batch_size", "backend", "packages", "started", "finished",
+    "date", "capture_seconds_this_session",
+)
 
 
 class ProvenanceMismatchError(ValueError):
@@ -148,6 +158,88 @@ class ActivationStats:
             boot_n=pick(self.boot_n),
             boot_over_zero=pick(self.boot_over_zero),
             provenance=dict(self.provenance),
+        )
+
+    @classmethod
+    def merge(cls, *parts: ActivationStats) -> ActivationStats:
+        """Adds up statistics counted separately on disjoint chunks of the same corpus.
+
+        For statistics captured on several machines, each on its own shard
+        (``capture(..., shard=(k, m))``, ``lape capture --shard k/m``). Counts are added,
+        so merging the shards of a corpus gives exactly the integer counts of a one-process
+        capture; ``activation_sum`` is added in another order than a one-process run adds
+        its batches, so it agrees up to float64 rounding (relative ~1e-15; bit-equal in
+        practice on CPU).
+
+        Args:
+            *parts: The statistics; languages may come in any order (aligned by code, in
+                the order of the first part).
+
+        Returns:
+            The summed statistics. Their provenance records the union of the counted
+            chunks under ``"chunks"`` and each part's run details under
+            ``"merged_from"``. A union that does not cover every chunk of the corpus is
+            allowed (logged as a warning).
+
+        Raises:
+            ProvenanceMismatchError: the parts differ in a field of :data:`MERGE_KEYS`
+                (model, weights, dtype, tokenizer, corpus, seq_len, BOS, bootstrap), in
+                their languages or shape, or count some chunk twice; the message names
+                the field, the parts and the values.
+            ValueError: no parts, or a part that does not record which chunks it counted.
+        """
+        if not parts:
+            raise ValueError("merge needs at least one ActivationStats")
+        first = parts[0]
+        diffs = []
+        for i, part in enumerate(parts[1:], start=2):
+            for key in MERGE_KEYS:
+                a, b = first.provenance.get(key), part.provenance.get(key)
+                if _norm(a) != _norm(b):
+                    diffs.append(f"{key}: part 1 has {a!r}, part {i} has {b!r}")
+            if sorted(part.languages) != sorted(first.languages):
+                diffs.append(
+                    f"languages: part 1 has {first.languages}, part {i} has {part.languages}"
+                )
+            if part.over_zero.shape[:2] != first.over_zero.shape[:2]:
+                diffs.append(
+                    f"shape: part 1 is {tuple(first.over_zero.shape[:2])} [layer, neuron], "
+                    f"part {i} is {tuple(part.over_zero.shape[:2])}"
+                )
+        if diffs:
+            raise ProvenanceMismatchError(
+                "cannot merge statistics of different experiments:\n  " + "\n  ".join(diffs)
+            )
+        langs = first.languages
+        chunks = _union_chunks([counted_chunks(p.provenance) for p in parts], langs)
+        aligned = [p.subset(langs) for p in parts]
+
+        def total(name):
+            values = [getattr(p, name) for p in aligned]
+            return None if any(v is None for v in values) else sum(values[1:], values[0].clone())
+
+        prov = {k: v for k, v in first.provenance.items()
+                if k not in (*RUN_KEYS, "merged_from", "tokens_counted", "shape")}
+        prov["chunks"] = chunks
+        prov["merged_from"] = []
+        for p in parts:  # a part that is itself a merge contributes the runs it came from
+            run = {k: p.provenance[k] for k in RUN_KEYS if k in p.provenance}
+            prov["merged_from"] += p.provenance.get("merged_from") or [run]
+        prov["date"] = now_utc()
+        corpus = _corpus_chunks(first.provenance)
+        counted = {lang: sum(b - a for a, b in chunks[lang]) for lang in langs}
+        short = {lang: f"{c}/{corpus.get(lang)}" for lang, c in counted.items()
+                 if c != corpus.get(lang)}
+        if short:
+            log.warning("the merged statistics do not cover every chunk: %s", short)
+        return cls(
+            languages=langs,
+            n=total("n"),
+            over_zero=total("over_zero"),
+            activation_sum=total("activation_sum"),
+            boot_n=total("boot_n"),
+            boot_over_zero=total("boot_over_zero"),
+            provenance=prov,
         )
 
     def __repr__(self) -> str:
@@ -315,6 +407,64 @@ def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> N
             + "\n  ".join(diffs)
             + "\nUse another output directory, or pass overwrite=True to recompute."
         )
+
+
+def counted_chunks(provenance: Mapping) -> dict[str, list[list[int]]]:
+    """Chunk intervals ``[start, stop)`` per language that statistics counted.
+
+    Captures record them under ``"chunks"``; captures made before that record counted
+    every chunk, which is derived from ``tokens_per_language``, ``seq_len`` and BOS.
+
+    Raises:
+        ValueError: the provenance says neither (e.g. imported reference count files).
+    """
+    if "chunks" in provenance:
+        chunks = provenance["chunks"]
+        return {lang: [[int(a), int(b)] for a, b in spans] for lang, spans in chunks.items()}
+    return {lang: [[0, n]] for lang, n in _corpus_chunks(provenance).items()}
+
+
+def _corpus_chunks(provenance: Mapping) -> dict[str, int]:
+    """Chunks per language of the packed corpus the statistics were captured from."""
+    if "corpus_chunks" in provenance:
+        return {lang: int(n) for lang, n in provenance["corpus_chunks"].items()}
+    try:
+        per_chunk = int(provenance["seq_len"]) - bool(provenance["bos_prepended_not_counted"])
+        return {lang: int(t) // per_chunk for lang, t in provenance["tokens_per_language"].items()}
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError(
+            "these statistics do not record which chunks of which corpus they counted "
+            f"(provenance source: {provenance.get('source', 'unknown')!r}), so they cannot be "
+            "merged safely; capture them with lape_utils.capture"
+        ) from None
+
+
+def _union_chunks(records: Sequence[Mapping[str, list]], languages: Sequence[str]) -> dict:
+    """Union of the parts' chunk intervals per language; refuses overlaps and gaps in records."""
+    union = {}
+    for lang in languages:
+        spans = []
+        for i, rec in enumerate(records, start=1):
+            if lang not in rec:
+                raise ValueError(f"part {i} does not record which chunks of {lang!r} it counted")
+            spans += [(a, b, i) for a, b in rec[lang] if b > a]
+        spans.sort()
+        merged: list[list[int]] = []
+        prev = None
+        for a, b, i in spans:
+            if prev is not None and a < prev[1]:
+                raise ProvenanceMismatchError(
+                    f"overlapping chunks: language {lang!r} chunks [{prev[0]}, {prev[1]}) of "
+                    f"part {prev[2]} and [{a}, {b}) of part {i} overlap; merge only statistics "
+                    "of disjoint shards (each chunk must be counted once)"
+                )
+            if merged and merged[-1][1] == a:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+            prev = (a, b, i)
+        union[lang] = merged
+    return union
 
 
 def _norm(value):
