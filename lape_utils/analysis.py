@@ -514,3 +514,79 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame(columns=["language", "layer", "neuron", "frequency"])
     return pd.concat(frames, ignore_index=True)
+
+
+# ============================================================================ convergence
+
+#: Jaccard to the full-budget selection, at half the budget, from which a language's
+#: selection counts as converged (:func:`convergence_verdict`).
+CONVERGED_AT = 0.9
+
+
+def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
+    """How the selection changes as the token budget grows, from the budget snapshots.
+
+    Re-identifies on the counts of the first 1/16, 1/8, 1/4, 1/2 of each language's chunks
+    (recorded during capture; :attr:`~lape_utils.stats.ActivationStats.budget_n`) and on
+    all of them, and compares each selection with the full-budget one.
+
+    Args:
+        stats: :class:`~lape_utils.stats.ActivationStats` with budget snapshots.
+        config: Thresholds (the same for every budget).
+
+    Returns:
+        Tidy DataFrame, one row per (budget, language incl. ``"all"``): ``snapshot``
+        (0.. then ``"full"``), ``fraction`` (of the chunks; 1 for full), ``tokens`` (mean
+        tokens per language counted), ``language``, ``count`` (neurons selected for the
+        language), ``jaccard`` (to the full-budget set of that language; NaN when both are
+        empty). Budgets holding the same chunks (few chunks) appear once.
+
+    Raises:
+        ValueError: the statistics hold no budget snapshots.
+    """
+    from lape_utils.lape import agreement
+
+    if getattr(stats, "n_budgets", 0) == 0:
+        raise ValueError(
+            "these statistics hold no budget snapshots (captured before they were recorded, "
+            "or imported); capture them again with lape_utils.capture"
+        )
+    full = identify(stats.over_zero, stats.n, stats.languages, config)
+    fractions = list(stats.provenance.get("budget_fractions", []))
+    frames, seen = [], set()
+    for s in range(stats.n_budgets):
+        sub = stats.at_budget(s)
+        key = tuple(sub.n.tolist())
+        if key in seen or key == tuple(stats.n.tolist()):
+            continue
+        seen.add(key)
+        sel = identify(sub.over_zero, sub.n, sub.languages, config)
+        frames.append(_convergence_rows(agreement(sel, full), s,
+                                        fractions[s] if s < len(fractions) else math.nan, sub.n))
+    frames.append(_convergence_rows(agreement(full, full), "full", 1.0, stats.n))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _convergence_rows(ag: pd.DataFrame, snapshot, fraction: float, n) -> pd.DataFrame:
+    df = ag.reset_index()[["language", "count_a", "jaccard"]].rename(columns={"count_a": "count"})
+    df.insert(0, "tokens", float(torch.as_tensor(n).double().mean()))
+    df.insert(0, "fraction", fraction)
+    df.insert(0, "snapshot", snapshot)
+    return df
+
+
+def convergence_verdict(table: pd.DataFrame, at: float = CONVERGED_AT) -> pd.Series:
+    """Per language: has the selection converged at the budget used?
+
+    Reads the largest budget below the full one (half the chunks): a language whose
+    Jaccard to the full selection is at least ``at`` there counts as converged, i.e.
+    doubling the text changed its set little.
+
+    Returns:
+        Series indexed by language (and ``"all"``), ``True``/``False``.
+    """
+    partial = table[table["snapshot"] != "full"]
+    if partial.empty:
+        return pd.Series(dtype=bool)
+    last = partial[partial["tokens"] == partial["tokens"].max()]
+    return (last.set_index("language")["jaccard"] >= at).rename("converged")

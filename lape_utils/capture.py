@@ -1,8 +1,10 @@
 """Capture of activation statistics through nnsight (or plain forward hooks).
 
 For every batch of token chunks, each layer's neuron-site output is reduced *inside* the
-trace to three small tensors: per-neuron active counts, per-neuron activation sums and the
-Poisson-bootstrap-weighted active counts. Nothing of size ``[batch, pos, neuron]`` leaves
+trace to three small tensors: per-neuron active counts, per-neuron activation sums and
+weighted active counts (the Poisson-bootstrap replicates, and 0/1 weights that keep the
+counts of the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks: the budget snapshots
+that show how the selection converges, at no extra forward). Nothing of size ``[batch, pos, neuron]`` leaves
 the trace, and the trace stops after the last layer, so the ``lm_head`` (the largest matrix
 of a multilingual model) is never computed.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +36,7 @@ import torch
 from . import distributed
 from .models import LapeModel, parse_dtype
 from .stats import (
+    BUDGET_FRACTIONS,
     IDENTITY_KEYS,
     ActivationStats,
     ProvenanceMismatchError,
@@ -198,6 +202,23 @@ def bootstrap_weights(seed: int, lang: str, chunk_ids: list[int], replicates: in
     return torch.stack(cols, dim=1).long()
 
 
+def budget_chunks(n_chunks: int) -> list[int]:
+    """Chunks in each budget snapshot: the first ``ceil(f * n_chunks)`` (at least one).
+
+    One per fraction of :data:`~lape_utils.stats.BUDGET_FRACTIONS`; with few chunks two
+    snapshots can hold the same chunks (the tokens they count are recorded either way).
+    """
+    return [max(1, math.ceil(f * n_chunks)) for f in BUDGET_FRACTIONS]
+
+
+def budget_weights(chunk_ids: list[int], thresholds: list[int]) -> torch.Tensor:
+    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff ``c <
+    thresholds[s]``. Global chunk indices, so snapshots are prefixes of the whole stream
+    whatever the batch size, the shard or a resume."""
+    c = torch.tensor(chunk_ids, dtype=torch.int64)
+    return (c[None, :] < torch.tensor(thresholds, dtype=torch.int64)[:, None]).long()
+
+
 # --------------------------------------------------------------------------- capture
 @dataclass
 class _LangState:
@@ -207,29 +228,35 @@ class _LangState:
     activation_sum: torch.Tensor
     boot_n: torch.Tensor | None
     boot_over_zero: torch.Tensor | None
+    budget_n: torch.Tensor | None = None  # absent from checkpoints of older versions
+    budget_over_zero: torch.Tensor | None = None
 
     @classmethod
     def empty(cls, n_layers, n_neurons, replicates, start=0):
-        boot = replicates > 0
+        def rows(r):
+            return (
+                torch.zeros(r, dtype=torch.int64) if r else None,
+                torch.zeros(r, n_layers, n_neurons, dtype=torch.int64) if r else None,
+            )
+
         return cls(
-            next_chunk=start,
-            n=0,
-            over_zero=torch.zeros(n_layers, n_neurons, dtype=torch.int64),
-            activation_sum=torch.zeros(n_layers, n_neurons, dtype=torch.float64),
-            boot_n=torch.zeros(replicates, dtype=torch.int64) if boot else None,
-            boot_over_zero=(
-                torch.zeros(replicates, n_layers, n_neurons, dtype=torch.int64) if boot else None
-            ),
+            start, 0, torch.zeros(n_layers, n_neurons, dtype=torch.int64),
+            torch.zeros(n_layers, n_neurons, dtype=torch.float64),
+            *rows(replicates), *rows(len(BUDGET_FRACTIONS)),
         )
 
-    def add(self, counts: BatchCounts, n_chunks: int) -> None:
+    def add(self, counts: BatchCounts, n_chunks: int, replicates: int) -> None:
+        """Adds a batch whose weighted rows are ``replicates`` bootstrap rows, then budgets."""
         self.next_chunk += n_chunks
         self.n += counts.n
         self.over_zero += counts.over_zero
         self.activation_sum += counts.activation_sum
         if self.boot_n is not None:
-            self.boot_n += counts.boot_n
-            self.boot_over_zero += counts.boot_over_zero
+            self.boot_n += counts.boot_n[:replicates]
+            self.boot_over_zero += counts.boot_over_zero[:replicates]
+        if self.budget_n is not None:
+            self.budget_n += counts.boot_n[replicates:]
+            self.budget_over_zero += counts.boot_over_zero[replicates:]
 
 
 def capture_provenance(
@@ -270,6 +297,8 @@ def capture_provenance(
         "backend": backend,
         "chunks": chunks,
         "corpus_chunks": n_chunks,
+        "budget_fractions": list(BUDGET_FRACTIONS),
+        "budget_chunks": {lang: budget_chunks(n) for lang, n in n_chunks.items()},
         "shard": None if shard is None else [k, m],
         "world_size": int(world_size),
         "packages": package_versions(),
@@ -460,15 +489,14 @@ def capture(
             start = state.next_chunk
             ids = chunks[start : min(start + batch_size, stop)]
             b = ids.shape[0]
-            weights = (
-                bootstrap_weights(seed, lang, list(range(start, start + b)), replicates)
-                if replicates
-                else None
-            )
+            chunk_ids = list(range(start, start + b))
+            weights = budget_weights(chunk_ids, prov["budget_chunks"][lang])
+            if replicates:
+                weights = torch.cat([bootstrap_weights(seed, lang, chunk_ids, replicates), weights])
             counts = count_batch(
                 model, ids, None, count_mask[:b], weights, backend=backend, remote=remote
             )
-            state.add(counts, b)
+            state.add(counts, b, replicates)
             bar.update(counts.n)
             batches_since += 1
             if batches_since >= checkpoint_every:
@@ -486,10 +514,11 @@ def capture(
 
     def stack(name):
         values = [getattr(states[lang], name) for lang in langs]
-        return None if values[0] is None else torch.stack(values, dim=-1)
+        return None if any(v is None for v in values) else torch.stack(values, dim=-1)
 
     totals = [torch.tensor([states[lang].n for lang in langs])]
-    totals += [stack(name) for name in ("over_zero", "activation_sum", "boot_n", "boot_over_zero")]
+    totals += [stack(name) for name in ("over_zero", "activation_sum", "boot_n", "boot_over_zero",
+                                        "budget_n", "budget_over_zero")]
     if world > 1:
         totals = distributed.all_reduce_sum(totals)
     stats = ActivationStats(langs, *totals, provenance=prov)

@@ -219,6 +219,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     """Computes the perplexity-change matrix and writes it as CSV."""
     from .evaluate import perplexity_matrix
     from .intervene import check_selection
+    from .lape import control_sets
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -230,10 +231,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         args.languages = ",".join(selection.languages)
     heldout = _packed(args, model.tokenizer)
     print(heldout.table().to_string())
-    matrix = perplexity_matrix(
-        model, selection, heldout, random_control=args.random_control, seed=args.seed,
-        batch_size=args.batch_size,
-    )
+    stats = _load_stats(args.stats) if args.stats else None
+    controls = control_sets(selection, stats, args.seed, random=args.random_control)
+    matrix = perplexity_matrix(model, selection, heldout, controls=controls,
+                               batch_size=args.batch_size)
     matrix.to_csv(out, overwrite=args.overwrite)
     print("\nΔNLL (rows: neurons deactivated, columns: held-out language)")
     print(matrix.delta_table().round(4).to_string())
@@ -258,8 +259,9 @@ def _prompts(spec: str, limit: int | None) -> tuple[list[str], str | None]:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """Steers generation towards a language and writes every output as JSONL."""
-    from .intervene import check_selection
     from .generation import GenerationConfig
+    from .intervene import check_selection
+    from .lape import control_sets
     from .steering import SteerSpec, steer
 
     out = Path(args.out)
@@ -279,8 +281,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, do_sample=args.sample,
         repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, seed=args.seed,
     )
+    controls = control_sets(selection, stats, args.seed) if args.random_control else {}
     result = steer(model, selection, stats, prompts, spec, generation=generation,
-                   random_control=args.random_control)
+                   controls=controls)
     result.to_jsonl(out, overwrite=args.overwrite)
     print(result.summary().round(4).T.to_string())
     print(f"\nsaved {len(result.rows)} lines to {out} (+ {out.name}.json)")
@@ -361,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(p, split="heldout")
     p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=True,
                    help="add same-size random rows (default: on)")
+    p.add_argument("--stats", default=None,
+                   help="activation statistics of this model: adds the activity-matched control")
     p.add_argument("--batch-size", type=int, default=4,
                    help="chunks per forward (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true")
@@ -393,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--template", default="Q: {prompt}\nA:", help="prompt format (paper's default)")
     p.add_argument("--random-control", action="store_true",
-                   help="also steer with same-size random neurons")
+                   help="also steer with same-size random neurons (and, with --stats, with "
+                   "activity-matched ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")

@@ -19,7 +19,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -227,11 +228,59 @@ def score_continuations(
 
 # ============================================================================ the matrix
 
+#: Confidence level of every interval of the matrix.
+CONFIDENCE = 0.95
+_RESAMPLES = 9999
+
 
 def _row_label(kind: str, lang: str) -> str:
     if kind == "none":
         return NONE_ROW
-    return lang if kind == "lape" else f"{lang} (random)"
+    return lang if kind == "lape" else f"{lang} ({kind})"
+
+
+def delta_interval(
+    nll_sum: np.ndarray, base_sum: np.ndarray, tokens: np.ndarray, seed: int = 0
+) -> tuple[float, float, float]:
+    """ΔNLL of one cell with a 95% paired-bootstrap interval over held-out chunks.
+
+    ``ΔNLL = sum(nll_sum - base_sum) / sum(tokens)``: the token-weighted mean NLL change.
+    Chunks are resampled with replacement, the same chunks for the intervention and the
+    baseline (paired), by ``scipy.stats.bootstrap`` (BCa, 9,999 resamples; percentile
+    when BCa cannot be computed, e.g. with 2 chunks).
+
+    Args:
+        nll_sum: ``[chunk]`` summed NLL (nats) of each chunk with the intervention.
+        base_sum: ``[chunk]`` the same chunks without intervention.
+        tokens: ``[chunk]`` predicted tokens per chunk.
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(delta, lo, hi)``; ``lo``/``hi`` are NaN with fewer than 2 chunks, and equal to
+        ``delta`` when every chunk changed by the same amount per token (e.g. 0).
+    """
+    from scipy.stats import bootstrap
+
+    d = np.asarray(nll_sum, float) - np.asarray(base_sum, float)
+    n = np.asarray(tokens, float)
+    delta = float(d.sum() / n.sum())
+    if d.size < 2:
+        return delta, math.nan, math.nan
+    if np.allclose(d / n, d[0] / n[0], rtol=0, atol=1e-12):
+        return delta, delta, delta
+
+    def ratio(d, n, axis=-1):
+        return d.sum(axis=axis) / n.sum(axis=axis)
+
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ci = bootstrap((d, n), ratio, paired=True, vectorized=True, method=method,
+                           confidence_level=CONFIDENCE, n_resamples=_RESAMPLES,
+                           random_state=np.random.default_rng(seed)).confidence_interval
+        if np.isfinite(ci.low) and np.isfinite(ci.high):
+            return delta, float(ci.low), float(ci.high)
+    return delta, math.nan, math.nan
 
 
 @dataclass
@@ -240,14 +289,19 @@ class PplMatrix:
 
     Attributes:
         records: Tidy DataFrame, one row per (row, evaluated language): ``row`` (label:
-            ``"none"``, ``"<lang>"``, ``"<lang> (random)"``), ``kind`` (``"none"``,
-            ``"lape"``, ``"random"``), ``deactivated`` (language whose set is zeroed, ``""``
-            for none), ``n_neurons`` (size of the set), ``evaluated``, ``nll`` (mean nats per
-            token), ``tokens`` (predicted tokens).
-        meta: JSON-able facts: model, selection method/provenance, corpus, seed, batch size.
+            ``"none"``, ``"<lang>"``, ``"<lang> (<control>)"``), ``kind`` (``"none"``,
+            ``"lape"``, or a control's name such as ``"random"``/``"matched"``),
+            ``deactivated`` (language whose set is zeroed, ``""`` for none), ``n_neurons``
+            (size of the set), ``evaluated``, ``nll`` (mean nats per token), ``tokens``
+            (predicted tokens).
+        chunks: Per held-out chunk, the same cells split up: ``row``, ``evaluated``,
+            ``chunk`` (index within the language), ``nll_sum``, ``tokens``; the intervals
+            resample them. ``None`` (no intervals) for a matrix built from records alone.
+        meta: JSON-able facts: model, selection method/provenance, corpus, controls.
     """
 
     records: pd.DataFrame
+    chunks: pd.DataFrame | None = None
     meta: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
@@ -261,24 +315,61 @@ class PplMatrix:
         """Evaluated languages (columns), in order."""
         return list(dict.fromkeys(self.records["evaluated"]))
 
+    @property
+    def controls(self) -> list[str]:
+        """Names of the control kinds present (``"random"``, ``"matched"``...)."""
+        return [k for k in dict.fromkeys(self.records["kind"]) if k not in ("none", "lape")]
+
+    def _intervals(self) -> pd.DataFrame:
+        """``delta_nll_lo``/``delta_nll_hi`` per (row, evaluated), computed once."""
+        cached = getattr(self, "_ci", None)
+        if cached is not None:
+            return cached
+        out = []
+        if self.chunks is not None and len(self.chunks):
+            by_cell = {key: g for key, g in self.chunks.groupby(["row", "evaluated"], sort=False)}
+            for (row, col), g in by_cell.items():
+                if row == NONE_ROW:
+                    continue
+                base = by_cell[(NONE_ROW, col)].set_index("chunk").loc[g["chunk"]]
+                _, lo, hi = delta_interval(
+                    g["nll_sum"].to_numpy(), base["nll_sum"].to_numpy(), g["tokens"].to_numpy()
+                )
+                out.append((row, col, lo, hi))
+        ci = pd.DataFrame(out, columns=["row", "evaluated", "delta_nll_lo", "delta_nll_hi"])
+        object.__setattr__(self, "_ci", ci)
+        return ci
+
     def tidy(self) -> pd.DataFrame:
-        """Records with ``ppl = exp(nll)`` and ``delta_nll = nll - nll(none, same language)``."""
+        """Records with ``ppl``, ``delta_nll`` and its interval.
+
+        ``ppl = exp(nll)``, ``delta_nll = nll - nll(none, same language)``, its 95%
+        interval ``delta_nll_lo``/``delta_nll_hi`` (paired bootstrap over chunks, see
+        :func:`delta_interval`; NaN without chunks) and ``excludes_zero`` (the interval
+        lies above or below 0).
+        """
         df = self.records.copy()
         base = df[df["kind"] == "none"].set_index("evaluated")["nll"]
         df["ppl"] = np.exp(df["nll"])
         df["delta_nll"] = df["nll"] - df["evaluated"].map(base)
         df.loc[df["kind"] == "none", "delta_nll"] = 0.0
+        df = df.merge(self._intervals(), on=["row", "evaluated"], how="left")
+        df["excludes_zero"] = (df["delta_nll_lo"] > 0) | (df["delta_nll_hi"] < 0)
         return df
 
     def table(self, value: str = "delta_nll") -> pd.DataFrame:
         """Wide matrix: index = row label, columns = evaluated language.
 
         Args:
-            value: ``"nll"``, ``"ppl"``, ``"delta_nll"`` or ``"tokens"``.
+            value: ``"nll"``, ``"ppl"``, ``"delta_nll"``, ``"delta_nll_lo"``,
+                ``"delta_nll_hi"``, ``"excludes_zero"`` or ``"tokens"``.
         """
         df = self.tidy()
         if value not in df.columns:
-            raise ValueError(f"unknown value {value!r}; use nll, ppl, delta_nll or tokens")
+            raise ValueError(
+                f"unknown value {value!r}; use nll, ppl, delta_nll, delta_nll_lo, "
+                "delta_nll_hi, excludes_zero or tokens"
+            )
         wide = df.pivot(index="row", columns="evaluated", values=value)
         wide = wide.reindex(index=self.rows, columns=self.languages)
         wide.index.name = "deactivated"
@@ -301,27 +392,27 @@ class PplMatrix:
         """One line per deactivated set.
 
         Columns: ``kind``, ``deactivated``, ``n_neurons``, ``diag_delta`` (ΔNLL on its own
-        language; NaN if that language was not evaluated), ``offdiag_mean_delta`` (mean
-        ΔNLL on the other languages), ``ratio`` (diag / mean off-diagonal; NaN when the
-        off-diagonal mean is not positive), ``random_diag_delta`` (the matched random set's
-        diagonal, LAPE rows), ``lape_minus_random`` and ``beats_random`` (diagonal larger
-        than the random control's).
+        language; NaN if that language was not evaluated) with its interval ``diag_lo``/
+        ``diag_hi`` and ``diag_excludes_zero``, ``offdiag_mean_delta`` (mean ΔNLL on the
+        other languages), ``ratio`` (diag / mean off-diagonal; NaN when the off-diagonal
+        mean is not positive); then for LAPE rows, per control ``c`` of the matrix:
+        ``c_diag_delta``, ``c_diag_lo``, ``c_diag_hi`` (the matched control's diagonal),
+        and ``beats_c``: the LAPE diagonal is larger than the control's with
+        non-overlapping intervals (by the point estimates when there are no intervals).
+        ``random_diag_delta`` and ``lape_minus_random`` as before.
         """
         df = self.tidy()
         out = []
-        random_diag: dict[str, float] = {}
         for row in self.rows:
             part = df[df["row"] == row]
             kind = part["kind"].iloc[0]
             if kind == "none":
                 continue
             lang = part["deactivated"].iloc[0]
-            diag = part.loc[part["evaluated"] == lang, "delta_nll"]
+            diag = part[part["evaluated"] == lang]
             off = part.loc[part["evaluated"] != lang, "delta_nll"]
-            d = float(diag.iloc[0]) if len(diag) else math.nan
+            d = float(diag["delta_nll"].iloc[0]) if len(diag) else math.nan
             o = float(off.mean()) if len(off) else math.nan
-            if kind == "random":
-                random_diag[lang] = d
             out.append(
                 {
                     "row": row,
@@ -329,6 +420,8 @@ class PplMatrix:
                     "deactivated": lang,
                     "n_neurons": int(part["n_neurons"].iloc[0]),
                     "diag_delta": d,
+                    "diag_lo": float(diag["delta_nll_lo"].iloc[0]) if len(diag) else math.nan,
+                    "diag_hi": float(diag["delta_nll_hi"].iloc[0]) if len(diag) else math.nan,
                     "offdiag_mean_delta": o,
                     "ratio": d / o if o > 0 else math.nan,
                 }
@@ -336,15 +429,27 @@ class PplMatrix:
         summ = pd.DataFrame(out)
         if summ.empty:
             return summ.set_index(pd.Index([], name="row")) if "row" in summ else summ
-        rnd = summ["deactivated"].map(random_diag).where(summ["kind"] == "lape")
-        summ["random_diag_delta"] = rnd
-        summ["lape_minus_random"] = summ["diag_delta"] - rnd
-        summ["beats_random"] = (summ["diag_delta"] > rnd).where(rnd.notna())
+        summ["diag_excludes_zero"] = (summ["diag_lo"] > 0) | (summ["diag_hi"] < 0)
+        lape = summ["kind"] == "lape"
+        for c in self.controls:
+            ctrl = summ[summ["kind"] == c].set_index("deactivated")
+            for col in ("diag_delta", "diag_lo", "diag_hi"):
+                summ[f"{c}_{col}"] = summ["deactivated"].map(ctrl[col]).where(lape)
+            has_ci = summ["diag_lo"].notna() & summ[f"{c}_diag_hi"].notna()
+            beats = summ["diag_lo"].where(has_ci, summ["diag_delta"]) > summ[
+                f"{c}_diag_hi"
+            ].where(has_ci, summ[f"{c}_diag_delta"])
+            summ[f"beats_{c}"] = beats.where(summ[f"{c}_diag_delta"].notna())
+        if "random" in self.controls:
+            summ["lape_minus_random"] = summ["diag_delta"] - summ["random_diag_delta"]
         return summ.set_index("row")
 
     # ------------------------------------------------------------------ files
     def to_csv(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Writes the tidy table to ``path`` and :attr:`meta` to ``path + ".json"``.
+        """Writes the tidy table (with intervals), the per-chunk values and the meta.
+
+        The table goes to ``path``, the chunks to ``<path stem>.chunks.csv`` and
+        :attr:`meta` to ``path + ".json"``.
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -353,12 +458,14 @@ class PplMatrix:
         refuse_overwrite([path], overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tidy().to_csv(path, index=False)
+        if self.chunks is not None:
+            self.chunks.to_csv(_chunks_path(path), index=False)
         Path(str(path) + ".json").write_text(json.dumps(self.meta, indent=2, default=str))
         return path
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> PplMatrix:
-        """Reads a matrix written by :meth:`to_csv` (the sidecar is optional)."""
+        """Reads a matrix written by :meth:`to_csv` (chunks and sidecar are optional)."""
         path = Path(path)
         df = pd.read_csv(path, keep_default_na=False, na_values=[""])
         need = ["row", "kind", "deactivated", "n_neurons", "evaluated", "nll", "tokens"]
@@ -366,15 +473,21 @@ class PplMatrix:
         if missing:
             raise ValueError(f"{path} is not a perplexity matrix: columns {missing} missing")
         df["deactivated"] = df["deactivated"].fillna("").astype(str)
+        chunks_path = _chunks_path(path)
+        chunks = pd.read_csv(chunks_path) if chunks_path.exists() else None
         side = Path(str(path) + ".json")
         meta = json.loads(side.read_text()) if side.exists() else {}
-        return cls(df[need].copy(), meta)
+        return cls(df[need].copy(), chunks, meta)
 
     def __repr__(self) -> str:
         return (
             f"PplMatrix({len(self.rows)} rows x {len(self.languages)} languages "
-            f"{self.languages}, model={self.meta.get('model')!r})"
+            f"{self.languages}, controls {self.controls}, model={self.meta.get('model')!r})"
         )
+
+
+def _chunks_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".chunks.csv")
 
 
 def perplexity_matrix(
@@ -382,8 +495,7 @@ def perplexity_matrix(
     selection: NeuronSelection,
     heldout: PackedCorpus,
     *,
-    random_control: bool = True,
-    seed: int = 0,
+    controls: Mapping[str, NeuronSelection] | None = None,
     batch_size: int = 4,
     languages: Sequence[str] | None = None,
     progress: bool = True,
@@ -391,17 +503,18 @@ def perplexity_matrix(
     """NLL of held-out text of each language with each language's neurons deactivated.
 
     Rows: ``"none"`` (computed once), then per language of the selection its LAPE set
-    zeroed, then (``random_control``) per language a random set of the same size per layer
-    (:func:`~lape_utils.lape.random_matched` with ``seed``, drawn among neurons of no
-    language). An empty set reuses the none row (its ΔNLL is exactly 0).
+    zeroed, then per control and language that control's set zeroed. An empty set reuses
+    the none row (its ΔNLL is exactly 0). Every chunk's NLL is kept, so every ΔNLL gets a
+    paired-bootstrap interval over chunks (:meth:`PplMatrix.tidy`) at no extra forward.
 
     Args:
         model: The loaded model.
         selection: The language-specific neurons (of this model).
         heldout: Packed held-out text (:func:`~lape_utils.corpus.pack` of the ``heldout``
             split); its languages are the columns.
-        random_control: Add the random rows.
-        seed: Seed of the random sets.
+        controls: ``{name: selection}`` of control sets with the same languages, e.g.
+            ``{"random": random_matched(sel, 0), "matched": activity_matched(sel, P,
+            langs, 0)}``; default the uniform random control with seed 0; ``{}`` for none.
         batch_size: Chunks per forward pass.
         languages: Deactivated languages (rows), default all of the selection.
         progress: Show a progress bar.
@@ -410,11 +523,14 @@ def perplexity_matrix(
         A :class:`PplMatrix`.
 
     Raises:
-        InterventionError: the selection does not fit the model, or a language is not in it.
+        InterventionError: the selection or a control does not fit the model, or a
+            language is not in it.
     """
     from .lape import random_matched
 
     check_selection(model, selection)
+    if controls is None:
+        controls = {"random": random_matched(selection, 0)}
     rows_langs = list(languages) if languages is not None else list(selection.languages)
     for lang in rows_langs:
         if lang not in selection.languages:
@@ -425,12 +541,11 @@ def perplexity_matrix(
     if not cols:
         raise ValueError("the held-out corpus has no language")
     specs: list[tuple[str, str, Intervention | None]] = [("none", "", None)]
-    for lang in rows_langs:
-        specs.append(("lape", lang, Intervention.zero(selection, lang)))
-    if random_control:
-        rnd = random_matched(selection, seed)
-        for lang in rows_langs:
-            specs.append(("random", lang, Intervention.zero(rnd, lang)))
+    for kind, sel in [("lape", selection), *controls.items()]:
+        if kind in ("none", "lape"):
+            raise ValueError(f"a control cannot be called {kind!r}")
+        check_selection(model, sel)
+        specs += [(kind, lang, Intervention.zero(sel, lang)) for lang in rows_langs]
     for _, _, iv in specs:  # every check before the first forward
         if iv is not None:
             check_interventions(model, [iv])
@@ -442,34 +557,31 @@ def perplexity_matrix(
     # even when each language has only a chunk or two
     chunks = [heldout.chunks[lang] for lang in cols]
     owner = torch.cat([torch.full((int(c.shape[0]),), j) for j, c in enumerate(chunks)])
-    stacked = torch.cat(chunks) if len({c.shape[1] for c in chunks}) == 1 else None
-    total = int(owner.numel())
+    index = torch.cat([torch.arange(int(c.shape[0])) for c in chunks])
+    same_len = len({c.shape[1] for c in chunks}) == 1
     n_forward = sum(1 for _, _, iv in specs if iv is None or iv.n_neurons > 0)
-    bar = tqdm(total=total * n_forward, desc="perplexity matrix", unit="chunk", disable=not progress)
-    base: dict[str, tuple[float, int]] = {}
-    records = []
+    bar = tqdm(total=int(owner.numel()) * n_forward, desc="perplexity matrix", unit="chunk",
+               disable=not progress)
+    base: tuple[torch.Tensor, torch.Tensor] | None = None
+    records, per_chunk = [], []
     for kind, lang, iv in specs:
         label = _row_label(kind, lang)
         if iv is not None and iv.n_neurons == 0:
-            per_col = [base[col] for col in cols]
+            sums, counts = base
         else:
             bar.set_postfix_str(label)
             ivs = [] if iv is None else [iv]
-            if stacked is not None:
-                sums, counts = _chunk_nll(model, stacked, ivs, batch_size, bar)
-                per_col = [
-                    (float(sums[owner == j].sum() / counts[owner == j].sum()),
-                     int(counts[owner == j].sum()))
-                    for j in range(len(cols))
-                ]
+            if same_len:
+                sums, counts = _chunk_nll(model, torch.cat(chunks), ivs, batch_size, bar)
             else:  # chunks of different lengths: one language at a time
-                per_col = []
-                for c in chunks:
-                    per_col.append(nll(model, c, ivs, batch_size, progress=False))
-                    bar.update(int(c.shape[0]))
-        for col, (value, count) in zip(cols, per_col):
+                parts = [_chunk_nll(model, c, ivs, batch_size, bar) for c in chunks]
+                sums = torch.cat([p[0] for p in parts])
+                counts = torch.cat([p[1] for p in parts])
             if kind == "none":
-                base[col] = (value, count)
+                base = (sums, counts)
+        for j, col in enumerate(cols):
+            mine = owner == j
+            total = int(counts[mine].sum())
             records.append(
                 {
                     "row": label,
@@ -477,11 +589,15 @@ def perplexity_matrix(
                     "deactivated": lang,
                     "n_neurons": 0 if iv is None else iv.n_neurons,
                     "evaluated": col,
-                    "nll": value,
-                    "tokens": count,
+                    "nll": float(sums[mine].sum() / total) if total else math.nan,
+                    "tokens": total,
                 }
             )
-            log.debug("%s on %s: nll %.4f over %d tokens", label, col, value, count)
+        per_chunk.append(pd.DataFrame({
+            "row": label, "evaluated": [cols[int(j)] for j in owner], "chunk": index.numpy(),
+            "nll_sum": sums.numpy(), "tokens": counts.numpy(),
+        }))
+        log.debug("%s: nll %s", label, [round(r["nll"], 4) for r in records[-len(cols):]])
     bar.close()
     meta = {
         "model": model.describe(),
@@ -493,9 +609,12 @@ def perplexity_matrix(
             "n_neurons": selection.n_neurons,
         },
         "heldout": heldout.provenance(),
-        "random_control": random_control,
-        "seed": seed,
+        "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
+                     for name, sel in controls.items()},
         "batch_size": batch_size,
         "intervention": "zero at every position of every layer holding neurons of the set",
+        "intervals": f"{CONFIDENCE:.0%} paired bootstrap over held-out chunks (BCa)",
     }
-    return PplMatrix(pd.DataFrame(records), meta)
+    if "random" in controls:
+        meta["seed"] = controls["random"].provenance.get("seed")
+    return PplMatrix(pd.DataFrame(records), pd.concat(per_chunk, ignore_index=True), meta)

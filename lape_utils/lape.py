@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "METHODS",
+    "activity_matched",
+    "control_sets",
     "StabilityResult",
     "activation_probability",
     "agreement",
@@ -550,6 +552,109 @@ def random_matched(
             "matched_provenance": selection.provenance,
         },
     )
+
+
+def activity_matched(
+    selection: NeuronSelection,
+    probability: torch.Tensor,
+    languages: Sequence[str],
+    seed: int,
+) -> NeuronSelection:
+    """Activity-matched random control: as many neurons per layer, equally often active.
+
+    LAPE's neurons are by construction among the most active in their language, so a
+    uniform draw (:func:`random_matched`) mixes two effects: zeroing *specific* neurons and
+    zeroing *active* ones at all. This control keeps the second and removes the first: for
+    each language and layer, every LAPE neuron of that language is matched with the
+    not-selected neuron of the same layer whose activation probability *on that language*
+    is nearest to its own (nearest neighbour without replacement, in a seeded random order
+    of the LAPE neurons, ties broken at random). High-probability LAPE neurons thus get
+    neurons that fire as often on the language but also on the others.
+
+    Args:
+        selection: The selection to match.
+        probability: ``[layer, neuron, lang]`` activation probability (e.g.
+            ``stats.probability()``) of the same model.
+        languages: Language codes of ``probability``'s last axis (must include every
+            language of the selection).
+        seed: Seed of a private ``torch.Generator`` (the global RNG is untouched).
+
+    Returns:
+        A selection with ``method="activity_matched"`` and the same per-layer counts;
+        within a language no neuron is drawn twice, and none of the selection's neurons.
+
+    Raises:
+        ValueError: shapes or languages that do not fit, or a layer with fewer eligible
+            neurons than must be drawn.
+    """
+    p = torch.as_tensor(probability, dtype=torch.float64)
+    langs = list(languages)
+    if tuple(p.shape) != (selection.n_layers, selection.n_neurons, len(langs)):
+        raise ValueError(
+            f"probability must be [{selection.n_layers}, {selection.n_neurons}, {len(langs)}] "
+            f"(layer, neuron, lang) for this selection, got {tuple(p.shape)}."
+        )
+    missing = [x for x in selection.languages if x not in langs]
+    if missing:
+        raise ValueError(f"no activation probability for {missing}; it holds {langs}.")
+    gen = torch.Generator().manual_seed(int(seed))
+    union = selection.union()
+    out: dict[str, list[torch.Tensor]] = {lang: [] for lang in selection.languages}
+    for li in range(selection.n_layers):
+        pool = (~union[li]).nonzero().squeeze(1)
+        pool = pool[torch.randperm(pool.numel(), generator=gen)]  # random tie-breaking
+        for lang in selection.languages:
+            k = langs.index(lang)
+            targets = selection.indices[lang][li]
+            if targets.numel() > pool.numel():
+                raise ValueError(
+                    f"layer {li}: {targets.numel()} {lang} neurons to match but only "
+                    f"{pool.numel()} neurons outside the selection."
+                )
+            values = p[li, pool, k].clone()
+            picked = []
+            for t in targets[torch.randperm(targets.numel(), generator=gen)].tolist():
+                j = int(torch.argmin((values - p[li, t, k]).abs()))
+                picked.append(int(pool[j]))
+                values[j] = math.inf  # without replacement
+            out[lang].append(torch.tensor(sorted(picked), dtype=torch.long))
+    return NeuronSelection(
+        languages=list(selection.languages),
+        indices=out,
+        n_layers=selection.n_layers,
+        n_neurons=selection.n_neurons,
+        method="activity_matched",
+        config=dict(selection.config),
+        provenance={
+            "matched_to": selection.method,
+            "seed": int(seed),
+            "matched_on": "activation probability on the set's own language, per layer",
+            "matched_provenance": selection.provenance,
+        },
+    )
+
+
+def control_sets(
+    selection: NeuronSelection, stats: Any = None, seed: int = 0, *, random: bool = True
+) -> dict[str, NeuronSelection]:
+    """The workbook's controls for a selection, by name.
+
+    Args:
+        selection: The LAPE selection.
+        stats: Activation statistics of the same model (anything with ``probability()``
+            and ``languages``), for the activity-matched control; ``None`` to skip it.
+        seed: Seed of both draws.
+        random: Include the uniform random control.
+
+    Returns:
+        ``{"random": random_matched(...), "matched": activity_matched(...)}`` (each when
+        asked for), the ``controls`` argument of
+        :func:`lape_utils.evaluate.perplexity_matrix` and :func:`lape_utils.steering.steer`.
+    """
+    out = {"random": random_matched(selection, seed)} if random else {}
+    if stats is not None:
+        out["matched"] = activity_matched(selection, stats.probability(), stats.languages, seed)
+    return out
 
 
 # ============================================================================ comparison

@@ -2,7 +2,9 @@
 
 :class:`ActivationStats` holds, per language, the number of tokens fed (``n``), how many of
 them made each neuron active (``over_zero``), the sum of each neuron's activation
-(``activation_sum``) and optional Poisson-bootstrap replicates of ``n`` and ``over_zero``.
+(``activation_sum``), optional Poisson-bootstrap replicates of ``n`` and ``over_zero``, and
+the counts of the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks (``budget_*``: how
+the selection would look with less text, recorded on the way for free).
 It is saved as a directory: ``stats.pt`` plus ``provenance.json``. Loading checks the
 provenance against what the caller expects and refuses a mismatch with a message saying
 what differs.
@@ -24,6 +26,8 @@ from pathlib import Path
 import torch
 
 from ._files import refuse_overwrite
+from .languages import sort_languages
+from .lape import activation_probability
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,13 @@ RUN_KEYS = (
     "chunks", "shard", "world_size", "batch_size", "backend", "packages", "started", "finished",
     "date", "capture_seconds_this_session",
 )
+
+
+#: Fractions of each language's chunks at which capture records the counts so far.
+BUDGET_FRACTIONS: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+
+# tensors a statistics object may carry besides n and over_zero
+_OPTIONAL = ("activation_sum", "boot_n", "boot_over_zero", "budget_n", "budget_over_zero")
 
 
 class ProvenanceMismatchError(ValueError):
@@ -63,6 +74,11 @@ class ActivationStats:
             replicate, or ``None``.
         boot_over_zero: ``[rep, layer, neuron, lang]`` int64, weighted active counts of
             each replicate, or ``None``.
+        budget_n: ``[snapshot, lang]`` int64, tokens counted in the first
+            ``provenance["budget_chunks"][lang][s]`` chunks of each language (the prefixes
+            at :data:`BUDGET_FRACTIONS` of its chunks), or ``None``.
+        budget_over_zero: ``[snapshot, layer, neuron, lang]`` int64, the active counts of
+            those prefixes, or ``None``.
         provenance: JSON-able description of how the counts were made (model, weights
             fingerprint, dtype, tokenizer, corpus source and fingerprint, tokens per
             language, seq-len, package versions, date).
@@ -74,6 +90,8 @@ class ActivationStats:
     activation_sum: torch.Tensor | None = None
     boot_n: torch.Tensor | None = None
     boot_over_zero: torch.Tensor | None = None
+    budget_n: torch.Tensor | None = None
+    budget_over_zero: torch.Tensor | None = None
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,14 +110,21 @@ class ActivationStats:
             self.activation_sum = torch.as_tensor(self.activation_sum).to(torch.float64)
             if self.activation_sum.shape != self.over_zero.shape:
                 raise ValueError("activation_sum must have the shape of over_zero")
-        if (self.boot_n is None) != (self.boot_over_zero is None):
-            raise ValueError("boot_n and boot_over_zero come together")
-        if self.boot_n is not None:
-            self.boot_n = torch.as_tensor(self.boot_n, dtype=torch.int64)
-            self.boot_over_zero = torch.as_tensor(self.boot_over_zero).to(torch.int64)
-            r = self.boot_n.shape[0]
-            if self.boot_over_zero.shape != (r, *self.over_zero.shape):
-                raise ValueError("boot_over_zero must be [rep, layer, neuron, lang]")
+        for kind in ("boot", "budget"):
+            n, over_zero = getattr(self, f"{kind}_n"), getattr(self, f"{kind}_over_zero")
+            if (n is None) != (over_zero is None):
+                raise ValueError(f"{kind}_n and {kind}_over_zero come together")
+            if n is None:
+                continue
+            n = torch.as_tensor(n, dtype=torch.int64)
+            over_zero = torch.as_tensor(over_zero).to(torch.int64)
+            if n.shape != (n.shape[0], k) or over_zero.shape != (n.shape[0], *self.over_zero.shape):
+                raise ValueError(
+                    f"{kind}_n must be [rows, lang] and {kind}_over_zero [rows, layer, neuron, "
+                    f"lang]; got {tuple(n.shape)} and {tuple(over_zero.shape)}"
+                )
+            setattr(self, f"{kind}_n", n)
+            setattr(self, f"{kind}_over_zero", over_zero)
 
     # ------------------------------------------------------------------ views
     @property
@@ -128,8 +153,6 @@ class ActivationStats:
 
     def probability(self) -> torch.Tensor:
         """``[layer, neuron, lang]`` activation probability ``over_zero / n`` (float32)."""
-        from .lape import activation_probability
-
         return activation_probability(self.over_zero, self.n)
 
     def mean_activation(self, lang: str | None = None) -> torch.Tensor:
@@ -154,10 +177,40 @@ class ActivationStats:
             languages=list(languages),
             n=self.n[idx],
             over_zero=self.over_zero[..., idx],
-            activation_sum=pick(self.activation_sum),
-            boot_n=pick(self.boot_n),
-            boot_over_zero=pick(self.boot_over_zero),
+            **{name: pick(getattr(self, name)) for name in _OPTIONAL},
             provenance=dict(self.provenance),
+        )
+
+    @property
+    def n_budgets(self) -> int:
+        """Budget snapshots recorded (0 if none)."""
+        return 0 if self.budget_n is None else int(self.budget_n.shape[0])
+
+    def at_budget(self, snapshot: int) -> ActivationStats:
+        """The counts of snapshot ``snapshot`` (the first chunks of every language) alone.
+
+        Returns:
+            Statistics with ``n`` and ``over_zero`` of that prefix (no sums or replicates);
+            ``provenance["budget"]`` names the snapshot and its chunks per language.
+
+        Raises:
+            ValueError: no snapshots recorded, or ``snapshot`` out of range.
+        """
+        if not 0 <= snapshot < self.n_budgets:
+            raise ValueError(
+                f"snapshot {snapshot} is not among the {self.n_budgets} budget snapshots of "
+                "these statistics (capture records them; imported counts have none)"
+            )
+        chunks = self.provenance.get("budget_chunks", {})
+        prov = dict(self.provenance)
+        prov["budget"] = {
+            "snapshot": snapshot,
+            "fraction": BUDGET_FRACTIONS[snapshot] if snapshot < len(BUDGET_FRACTIONS) else None,
+            "chunks": {lang: c[snapshot] for lang, c in chunks.items()},
+        }
+        return ActivationStats(
+            self.languages, self.budget_n[snapshot], self.budget_over_zero[snapshot],
+            provenance=prov,
         )
 
     @classmethod
@@ -236,9 +289,7 @@ class ActivationStats:
             languages=langs,
             n=total("n"),
             over_zero=total("over_zero"),
-            activation_sum=total("activation_sum"),
-            boot_n=total("boot_n"),
-            boot_over_zero=total("boot_over_zero"),
+            **{name: total(name) for name in _OPTIONAL},
             provenance=prov,
         )
 
@@ -265,9 +316,7 @@ class ActivationStats:
             "languages": self.languages,
             "n": self.n,
             "over_zero": self.over_zero,
-            "activation_sum": self.activation_sum,
-            "boot_n": self.boot_n,
-            "boot_over_zero": self.boot_over_zero,
+            **{name: getattr(self, name) for name in _OPTIONAL},
         }
         tmp = target.with_suffix(".tmp")
         torch.save(payload, tmp)
@@ -307,9 +356,7 @@ class ActivationStats:
             languages=data["languages"],
             n=data["n"],
             over_zero=data["over_zero"],
-            activation_sum=data.get("activation_sum"),
-            boot_n=data.get("boot_n"),
-            boot_over_zero=data.get("boot_over_zero"),
+            **{name: data.get(name) for name in _OPTIONAL},
             provenance=prov,
         )
 
@@ -347,7 +394,9 @@ class ActivationStats:
         Args:
             files: ``{lang: path}``, or a list of paths named ``activation.<lang>.train.*``
                 (the language is read from the name), or a single directory holding them.
-            languages: Order of the languages (default: the order given / found).
+            languages: Order of the languages (default: a mapping's order; files found by
+                name are put in the package's language order, en, zh, fr, es, vi, id, ja,
+                ..., as the paper's published neuron files are, never alphabetically).
 
         Raises:
             ValueError: a file without ``n``/``over_zero``, or shapes that disagree.
@@ -367,7 +416,7 @@ class ActivationStats:
                     found[parts[1]] = c
             if not found:
                 raise FileNotFoundError(f"no activation.<lang>.* count files in {files}")
-            files = found
+            files = {lang: found[lang] for lang in sort_languages(found)}
         order = list(languages) if languages is not None else list(files)
         missing = [lang for lang in order if lang not in files]
         if missing:

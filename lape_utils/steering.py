@@ -27,9 +27,11 @@ metrics of a batch (:meth:`SteerResult.summary`):
   excluded. Steering often raises this mass without changing the top token, which
   ``top1_changed`` reports.
 
-A random control of the same size per layer (:func:`~lape_utils.lape.random_matched`, with
-the same values: the random neurons' own mean activation on the target) tells how much of
-the effect is specific to the language neurons.
+Controls steered the same way (each control neuron set to its own mean activation on the
+target) tell how much of the effect is specific to the language neurons: a random set of
+the same size per layer (:func:`~lape_utils.lape.random_matched`), and one matched in
+activation probability (:func:`~lape_utils.lape.activity_matched`: neurons that fire as
+often on the target but are not specific to it). Rates come with 95% Wilson intervals.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -61,7 +63,6 @@ from .intervene import (
     check_selection,
 )
 from .langid import detect_batch
-from .lape import random_matched
 
 if TYPE_CHECKING:
     from .models import LapeModel
@@ -78,9 +79,13 @@ __all__ = [
     "SteerSpec",
     "chrf",
     "language_token_ids",
+    "output_ppl",
     "steer",
     "steering_interventions",
     "strength_sweep",
+    "target_mass",
+    "top1_changed",
+    "wilson_interval",
 ]
 
 MODES: tuple[str, ...] = ("set", "add", "scale")
@@ -168,6 +173,49 @@ def chrf(hypothesis: str, reference: str) -> float:
     if "".join(hypothesis.split()) == "".join(reference.split()):
         return 100.0
     return float(_CHRF.sentence_score(hypothesis, [reference]).score)
+
+
+def target_mass(probs: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+    """Probability each distribution puts on the target-language tokens.
+
+    Args:
+        probs: ``[n, vocab]`` next-token distributions (rows sum to 1).
+        target_ids: ``[k]`` token ids of the target language.
+
+    Returns:
+        ``[n]`` the summed probability of those tokens (NaN without target tokens).
+    """
+    if target_ids is None or target_ids.numel() == 0:
+        return torch.full((probs.shape[0],), math.nan)
+    return probs[:, target_ids].sum(-1)
+
+
+def top1_changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Whether the most likely next token differs: ``[n, vocab]`` x2 -> bool ``[n]``."""
+    return before.argmax(-1) != after.argmax(-1)
+
+
+def output_ppl(nll_sums: Sequence[float], tokens: Sequence[int]) -> float:
+    """Perplexity of several texts together: ``exp(sum NLL / sum tokens)`` (token-weighted).
+
+    NaN when there is no token.
+    """
+    total = float(pd.Series(tokens, dtype=float).sum())
+    return math.exp(float(pd.Series(nll_sums, dtype=float).sum()) / total) if total else math.nan
+
+
+def wilson_interval(hits: int, n: int) -> tuple[float, float, float]:
+    """A rate with its 95% Wilson score interval (``scipy.stats.binomtest``).
+
+    Returns:
+        ``(hits / n, lo, hi)``; all NaN for ``n == 0``.
+    """
+    if n == 0:
+        return (math.nan,) * 3
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(hits), int(n)).proportion_ci(0.95, method="wilson")
+    return hits / n, float(ci.low), float(ci.high)
 
 
 _TOKEN_SETS: dict[tuple, torch.Tensor] = {}
@@ -273,43 +321,49 @@ class SteerResult:
     config: dict = field(default_factory=dict)
 
     def summary(self) -> pd.DataFrame:
-        """Aggregates per neuron set (index ``neurons``).
+        """Aggregates per neuron set (index ``neurons``, LAPE first, then the controls).
 
-        Columns: ``n``, ``target_rate``, ``target_rate_unsteered``, ``source_rate``,
-        ``source_rate_unsteered`` (NaN without a source language), ``mixed_rate``,
-        ``unknown_rate``, ``output_ppl``, ``output_ppl_unsteered``, ``chrf``, ``drift``,
-        ``target_mass``, ``target_mass_unsteered``, ``top1_changed_rate``.
+        Columns: ``n``, ``target_rate`` with its 95% Wilson interval ``target_rate_lo``/
+        ``target_rate_hi``, ``target_rate_unsteered``, ``source_rate`` (with ``_lo``/
+        ``_hi``) and ``source_rate_unsteered`` (NaN without a source language),
+        ``mixed_rate``, ``unknown_rate``, ``output_ppl``, ``output_ppl_unsteered``,
+        ``chrf``, ``drift``, ``target_mass``, ``target_mass_unsteered``,
+        ``top1_changed_rate``; for the LAPE row, per control ``c``, ``beats_c``: its
+        target rate is above the control's with non-overlapping intervals.
         """
         target = self.config.get("target")
         source = self.config.get("source")
         out = {}
         for name, part in self.rows.groupby("neurons", sort=False):
-            def ppl(kind: str) -> float:
-                tokens = part[f"{kind}_tokens"].sum()
-                return math.exp(part[f"{kind}_nll"].sum() / tokens) if tokens else math.nan
-
-            out[name] = {
-                "n": len(part),
-                "target_rate": float((part["steered_label"] == target).mean()),
-                "target_rate_unsteered": float((part["unsteered_label"] == target).mean()),
-                "source_rate": (
-                    float((part["steered_label"] == source).mean()) if source else math.nan
-                ),
-                "source_rate_unsteered": (
-                    float((part["unsteered_label"] == source).mean()) if source else math.nan
-                ),
+            row = {"n": len(part)}
+            for kind, lang in (("target", target), ("source", source)):
+                hits = int((part["steered_label"] == lang).sum()) if lang else None
+                rate, lo, hi = wilson_interval(hits, len(part)) if lang else (math.nan,) * 3
+                row |= {f"{kind}_rate": rate, f"{kind}_rate_lo": lo, f"{kind}_rate_hi": hi,
+                        f"{kind}_rate_unsteered": (
+                            float((part["unsteered_label"] == lang).mean()) if lang else math.nan
+                        )}
+            chrf_mean = float(part["chrf"].mean())
+            out[name] = row | {
                 "mixed_rate": float((part["steered_label"] == "mixed").mean()),
                 "unknown_rate": float((part["steered_label"] == "unknown").mean()),
-                "output_ppl": ppl("steered"),
-                "output_ppl_unsteered": ppl("unsteered"),
-                "chrf": float(part["chrf"].mean()),
-                "drift": 100.0 - float(part["chrf"].mean()),
+                "output_ppl": output_ppl(part["steered_nll"], part["steered_tokens"]),
+                "output_ppl_unsteered": output_ppl(part["unsteered_nll"],
+                                                   part["unsteered_tokens"]),
+                "chrf": chrf_mean,
+                "drift": 100.0 - chrf_mean,
                 "target_mass": float(part["target_mass_steered"].mean()),
                 "target_mass_unsteered": float(part["target_mass_unsteered"].mean()),
                 "top1_changed_rate": float(part["top1_changed"].mean()),
             }
         df = pd.DataFrame.from_dict(out, orient="index")
         df.index.name = "neurons"
+        if "lape" in df.index:
+            for c in [x for x in df.index if x != "lape"]:
+                df[f"beats_{c}"] = None
+                df.loc["lape", f"beats_{c}"] = bool(
+                    df.loc["lape", "target_rate_lo"] > df.loc[c, "target_rate_hi"]
+                )
         return df
 
     def to_jsonl(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -415,12 +469,8 @@ def _outputs(model, formatted, ivs, generation: GenerationConfig) -> _Outputs:
 
 def _rows(name: str, prompts, base: _Outputs, out: _Outputs, target_ids) -> pd.DataFrame:
     p0, p1 = base.generation.first_step_probs, out.generation.first_step_probs
-    if target_ids is not None and target_ids.numel():
-        m0 = p0[:, target_ids].sum(-1).tolist()
-        m1 = p1[:, target_ids].sum(-1).tolist()
-    else:
-        m0 = m1 = [math.nan] * len(prompts)
-    changed = (p0.argmax(-1) != p1.argmax(-1)).tolist()
+    m0, m1 = target_mass(p0, target_ids).tolist(), target_mass(p1, target_ids).tolist()
+    changed = top1_changed(p0, p1).tolist()
     rows = []
     for i, prompt in enumerate(prompts):
         u, s = base.generation.texts[i], out.generation.texts[i]
@@ -468,10 +518,8 @@ class _Runner:
     target_ids: torch.Tensor | None
 
     @classmethod
-    def prepare(cls, model, selection, stats, prompts, spec, generation, random_control):
-        sets = [("lape", selection)]
-        if random_control:
-            sets.append(("random", random_matched(selection, generation.seed)))
+    def prepare(cls, model, selection, stats, prompts, spec, generation, controls):
+        sets = [("lape", selection), *(controls or {}).items()]
         formatted = [spec.template.format(prompt=p) for p in prompts]
         contrast = spec.source or "en"
         try:
@@ -501,7 +549,7 @@ def steer(
     spec: SteerSpec,
     *,
     generation: GenerationConfig = PAPER_GENERATION,
-    random_control: bool = False,
+    controls: Mapping[str, NeuronSelection] | None = None,
 ) -> SteerResult:
     """Generates with and without steering and measures the outputs.
 
@@ -513,11 +561,13 @@ def steer(
         prompts: Questions (non-empty strings), formatted with ``spec.template``.
         spec: The steering setting.
         generation: Decoding (default the paper's: greedy, repetition penalty 1.1, 64
-            tokens); its seed also draws the random control.
-        random_control: Also steer with a random set of the same size per layer.
+            tokens).
+        controls: ``{name: selection}`` of control sets steered the same way, e.g.
+            ``{"random": random_matched(neurons, 0), "matched": activity_matched(...)}``
+            (:mod:`lape_utils.lape`); each control neuron gets its own mean activation.
 
     Returns:
-        A :class:`SteerResult` (rows for ``"lape"``, and ``"random"`` with the control).
+        A :class:`SteerResult` (rows for ``"lape"``, then one set of rows per control).
 
     Raises:
         InterventionError: bad input, all checked before generation: empty prompts, a
@@ -525,12 +575,15 @@ def steer(
             of another model.
     """
     prompts = _check_setup(model, neurons, stats, spec, prompts)
-    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, random_control)
+    for sel in (controls or {}).values():
+        check_selection(model, sel)
+    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, controls)
     config = {
         "model": model.name,
         "model_fingerprint": model.fingerprint,
         **dataclasses.asdict(spec),
-        "random_control": random_control,
+        "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
+                     for name, sel in (controls or {}).items()},
         "seed": generation.seed,
         "generation": dataclasses.asdict(generation),
         "n_target_neurons": int(neurons.flat(spec.target).numel()),
@@ -553,23 +606,23 @@ def strength_sweep(
     strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
     *,
     generation: GenerationConfig = PAPER_GENERATION,
-    random_control: bool = False,
+    controls: Mapping[str, NeuronSelection] | None = None,
 ) -> pd.DataFrame:
     """Target rate and cost as a function of the steering strength, for one setting.
 
     ``spec.strength`` is replaced by each of ``strengths``; the unsteered outputs are
-    generated once and shared by every strength.
+    generated once and shared by every strength. Other arguments as :func:`steer`.
 
     Returns:
         DataFrame, one row per (strength, neuron set): ``strength``, ``neurons`` (``"lape"``
-        / ``"random"``), and the columns of :meth:`SteerResult.summary`.
+        or a control's name), and the columns of :meth:`SteerResult.summary`.
     """
     specs = [dataclasses.replace(spec, strength=s) for s in strengths]
     if not specs:
         raise InterventionError("no strengths given")
     for s in specs:
         prompts = _check_setup(model, neurons, stats, s, prompts)
-    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, random_control)
+    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, controls)
     frames = []
     for s in specs:
         result = SteerResult(run.run(s), {"target": s.target, "source": s.source})

@@ -38,6 +38,8 @@ def _same(a: ActivationStats, b: ActivationStats) -> None:
     if a.boot_n is not None:
         assert torch.equal(a.boot_n, b.boot_n)
         assert torch.equal(a.boot_over_zero, b.boot_over_zero)
+    for name in ("budget_n", "budget_over_zero"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
 def test_reduce_site_known_answer():
@@ -138,6 +140,28 @@ def test_bootstrap_replicates_are_weighted_recounts(tiny, packed):
     # and the same capture with another batch size gives identical replicates
     again = capture(model, packed, batch_size=2, replicates=8, seed=5, progress=False)
     assert torch.equal(stats.boot_over_zero, again.boot_over_zero)
+
+
+def test_budget_snapshots_are_the_counts_of_the_first_chunks(tiny, packed):
+    model = tiny("llama")
+    stats = capture(model, packed, batch_size=4, replicates=2, progress=False)
+    # 6 chunks per language: the first 1, 1, 2 and 3 chunks (1/16, 1/8, 1/4, 1/2)
+    assert stats.provenance["budget_chunks"] == {lang: [1, 1, 2, 3] for lang in LANGS}
+    assert stats.budget_over_zero.shape == (4, 2, 128, 3)
+    mask = torch.ones(6, 64, dtype=torch.bool)
+    mask[:, 0] = False
+    for s, c in enumerate([1, 1, 2, 3]):
+        assert stats.budget_n[s].tolist() == [63 * c] * 3
+        for j, lang in enumerate(LANGS):
+            want = count_batch(model, packed.chunks[lang][:c], None, mask[:c])
+            assert torch.equal(stats.budget_over_zero[s, ..., j], want.over_zero)
+    sub = stats.at_budget(3)
+    assert sub.n.tolist() == [189] * 3 and sub.provenance["budget"]["fraction"] == 0.5
+    # the snapshots do not depend on the batch size (they follow the chunk index)
+    again = capture(model, packed, batch_size=5, replicates=2, progress=False)
+    assert torch.equal(stats.budget_over_zero, again.budget_over_zero)
+    with pytest.raises(ValueError, match="snapshot 4"):
+        stats.at_budget(4)
 
 
 def test_interrupted_capture_resumes_bit_identical(tiny, packed, tmp_path):

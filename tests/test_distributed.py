@@ -62,7 +62,7 @@ def _torchrun(*args: str, nproc: int = 2, **env: str) -> subprocess.CompletedPro
 def _same(a: ActivationStats, b: ActivationStats) -> None:
     """Integer counts bit-identical; activation_sum up to float64 summation order."""
     assert a.languages == b.languages
-    for name in ("n", "over_zero", "boot_n", "boot_over_zero"):
+    for name in ("n", "over_zero", "boot_n", "boot_over_zero", "budget_n", "budget_over_zero"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     assert torch.allclose(a.activation_sum, b.activation_sum, rtol=1e-12, atol=1e-12)
 

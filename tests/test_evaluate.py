@@ -149,7 +149,7 @@ def test_perplexity_matrix_empty_set_and_no_control(tiny, heldout):
     masks = {lang: torch.zeros(2, 128, dtype=torch.bool) for lang in LANGS}
     masks["fr"][1, :10] = True
     sel = NeuronSelection.from_masks(masks)
-    m = perplexity_matrix(model, sel, heldout, random_control=False, progress=False)
+    m = perplexity_matrix(model, sel, heldout, controls={}, progress=False)
     assert m.rows == ["none", "en", "fr", "zh"]
     delta = m.delta_table()
     assert (delta.loc["en"] == 0).all() and (delta.loc["zh"] == 0).all()

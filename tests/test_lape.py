@@ -16,6 +16,7 @@ import torch
 
 import lape_utils.lape as lape_mod
 from lape_utils.lape import (
+    activity_matched,
     LapeConfig,
     _kth_smallest,
     activation_probability,
@@ -518,6 +519,56 @@ def test_random_matched_pool_too_small():
     with pytest.raises(ValueError, match="layer 0: 3 a neurons to draw but only 1 eligible"):
         random_matched(full, seed=0)
     assert random_matched(full, seed=0, exclude_selected=False).counts().loc[0, "a"] == 3
+
+
+def test_activity_matched_known_answer():
+    # one layer, 6 neurons; "a" holds neurons 0 and 1 (P on a: 0.9, 0.5); the others have
+    # P on a of 0.1, 0.88, 0.52, 0.3: the nearest are 3 (0.88) and 4 (0.52)
+    p = torch.tensor([[0.9, 0.0], [0.5, 0.1], [0.1, 0.2], [0.88, 0.9], [0.52, 0.5], [0.3, 0.3]])
+    sel = NeuronSelection(["a", "b"], {"a": [[0, 1]], "b": [[]]}, 1, 6)
+    m = activity_matched(sel, p[None], ["a", "b"], seed=0)
+    assert m.indices["a"][0].tolist() == [3, 4] and m.indices["b"][0].tolist() == []
+    assert m.method == "activity_matched"
+    with pytest.raises(ValueError, match="outside the selection"):
+        activity_matched(NeuronSelection(["a"], {"a": [[0, 1, 2, 3, 4]]}, 1, 6), p[None, :, :1],
+                         ["a"], seed=0)
+    with pytest.raises(ValueError, match="no activation probability"):
+        activity_matched(sel, p[None, :, :1], ["a"], seed=0)
+
+
+def test_activity_matched_matches_the_activation_probability_on_tiny_model_statistics(tiny):
+    """The control's neurons fire as often on the language as LAPE's (per layer), unlike a
+    uniform draw: pooled 1-Wasserstein distance of the probabilities below 0.1 and below a
+    quarter of the uniform control's."""
+    from scipy.stats import wasserstein_distance
+
+    from lape_utils import capture, load_corpus, pack
+
+    model = tiny("llama")
+    packed = pack(load_corpus("builtin", ["en", "fr", "zh"]), model.tokenizer, seq_len=64,
+                  tokens_per_language=63 * 8)
+    stats = capture(model, packed, replicates=0, progress=False)
+    sel = identify(stats.over_zero, stats.n, stats.languages, cfg(0.05, 0.95, 0.95))
+    p = stats.probability()
+    matched = activity_matched(sel, p, stats.languages, seed=0)
+    uniform = random_matched(sel, seed=0)
+    pd.testing.assert_frame_equal(matched.counts(), sel.counts())
+    assert not (matched.union() & sel.union()).any()
+
+    def probs(s):  # per layer and language, P on that language, pooled
+        return torch.cat([p[li, s.indices[lang][li], stats.languages.index(lang)]
+                          for lang in s.languages for li in range(s.n_layers)]).numpy()
+
+    ours = probs(sel)
+    d_matched = wasserstein_distance(ours, probs(matched))
+    d_uniform = wasserstein_distance(ours, probs(uniform))
+    assert d_matched < 0.1 and d_matched < d_uniform / 4, (d_matched, d_uniform)
+    for lang in sel.languages:  # per layer too, the means agree within 0.15
+        k = stats.languages.index(lang)
+        for li in range(sel.n_layers):
+            a, b = sel.indices[lang][li], matched.indices[lang][li]
+            if a.numel():
+                assert abs(float(p[li, a, k].mean() - p[li, b, k].mean())) < 0.15
 
 
 # --------------------------------------------------------------------------- agreement

@@ -12,6 +12,7 @@ import torch
 
 from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import InterventionError
+from lape_utils.lape import random_matched
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats
 from lape_utils.steering import (
@@ -115,7 +116,7 @@ def test_steer_end_to_end_tiny(tiny, tmp_path):
     res = steer(model, sel, stats, PROMPTS,
                 SteerSpec("zh", source="en", zero_source=True, mode="add", strength=3.0),
                 generation=GenerationConfig(max_new_tokens=6, batch_size=2),
-                random_control=True)
+                controls={"random": random_matched(sel, 0)})
     assert list(res.rows["neurons"]) == ["lape", "lape", "random", "random"]
     assert list(res.rows["prompt"]) == PROMPTS * 2
     # the unsteered answers are shared by both sets
@@ -182,9 +183,10 @@ def test_steer_refuses_bad_input_before_generating(tiny, monkeypatch):
 
 def test_strength_sweep(tiny):
     model = tiny("llama")
-    spec = SteerSpec("zh", source="en", mode="set")
-    df = strength_sweep(model, _selection(), _stats(), PROMPTS, spec, [1.0, 4.0],
-                        generation=GenerationConfig(max_new_tokens=4), random_control=True)
+    spec, sel = SteerSpec("zh", source="en", mode="set"), _selection()
+    df = strength_sweep(model, sel, _stats(), PROMPTS, spec, [1.0, 4.0],
+                        generation=GenerationConfig(max_new_tokens=4),
+                        controls={"random": random_matched(sel, 0)})
     assert list(df["strength"]) == [1.0, 1.0, 4.0, 4.0]
     assert list(df["neurons"]) == ["lape", "random"] * 2
     assert {"target_rate", "output_ppl", "chrf", "target_mass"} <= set(df.columns)
@@ -282,7 +284,7 @@ def test_real_model_steering_end_to_end(default_model, tmp_path):
     res = steer(model, sel, stats, ["What is your favourite food?", "How do plants grow?"],
                 SteerSpec("fr", source="en", mode="add", strength=4.0),
                 generation=dataclasses.replace(PAPER_GENERATION, max_new_tokens=12),
-                random_control=True)
+                controls={"random": random_matched(sel, 0)})
     summ = res.summary()
     assert list(summ.index) == ["lape", "random"]
     assert res.rows["unsteered"].str.len().gt(0).all()

@@ -180,7 +180,7 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         heldout = heldout_text(model, corpus=cfg.corpus, languages=ppl_langs,
                                tokens_per_language=cfg.heldout_tokens,
                                seq_len=cfg.heldout_seq_len, seed=cfg.seed)
-        matrix = cached_ppl_matrix(model, selection, heldout, cache, seed=cfg.seed,
+        matrix = cached_ppl_matrix(model, selection, heldout, cache, stats=stats, seed=cfg.seed,
                                    batch_size=cfg.batch_size, languages=ppl_langs)
         matrix.to_csv(out / "ppl_matrix.csv", overwrite=True)
         plots.save_figure(plots.plot_ppl_comparison(matrix.tidy(), config=lape_cfg),

@@ -30,6 +30,7 @@ from ..capture import capture
 from ..corpus import load_corpus, pack
 from ..evaluate import PplMatrix, perplexity_matrix
 from ..generation import GenerationConfig
+from ..lape import control_sets
 from ..models import LapeModel
 from ..steering import PAPER_GENERATION, SteerResult, SteerSpec, steer, strength_sweep
 
@@ -95,22 +96,26 @@ def cached_ppl_matrix(
     heldout,
     cache_dir: str | os.PathLike,
     *,
-    random_control: bool = True,
+    stats=None,
     seed: int = 0,
     batch_size: int = 4,
     languages: Sequence[str] | None = None,
 ):
-    """:func:`lape_utils.evaluate.perplexity_matrix`, cached under ``cache_dir/ppl``."""
+    """:func:`lape_utils.evaluate.perplexity_matrix`, cached under ``cache_dir/ppl``.
+
+    With the random control and, given ``stats``, the activity-matched one.
+    """
+    controls = control_sets(selection, stats, seed)
     key = _digest({
         "model": model.fingerprint, "dtype": str(model.dtype), "neurons": selection_digest(selection),
-        "heldout": heldout.fingerprint, "random": random_control, "seed": seed,
-        "rows": list(languages or selection.languages),
+        "heldout": heldout.fingerprint, "rows": list(languages or selection.languages),
+        "controls": {name: selection_digest(sel) for name, sel in controls.items()},
     })
     path = Path(cache_dir) / "ppl" / f"ppl_matrix_{key}.csv"
     if path.exists():
         log.info("perplexity matrix found in %s", path)
         return PplMatrix.from_csv(path)
-    matrix = perplexity_matrix(model, selection, heldout, random_control=random_control, seed=seed,
+    matrix = perplexity_matrix(model, selection, heldout, controls=controls,
                                batch_size=batch_size, languages=languages)
     path.parent.mkdir(parents=True, exist_ok=True)
     matrix.to_csv(path)
@@ -130,26 +135,28 @@ def cached_steering(
 ) -> dict:
     """:func:`lape_utils.steering.steer` towards each target, cached as JSONL per target.
 
-    The paper's setting (mean activation, strength 1) with the random control, stored
-    under ``cache_dir/steering``.
+    The paper's setting (mean activation, strength 1) with the random and the
+    activity-matched controls, stored under ``cache_dir/steering``.
 
     Returns:
         ``{target: SteerResult}``.
     """
     out = {}
+    controls = control_sets(selection, stats, generation.seed)
     for target in targets:
         spec = SteerSpec(target, source=source)
         key = _digest({
             "model": model.fingerprint, "dtype": str(model.dtype),
             "neurons": selection_digest(selection), "prompts": list(prompts),
             "spec": dataclasses.asdict(spec), "generation": dataclasses.asdict(generation),
+            "controls": {name: selection_digest(sel) for name, sel in controls.items()},
         })
         path = Path(cache_dir) / "steering" / f"steer_{target}_{key}.jsonl"
         if path.exists():
             out[target] = SteerResult.from_jsonl(path)
             continue
         result = steer(model, selection, stats, list(prompts), spec, generation=generation,
-                       random_control=True)
+                       controls=controls)
         path.parent.mkdir(parents=True, exist_ok=True)
         result.to_jsonl(path)
         out[target] = result
