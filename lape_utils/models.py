@@ -140,11 +140,20 @@ class LapeModel:
 
         For a model run on NDIF (``remote=True``) that is the CPU: its parameters are on
         the meta device here, inputs are serialised from the CPU and NDIF moves them to
-        its own devices.
+        its own devices. For embeddings offloaded by accelerate (their weight on the meta
+        device), it is the device accelerate runs them on.
         """
         if self.remote is True:
             return torch.device("cpu")
-        return self.hf.get_input_embeddings().weight.device
+        embeddings = self.hf.get_input_embeddings()
+        if embeddings.weight.is_meta:
+            for module in (embeddings, self.hf):
+                hook = getattr(module, "_hf_hook", None)
+                for h in getattr(hook, "hooks", None) or [hook]:
+                    device = getattr(h, "execution_device", None)
+                    if device is not None:
+                        return torch.device(device)
+        return embeddings.weight.device
 
     @property
     def max_positions(self) -> int | None:
@@ -316,12 +325,22 @@ def wrap_model(
     """
     from nnsight.modeling.transformers import TransformersModel
 
-    meta = any(p.is_meta for p in hf.parameters())
+    meta = _weightless(hf)
     if meta and remote is not True:
         raise ModelLoadError(
-            f"model {name!r} has no weights (its parameters are on the meta device), so it "
-            f"cannot run here (remote={remote!r}); wrap it with remote=True to run its traces "
-            "on NDIF, or load its weights"
+            f"model {name!r} has no weights (parameters {meta[:3]} are on the meta device and "
+            f"not offloaded), so it cannot run here (remote={remote!r}); wrap it with "
+            "remote=True to run its traces on NDIF, or load its weights"
+        )
+    if not meta and hf.get_input_embeddings().weight.is_meta:
+        placed = getattr(hf, "hf_device_map", None)
+        raise ModelLoadError(
+            f"the input embeddings of {name!r} are offloaded (their weight is on the meta "
+            f"device; device map {placed}). nnsight moves a trace's inputs to the device of "
+            "the model's first parameter, so it cannot start from offloaded embeddings. Keep "
+            "them on a device: name one for them in device_map (e.g. "
+            "{'model.embed_tokens': 'cpu', ..., 'model.layers.30': 'disk'}) or give "
+            "max_memory enough room for them."
         )
     hf.eval()
     if tokenizer.pad_token is None:
@@ -344,6 +363,20 @@ def wrap_model(
     if meta:
         hf.register_forward_pre_hook(_refuse_local_forward(name))
     return lm
+
+
+def _weightless(hf: torch.nn.Module) -> list[str]:
+    """Parameters on the meta device that no accelerate offload hook will load at forward.
+
+    A model dispatched with disk or CPU offload keeps offloaded parameters on the meta
+    device too, with an ``_hf_hook`` on them or on a module above them that brings the
+    weights in; those do not count.
+    """
+    hooked = [n for n, m in hf.named_modules() if getattr(m, "_hf_hook", None) is not None]
+    return [
+        n for n, p in hf.named_parameters()
+        if p.is_meta and not any(h == "" or n.startswith(h + ".") for h in hooked)
+    ]
 
 
 def _refuse_local_forward(name: str):
