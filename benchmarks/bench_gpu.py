@@ -49,12 +49,12 @@ import time
 import torch
 
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=4, vocab_size=260),
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-               num_attention_heads=32, num_key_value_heads=4, vocab_size=32000),
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-               num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 260},
+    "1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+           "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000},
+    "7b": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000},
 }
 REPLICATES = 16
 ZERO_FRACTION = 0.01
@@ -174,10 +174,6 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype) -> d
             for name, ts in times.items()
         },
     }
-    del model, body
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -242,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         results.append(bench_shape(shape, args, device, dtype))
         report(results[-1])
+        gc.collect()  # the model of this shape is gone with bench_shape's frame
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"argv": sys.argv, "torch": torch.__version__, "results": results}, f,
