@@ -3,21 +3,41 @@
 :func:`load_model` is the single entry point. It returns a :class:`LapeModel`: the
 transformers model, its nnsight wrapper, the tokenizer, the registry entry and a
 fingerprint of the weights for provenance. Every load runs the registry's self-check.
+:func:`wrap_model` does the wrapping for a transformers model built some other way.
+
+Remote execution on NDIF (``remote=``):
+
+* ``load_model(hub_id, remote=True)`` reads no weights. The model is built from its config
+  on the meta device (shapes, no storage: a 70B model costs the memory of its config) and
+  wrapped by nnsight without dispatching; traces run with ``remote=True`` execute on NDIF,
+  which holds the weights. Only the checks that need no values run here
+  (:func:`~lape_utils.registry.check_structure`); running such a model locally raises
+  :class:`RemoteModelError`. An NDIF API key is required up front
+  (:class:`MissingNDIFKeyError`), so nothing is built or sent without one.
+* ``load_model(name, remote="local")`` loads the weights as usual: nnsight's local dry run
+  serialises each trace exactly as for NDIF, deserialises it with local modules hidden and
+  then executes it *here*, so it needs real weights. It needs no key and no network.
+
+:func:`measure_remote_request` tells, without sending anything, how large the request of a
+trace is and which values would come back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .registry import Architecture, architecture_for, self_check
+from .registry import Architecture, architecture_for, check_structure, self_check
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +75,20 @@ class ModelLoadError(ValueError):
     """A model name or path that cannot be loaded, with the reason."""
 
 
+class MissingNDIFKeyError(RuntimeError):
+    """``remote=True`` without an NDIF API key (raised before anything is built or sent)."""
+
+
+class RemoteModelError(RuntimeError):
+    """A model loaded with ``remote=True`` (no local weights) was asked to run locally."""
+
+
+REMOTE_MODES = (False, True, "local")
+"""Values of ``remote``: local only, NDIF, or nnsight's local dry run of the NDIF path."""
+
+_PROBE_TEXT = "Hello, bonjour, 你好."
+
+
 @dataclass
 class LapeModel:
     """A loaded causal LM and what the workbook needs to know about it.
@@ -66,8 +100,14 @@ class LapeModel:
         tokenizer: Its tokenizer (pad token set; padding side left, as nnsight expects).
         arch: The registry entry describing where its neurons live.
         fingerprint: Identity of the weights (hub revision, GGUF sha256 or a hash of the
-            weights), recorded with every result computed from them.
-        check: What the self-check measured.
+            weights), recorded with every result computed from them. A model loaded with
+            ``remote=True`` has no local weights to hash: its fingerprint names the hub id,
+            revision and a hash of the config (``ndif:...``).
+        check: What the self-check measured (for ``remote=True``: the structural checks
+            only, ``{"n_layers", "n_neurons", "weights": False}``).
+        remote: ``False`` (local), ``True`` (weights on NDIF; ``hf`` lives on the meta
+            device) or ``"local"`` (local weights; traces may dry-run the NDIF
+            serialisation).
     """
 
     name: str
@@ -77,6 +117,7 @@ class LapeModel:
     arch: Architecture
     fingerprint: str
     check: dict = field(default_factory=dict)
+    remote: bool | str = False
 
     @property
     def n_layers(self) -> int:
@@ -95,8 +136,24 @@ class LapeModel:
 
     @property
     def device(self) -> torch.device:
-        """Device of the input embeddings (where inputs go)."""
-        return self.hf.get_input_embeddings().weight.device
+        """Where inputs go: the device of the input embeddings.
+
+        For a model run on NDIF (``remote=True``) that is the CPU: its parameters are on
+        the meta device here, inputs are serialised from the CPU and NDIF moves them to
+        its own devices. For embeddings offloaded by accelerate (their weight on the meta
+        device), it is the device accelerate runs them on.
+        """
+        if self.remote is True:
+            return torch.device("cpu")
+        embeddings = self.hf.get_input_embeddings()
+        if embeddings.weight.is_meta:
+            for module in (embeddings, self.hf):
+                hook = getattr(module, "_hf_hook", None)
+                for h in getattr(hook, "hooks", None) or [hook]:
+                    device = getattr(h, "execution_device", None)
+                    if device is not None:
+                        return torch.device(device)
+        return embeddings.weight.device
 
     @property
     def max_positions(self) -> int | None:
@@ -117,7 +174,7 @@ class LapeModel:
         return self.arch.site_module(self.hf, layer)
 
     def describe(self) -> dict:
-        """A JSON-able summary: name, family, layers, neurons, dtype, fingerprint."""
+        """A JSON-able summary: name, family, layers, neurons, dtype, fingerprint, remote."""
         return {
             "model": self.name,
             "family": self.arch.family,
@@ -129,13 +186,15 @@ class LapeModel:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "fingerprint": self.fingerprint,
+            "remote": self.remote,
         }
 
     def __repr__(self) -> str:
         d = self.describe()
+        where = {True: ", on NDIF", "local": ", remote dry run"}.get(self.remote, "")
         return (
             f"LapeModel({d['model']!r}, family={d['family']}, {d['n_layers']} layers x "
-            f"{d['n_neurons']} neurons at {d['site']}, {d['dtype']})"
+            f"{d['n_neurons']} neurons at {d['site']}, {d['dtype']}{where})"
         )
 
 
@@ -147,6 +206,7 @@ def load_model(
     revision: str | None = None,
     check: bool = True,
     seed: int = 0,
+    remote: bool | str = False,
     **hf_kwargs,
 ) -> LapeModel:
     """Loads a causal LM and wraps it for nnsight.
@@ -158,28 +218,59 @@ def load_model(
             * a path to a ``.gguf`` file;
             * a local transformers directory;
             * a hub id such as ``"meta-llama/Llama-2-7b-hf"`` (needs the internet).
-        dtype: Parameter dtype (``"float32"``, ``"bf16"``, ``"auto"``...).
+        dtype: Parameter dtype (``"float32"``, ``"bf16"``, ``"auto"``...). With
+            ``remote=True`` it is the dtype of the meta skeleton (recorded in provenance);
+            ``"auto"`` takes the one the config declares. NDIF serves its own copy.
         device_map: Passed to transformers/accelerate, e.g. ``"auto"`` to shard a large
-            model over all visible GPUs.
+            model over all visible GPUs, or ``{"model.layers.30": "disk", ...}`` with
+            ``offload_folder=...``. Devices it names must exist here (checked before any
+            weight is read).
         revision: Hub revision (branch, tag or commit).
-        check: Run the registry self-check (recommended; it costs one tiny forward).
+        check: Run the registry self-check (recommended; it costs one tiny forward; with
+            ``remote=True`` only the structural part, on fake tensors).
         seed: Weight seed of tiny models.
-        **hf_kwargs: Passed on to ``from_pretrained``.
+        remote: ``False``: weights here, traces run here. ``True``: no weights read; the
+            model is built on the meta device from its config (a hub id, or a local
+            directory of config and tokenizer files) and its traces must run on NDIF
+            (``remote=True``), which needs an API key (``NDIF_API_KEY`` or
+            ``nnsight.CONFIG.set_default_api_key``) and, for a real run, a hub id NDIF
+            hosts. ``"local"``: weights here, as ``False``; marks the model for nnsight's
+            offline dry run of the NDIF serialisation (it executes locally, so it needs
+            the weights).
+        **hf_kwargs: Passed on to ``from_pretrained`` (not accepted with ``remote=True``,
+            which loads nothing).
 
     Returns:
         A :class:`LapeModel`.
 
     Raises:
         ModelLoadError: the name is neither a known alias, an existing path nor a reachable
-            hub id.
+            hub id; a ``device_map`` naming a device that does not exist; ``remote=True``
+            for a model NDIF cannot serve (tiny, GGUF, the embedded default).
+        MissingNDIFKeyError: ``remote=True`` without an NDIF API key.
         UnknownArchitectureError: the family is not registered.
         SelfCheckError: the registry entry does not fit the model.
     """
-    from nnsight.modeling.transformers import TransformersModel
-
+    remote = prepare_remote(remote, name=str(name_or_path))
     torch_dtype = parse_dtype(dtype)
     started = time.perf_counter()
     name = str(name_or_path)
+    if remote is True:
+        if device_map is not None or hf_kwargs:
+            given = ["device_map"] * (device_map is not None) + sorted(hf_kwargs)
+            raise ValueError(
+                f"remote=True loads no weights, so {', '.join(given)} would have no effect; "
+                "NDIF places the model itself. Drop them, or load with remote=False."
+            )
+        hf, tok, fingerprint = _load_meta(name, torch_dtype, revision)
+        lm = wrap_model(
+            hf, tok, name=name, fingerprint=fingerprint, check=check, remote=True,
+            revision=revision,
+        )
+        log.info("built %r on the meta device in %.1f s (no weights read)", lm,
+                 time.perf_counter() - started)
+        return lm
+    check_device_map(device_map)
     if name.startswith("tiny-"):
         from .tiny import build_tiny
 
@@ -191,18 +282,419 @@ def load_model(
         hf, tok, fingerprint = _load_gguf(Path(name), torch_dtype, device_map, **hf_kwargs)
     else:
         hf, tok, fingerprint = _load_pretrained(name, torch_dtype, device_map, revision, **hf_kwargs)
-    hf.eval()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    arch = architecture_for(hf.config)
-    nn_model = TransformersModel(hf, tokenizer=tok)
-    lm = LapeModel(name=name, hf=hf, nn=nn_model, tokenizer=tok, arch=arch, fingerprint=fingerprint)
-    if check:
-        probe = tok("Hello, bonjour, 你好.", return_tensors="pt").input_ids
-        lm.check = self_check(hf, arch, probe)
+    lm = wrap_model(hf, tok, name=name, fingerprint=fingerprint, check=check, remote=remote)
     log.info("loaded %r in %.1f s", lm, time.perf_counter() - started)
     return lm
+
+
+def wrap_model(
+    hf: torch.nn.Module,
+    tokenizer,
+    *,
+    name: str,
+    fingerprint: str,
+    check: bool = True,
+    remote: bool | str = False,
+    revision: str | None = None,
+) -> LapeModel:
+    """Wraps a transformers causal LM built by any means as a :class:`LapeModel`.
+
+    Puts the model in eval mode, gives the tokenizer a pad token (EOS) and left padding,
+    finds the registry entry, wraps the model with ``nnsight.TransformersModel`` and runs
+    the self-check. :func:`load_model` uses it for every model; use it directly for a model
+    built in code (e.g. random weights from a config in a benchmark).
+
+    Args:
+        hf: The transformers causal LM. Its parameters may be on the meta device only with
+            ``remote=True``.
+        tokenizer: Its tokenizer (modified in place: pad token, padding side).
+        name: What to call the model in results and provenance.
+        fingerprint: Identity of the weights, recorded with every result.
+        check: Run the self-check (:func:`~lape_utils.registry.self_check`; for a meta
+            model :func:`~lape_utils.registry.check_structure`).
+        remote: See :func:`load_model`.
+        revision: Hub revision, part of the model key nnsight sends to NDIF.
+
+    Returns:
+        The :class:`LapeModel`.
+
+    Raises:
+        ModelLoadError: a meta-device model without ``remote=True``.
+        UnknownArchitectureError: the family is not registered.
+        SelfCheckError: the registry entry does not fit the model.
+    """
+    from nnsight.modeling.transformers import TransformersModel
+
+    meta = _weightless(hf)
+    if meta and remote is not True:
+        raise ModelLoadError(
+            f"model {name!r} has no weights (parameters {meta[:3]} are on the meta device and "
+            f"not offloaded), so it cannot run here (remote={remote!r}); wrap it with "
+            "remote=True to run its traces on NDIF, or load its weights"
+        )
+    if not meta and hf.get_input_embeddings().weight.is_meta:
+        placed = getattr(hf, "hf_device_map", None)
+        raise ModelLoadError(
+            f"the input embeddings of {name!r} are offloaded (their weight is on the meta "
+            f"device; device map {placed}). nnsight moves a trace's inputs to the device of "
+            "the model's first parameter, so it cannot start from offloaded embeddings. Keep "
+            "them on a device: name one for them in device_map (e.g. "
+            "{'model.embed_tokens': 'cpu', ..., 'model.layers.30': 'disk'}) or give "
+            "max_memory enough room for them."
+        )
+    hf.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    arch = architecture_for(hf.config)
+    nn_kwargs: dict = {}
+    if meta:
+        nn_kwargs["device"] = "meta"  # or the pipeline would move the skeleton to the CPU
+    if revision is not None:
+        nn_kwargs["revision"] = revision
+    nn_model = TransformersModel(hf, tokenizer=tokenizer, **nn_kwargs)
+    lm = LapeModel(
+        name=name, hf=hf, nn=nn_model, tokenizer=tokenizer, arch=arch,
+        fingerprint=fingerprint, remote=remote,
+    )
+    if check:
+        probe = tokenizer(_PROBE_TEXT, return_tensors="pt").input_ids
+        lm.check = check_structure(hf, arch, probe) if meta else self_check(hf, arch, probe)
+    if meta:
+        hf.register_forward_pre_hook(_refuse_local_forward(name))
+    return lm
+
+
+def _weightless(hf: torch.nn.Module) -> list[str]:
+    """Parameters on the meta device that no accelerate offload hook will load at forward.
+
+    A model dispatched with disk or CPU offload keeps offloaded parameters on the meta
+    device too, with an ``_hf_hook`` on them or on a module above them that brings the
+    weights in; those do not count.
+    """
+    hooked = [n for n, m in hf.named_modules() if getattr(m, "_hf_hook", None) is not None]
+    return [
+        n for n, p in hf.named_parameters()
+        if p.is_meta and not any(h == "" or n.startswith(h + ".") for h in hooked)
+    ]
+
+
+def _refuse_local_forward(name: str):
+    """A forward pre-hook that stops a weightless model from running outside fake tensors."""
+
+    def hook(_module, _args):
+        from torch._guards import detect_fake_mode
+
+        if detect_fake_mode() is None:
+            raise RemoteModelError(
+                f"model {name!r} was loaded with remote=True: it has no weights here (meta "
+                "device), so it cannot run locally. Run its traces on NDIF (e.g. "
+                "capture(..., remote=True)), or load it with remote=False (or 'local') to "
+                "compute here."
+            )
+
+    return hook
+
+
+# ---------------------------------------------------------------------------- remote
+def ndif_api_key() -> str | None:
+    """The NDIF API key nnsight will send, or ``None``.
+
+    nnsight reads ``NDIF_API_KEY`` (and its user config file) once, at import; a key
+    exported later is copied into ``nnsight.CONFIG`` here so that the request carries it.
+    """
+    from nnsight import CONFIG
+
+    if not CONFIG.API.APIKEY and os.environ.get("NDIF_API_KEY"):
+        CONFIG.API.APIKEY = os.environ["NDIF_API_KEY"]
+    return CONFIG.API.APIKEY or None
+
+
+def prepare_remote(remote: bool | str, *, name: str | None = None) -> bool | str:
+    """Checks a ``remote`` setting and readies this process for it, before any work.
+
+    * ``True`` requires an NDIF API key and a model NDIF can serve;
+    * ``True`` and ``"local"`` register this package with nnsight for pickling *by value*,
+      so that the functions a trace calls (e.g. the count reduction of
+      :mod:`lape_utils.capture`) travel with the request: NDIF does not have
+      ``lape_utils`` installed, and by reference they would fail to load there. (nnsight
+      only does this by itself for modules that are not pip-installed.)
+
+    Args:
+        remote: ``False``, ``True`` or ``"local"``.
+        name: The model name, to refuse the ones NDIF cannot serve.
+
+    Returns:
+        ``remote`` (a bool or ``"local"``).
+
+    Raises:
+        ValueError: any other value.
+        ModelLoadError: ``remote=True`` for a tiny model, a GGUF file or the embedded default.
+        MissingNDIFKeyError: ``remote=True`` and no key is set.
+    """
+    if not any(remote is mode or (isinstance(remote, str) and remote == mode)
+               for mode in REMOTE_MODES):
+        raise ValueError(
+            f"remote must be False, True (run on NDIF) or 'local' (dry-run the NDIF "
+            f"serialisation here), got {remote!r}"
+        )
+    local_only = name is not None and (
+        name.startswith("tiny-") or name == DEFAULT_MODEL or name.endswith(".gguf")
+    )
+    if remote is True and local_only:
+        hint = " (its hub twin is 'google/gemma-3-270m')" if name == DEFAULT_MODEL else ""
+        raise ModelLoadError(
+            f"NDIF runs models it hosts, named by hub id; {name!r} exists only on this "
+            f"machine{hint}. Use a hub id with remote=True, or remote='local' to dry-run "
+            "the serialisation offline with local weights."
+        )
+    if remote is True and ndif_api_key() is None:
+        from nnsight import CONFIG
+
+        raise MissingNDIFKeyError(
+            f"remote=True runs traces on NDIF ({CONFIG.API.HOST}), which needs an API key, "
+            "and none is set (nnsight.CONFIG.API.APIKEY is empty, NDIF_API_KEY is unset). "
+            "Nothing was loaded or sent. Get a key at https://login.ndif.us, then "
+            "`export NDIF_API_KEY=...` or call nnsight.CONFIG.set_default_api_key(key); or "
+            "use remote='local' to dry-run the serialisation offline with local weights."
+        )
+    if remote:
+        import nnsight
+
+        nnsight.register(sys.modules[__name__.partition(".")[0]])
+    return remote
+
+
+def config_fingerprint(config) -> str:
+    """A hash of a transformers config's content (private and version keys left out)."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {
+                k: clean(v) for k, v in value.items()
+                if not str(k).startswith("_") and k != "transformers_version"
+            }
+        return value
+
+    text = json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_meta(name: str, dtype, revision):
+    """Builds the model on the meta device from its config: no weight is read."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config, local = _pretrained_config(name, revision)
+    architecture_for(config)
+    digest = config_fingerprint(config)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision)
+    except Exception as err:
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); remote=True needs the config "
+            "and tokenizer files (no weights)"
+        ) from err
+    declared = getattr(config, "dtype", None)
+    if isinstance(declared, str):
+        declared = parse_dtype(declared)
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype or declared or torch.float32)
+    if local.is_dir():
+        fingerprint = f"ndif:config-dir:{digest}"
+    else:
+        rev = getattr(config, "_commit_hash", None) or revision or "main"
+        fingerprint = f"ndif:hub:{name}@{rev}:config-{digest}"
+    return hf, tok, fingerprint
+
+
+_PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | dict | None) -> None:
+    """Refuses a ``device_map`` naming a device this machine does not have.
+
+    Placement strategies (``"auto"``, ``"balanced"``...) pass: accelerate places the model
+    on what exists. ``"cpu"``, ``"disk"`` and ``"meta"`` always exist.
+
+    Raises:
+        ModelLoadError: naming the device, what this machine has, and what to pass instead.
+    """
+    if device_map is None or (isinstance(device_map, str) and device_map in _PLACEMENTS):
+        return
+    targets = device_map.values() if isinstance(device_map, dict) else [device_map]
+    for target in targets:
+        problem = _missing_device(target)
+        if problem:
+            raise ModelLoadError(
+                f"device_map names device {target!r}, but {problem}. Use 'cpu', 'auto' "
+                "(accelerate places the model on the devices that exist) or a device listed "
+                "above; nothing was loaded."
+            )
+
+
+def _missing_device(target) -> str | None:
+    """Why ``target`` is not a usable device here, or ``None`` if it is."""
+    if isinstance(target, str) and target in ("cpu", "disk", "meta"):
+        return None
+    if isinstance(target, int) and not isinstance(target, bool):
+        target = f"cuda:{target}"
+    try:
+        device = torch.device(target)
+    except (RuntimeError, TypeError, ValueError):
+        return "that is not a device name (e.g. 'cpu', 'cuda:0', 'disk')"
+    if device.type in ("cpu", "meta"):
+        return None
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        module = getattr(torch, device.type, None)
+        if module is None or not hasattr(module, "is_available"):
+            return f"torch does not know devices of type {device.type!r}"
+        available = bool(module.is_available())
+        count = int(module.device_count()) if available and hasattr(module, "device_count") else 0
+    if not available:
+        return f"this machine has no {device.type.upper()} device"
+    index = device.index or 0
+    if index >= count:
+        names = ", ".join(f"{device.type}:{i}" for i in range(count))
+        return f"this machine has {count} {device.type.upper()} device(s) ({names})"
+    return None
+
+
+@dataclass(frozen=True)
+class RemoteRequest:
+    """What one trace would send to NDIF and get back, measured without sending it.
+
+    Attributes:
+        request_bytes: The request payload as nnsight serialises it
+            (``RequestModel.serialize``: the block's source, the values it references,
+            the tracer; the model itself only by reference), uncompressed.
+        request_bytes_zstd: The same, zstd-compressed as nnsight sends it when
+            ``nnsight.CONFIG.API.COMPRESS`` is on (the default).
+        saved: For each value the trace saves (what NDIF sends back), the
+            ``(shape, dtype)`` of every tensor in it, in order.
+        response_bytes: Size of those values written with ``torch.save`` (what NDIF
+            returns, before its optional compression).
+        payload: The serialised request itself (uncompressed), e.g. to inspect it or to
+            replay it against a stand-in server.
+    """
+
+    request_bytes: int
+    request_bytes_zstd: int
+    saved: dict[str, list[tuple[tuple[int, ...], str]]]
+    response_bytes: int
+    payload: bytes = field(repr=False, compare=False)
+
+
+class _Measured(Exception):
+    """Carries a :class:`RemoteRequest` out of the trace that was measured."""
+
+    def __init__(self, request: RemoteRequest):
+        super().__init__("measured")
+        self.request = request
+
+
+def measure_remote_request(model: LapeModel, run: Callable[[LapeModel], object]) -> RemoteRequest:
+    """Measures the NDIF request of the first remote trace ``run(model)`` opens.
+
+    ``run`` must open a trace with ``remote=True`` or ``"local"``, e.g.
+    ``lambda m: count_batch(m, ids, remote=True)``. That trace is not sent: it is
+    serialised exactly as nnsight's remote backend would, then executed on fake tensors
+    (shapes only; no weights or network needed, so a 70B model loaded with
+    ``remote=True`` can be measured offline) to see which values it saves; then ``run``
+    is stopped.
+
+    Args:
+        model: A loaded model (any ``remote`` setting; a meta model works).
+        run: Function of the model that opens the trace to measure.
+
+    Returns:
+        A :class:`RemoteRequest`.
+
+    Raises:
+        ValueError: ``run`` finished without opening a remote trace.
+    """
+    nn = model.nn
+    probe = _RequestProbe(model)
+    prepare_remote("local")  # ship this package by value, as a remote run does
+    # nnsight asks the model for its remote backend; an instance attribute answers first
+    object.__setattr__(nn, "_remote_backend", lambda *args, **kwargs: probe)
+    try:
+        run(model)
+    except _Measured as done:
+        return done.request
+    finally:
+        nn.__dict__.pop("_remote_backend", None)
+    raise ValueError(
+        "run(model) finished without opening a trace with remote=True or 'local'; pass "
+        "remote=True to the call it makes (e.g. count_batch(m, ids, remote=True))"
+    )
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _materialise(value):
+    """The same structure with every (fake) tensor replaced by zeros of its shape and dtype."""
+    if isinstance(value, torch.Tensor):
+        return torch.zeros(tuple(value.shape), dtype=value.dtype)
+    if isinstance(value, dict):
+        return {k: _materialise(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_materialise(v) for v in value)
+    return value
+
+
+class _RequestProbe:
+    """An nnsight backend that serialises a trace, runs it on fake tensors and stops."""
+
+    def __init__(self, model: LapeModel):
+        self.model = model
+
+    def __call__(self, tracer) -> None:
+        import zstandard
+        from nnsight.ndif import pull_env
+        from nnsight.schema.request import RequestModel
+        from nnsight.tracing.tracer import _saves
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        self.model.nn.__dict__.pop("_remote_backend", None)  # not part of the request
+        pull_env()
+        blob = RequestModel.serialize(tracer, compress=False)
+        compressed = zstandard.ZstdCompressor(level=6).compress(blob)
+        config = self.model.hf.config
+        use_cache, config.use_cache = config.use_cache, False  # fake mode refuses the cache
+        try:
+            with FakeTensorMode(
+                allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)
+            ):
+                tracer.execute(tracer.info.code)
+        finally:
+            config.use_cache = use_cache
+        saves = _saves()
+        saved = {k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in saves}
+        shapes = {
+            k: [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in _tensors(v)]
+            for k, v in saved.items()
+        }
+        buffer = io.BytesIO()
+        torch.save({k: _materialise(v) for k, v in saved.items()}, buffer)
+        raise _Measured(RemoteRequest(
+            request_bytes=len(blob),
+            request_bytes_zstd=len(compressed),
+            saved=shapes,
+            response_bytes=len(buffer.getvalue()),
+            payload=blob,
+        ))
 
 
 def _default_dir() -> Path:
@@ -279,8 +771,9 @@ def _load_gguf(path: Path, dtype, device_map, **kwargs):
     return hf, tok, f"gguf-file:{path.name}:{_file_digest(path)}"
 
 
-def _load_pretrained(name: str, dtype, device_map, revision, **kwargs):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _pretrained_config(name: str, revision):
+    """The config of a local directory or hub id, and the path it names (may not exist)."""
+    from transformers import AutoConfig
 
     local = Path(name)
     if local.exists() and not local.is_dir():
@@ -300,6 +793,13 @@ def _load_pretrained(name: str, dtype, device_map, revision, **kwargs):
             "Offline, use 'gemma-3-270m' (embedded), 'tiny-<family>', a .gguf file or a local "
             "directory."
         ) from None
+    return config, local
+
+
+def _load_pretrained(name: str, dtype, device_map, revision, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config, local = _pretrained_config(name, revision)
     architecture_for(config)  # fail early, before downloading weights
     tok = AutoTokenizer.from_pretrained(name, revision=revision)
     hf = AutoModelForCausalLM.from_pretrained(

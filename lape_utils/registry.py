@@ -8,7 +8,8 @@ Each family is an :class:`Architecture`: a dotted path from the causal-LM module
 of decoder layers, a dotted path from one layer to the site, and how to read the site's width
 from the model config. :func:`architecture_for` finds the entry for a loaded model from its
 ``config.model_type``; :func:`register_architecture` adds a family; :func:`self_check` proves
-on a short forward pass that an entry is right for a given model.
+on a short forward pass that an entry is right for a given model, and :func:`check_structure`
+does the part of it that needs no weights (for a model on the meta device, run on NDIF).
 
 Example (adding a family)::
 
@@ -232,28 +233,9 @@ class SelfCheckError(RuntimeError):
     """Raised when a registry entry does not fit the loaded model."""
 
 
-@torch.inference_mode()
-def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
-    """Proves on one short forward pass that ``arch`` describes ``hf_model``.
-
-    Checks that the neuron site exists in every layer, is called on that forward, has the
-    width the config declares, and that zeroing one neuron (the most active one of the first
-    layer) changes the logits.
-
-    Args:
-        hf_model: The transformers causal LM (not the nnsight wrapper).
-        arch: The registry entry to check.
-        input_ids: ``[batch, pos]`` a few tokens to run.
-
-    Returns:
-        ``{"n_layers": L, "n_neurons": D, "max_logit_change": float}``.
-
-    Raises:
-        SelfCheckError: saying which of the checks failed and why.
-    """
-    cfg = hf_model.config
-    n_layers = arch.n_layers(cfg)
-    n_neurons = arch.n_neurons(cfg)
+def _find_sites(hf_model, arch: Architecture) -> list[torch.nn.Module]:
+    """The neuron-site module of every layer, or a :class:`SelfCheckError` saying what is off."""
+    n_layers = arch.n_layers(hf_model.config)
     try:
         layers = arch.layer_modules(hf_model)
     except AttributeError as err:
@@ -279,6 +261,98 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
             ) from err
     if len({id(s) for s in sites}) != n_layers:
         raise SelfCheckError(f"{arch.family}: layers share one activation module instance")
+    return sites
+
+
+def _check_widths(arch: Architecture, widths: dict[int, int], n_layers: int, n_neurons: int):
+    """Every layer's site was called and has the config's width, or a :class:`SelfCheckError`."""
+    missing = [i for i in range(n_layers) if i not in widths]
+    if missing:
+        raise SelfCheckError(f"{arch.family}: the neuron site was not called in layers {missing}")
+    wrong = {i: w for i, w in widths.items() if w != n_neurons}
+    if wrong:
+        raise SelfCheckError(
+            f"{arch.family}: site width {wrong} differs from the config's {n_neurons} neurons"
+        )
+
+
+@torch.inference_mode()
+def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
+    """The checks of :func:`self_check` that need no weights.
+
+    The neuron site exists in every layer, is called on a forward pass and has the width
+    the config declares. A model on the meta device (built from its config only, as for
+    NDIF) runs that forward on fake tensors, which carry shapes but no values, so this
+    costs no memory and reads no weights; a model with weights runs it for real. The
+    check that zeroing a neuron changes the logits needs values, so only
+    :func:`self_check` makes it.
+
+    Args:
+        hf_model: The transformers causal LM (not the nnsight wrapper).
+        arch: The registry entry to check.
+        input_ids: ``[batch, pos]`` a few tokens to run.
+
+    Returns:
+        ``{"n_layers": L, "n_neurons": D, "weights": bool}``; ``weights`` says whether the
+        forward ran on real values.
+
+    Raises:
+        SelfCheckError: saying which of the checks failed and why.
+    """
+    cfg = hf_model.config
+    n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
+    sites = _find_sites(hf_model, arch)
+    widths: dict[int, int] = {}
+    handles = [
+        s.register_forward_hook(lambda _m, _i, out, i=i: widths.__setitem__(i, out.shape[-1]))
+        for i, s in enumerate(sites)
+    ]
+    meta = any(p.is_meta for p in hf_model.parameters())
+    try:
+        if meta:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+            # use_cache=False: the KV cache allocates real (meta) tensors that fake mode
+            # refuses to mutate
+            with FakeTensorMode(
+                allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)
+            ):
+                hf_model(input_ids=input_ids.to("meta"), use_cache=False)
+        else:
+            device = next(hf_model.parameters()).device
+            hf_model(input_ids=input_ids.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    _check_widths(arch, widths, n_layers, n_neurons)
+    return {"n_layers": n_layers, "n_neurons": n_neurons, "weights": not meta}
+
+
+@torch.inference_mode()
+def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
+    """Proves on one short forward pass that ``arch`` describes ``hf_model``.
+
+    Checks that the neuron site exists in every layer, is called on that forward, has the
+    width the config declares, and that zeroing one neuron (the most active one of the first
+    layer) changes the logits. A model without weights (meta device) can only take
+    :func:`check_structure`.
+
+    Args:
+        hf_model: The transformers causal LM (not the nnsight wrapper).
+        arch: The registry entry to check.
+        input_ids: ``[batch, pos]`` a few tokens to run.
+
+    Returns:
+        ``{"n_layers": L, "n_neurons": D, "max_logit_change": float}``.
+
+    Raises:
+        SelfCheckError: saying which of the checks failed and why.
+    """
+    cfg = hf_model.config
+    n_layers = arch.n_layers(cfg)
+    n_neurons = arch.n_neurons(cfg)
+    sites = _find_sites(hf_model, arch)
 
     widths: dict[int, int] = {}
     peak: dict[int, torch.Tensor] = {}
@@ -299,14 +373,7 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     finally:
         for h in handles:
             h.remove()
-    missing = [i for i in range(n_layers) if i not in widths]
-    if missing:
-        raise SelfCheckError(f"{arch.family}: the neuron site was not called in layers {missing}")
-    wrong = {i: w for i, w in widths.items() if w != n_neurons}
-    if wrong:
-        raise SelfCheckError(
-            f"{arch.family}: site width {wrong} differs from the config's {n_neurons} neurons"
-        )
+    _check_widths(arch, widths, n_layers, n_neurons)
     neuron = int(peak[0].argmax())
 
     def zero_hook(_module, _inputs, output):
