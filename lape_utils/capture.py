@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .models import LapeModel, parse_dtype
+from .models import LapeModel, parse_dtype, prepare_remote
 from .stats import (
     BUDGET_FRACTIONS,
     IDENTITY_KEYS,
@@ -96,7 +96,10 @@ class BatchCounts:
 
 def _model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    # no KV cache: capture never generates, and a cache of a 7B model at 4 x 2048 tokens
+    # would cost gigabytes per batch
+    return {"input_ids": input_ids, "attention_mask": attention_mask,
+            "position_ids": position_ids, "use_cache": False}
 
 
 def count_batch(
@@ -295,6 +298,7 @@ def capture_provenance(
         "bootstrap_replicates": int(replicates),
         "bootstrap_seed": int(seed),
         "backend": backend,
+        "remote": model.remote,
         "chunks": chunks,
         "corpus_chunks": n_chunks,
         "budget_fractions": list(BUDGET_FRACTIONS),
@@ -326,7 +330,7 @@ def capture(
     backend: str = "nnsight",
     checkpoint_every: int = 8,
     overwrite: bool = False,
-    remote: bool | str = False,
+    remote: bool | str | None = None,
     progress: bool = True,
     on_batch: Callable[[str, int], None] | None = None,
     shard: tuple[int, int] | None = None,
@@ -361,7 +365,8 @@ def capture(
         backend: ``"nnsight"`` or ``"hooks"``.
         checkpoint_every: Save a checkpoint every this many batches.
         overwrite: Recompute even if ``out_dir`` holds statistics (of any provenance).
-        remote: Passed to nnsight's trace (``True`` for NDIF, ``"local"`` to dry-run).
+        remote: ``True`` runs every trace on NDIF, ``"local"`` dry-runs its serialisation
+            here; default the model's own setting (``load_model(..., remote=...)``).
         progress: Show a tqdm bar per language with tokens/s (rank 0 only).
         on_batch: Called as ``on_batch(lang, next_chunk)`` after each batch (used by
             tests to interrupt a run).
@@ -385,6 +390,11 @@ def capture(
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    remote = model.remote if remote is None else remote
+    if remote and backend == "hooks":
+        raise ValueError("remote runs go through nnsight; backend='hooks' needs local weights")
+    if remote:
+        prepare_remote(remote, name=model.name)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(replicates, int) or replicates < 0:

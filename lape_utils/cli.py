@@ -50,8 +50,11 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"= {d['total_neurons']:,} MLP neurons")
     print(f"dtype        {d['dtype']} on {d['device']}")
     print(f"weights      {d['fingerprint']}")
-    print(f"self-check   passed (zeroing one neuron moved the logits by up to "
-          f"{model.check['max_logit_change']:.3g})")
+    if "max_logit_change" in model.check:
+        print(f"self-check   passed (zeroing one neuron moved the logits by up to "
+              f"{model.check['max_logit_change']:.3g})")
+    else:
+        print("self-check   structure only (no local weights: the model runs on NDIF)")
     return 0
 
 
@@ -100,7 +103,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .models import load_model
 
     say = print if distributed.env_rank() == 0 else (lambda *a: None)
-    model = load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+    model = load_model(args.model, dtype=args.dtype, device_map=args.device_map,
+                       remote=args.remote)
     if distributed.env_world_size() > 1 and args.device_map is None:
         model.hf.to(distributed.local_device())
     packed = _packed(args, model.tokenizer)
@@ -219,7 +223,6 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     """Computes the perplexity-change matrix and writes it as CSV."""
     from .evaluate import perplexity_matrix
     from .intervene import check_selection
-    from .lape import control_sets
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -231,8 +234,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         args.languages = ",".join(selection.languages)
     heldout = _packed(args, model.tokenizer)
     print(heldout.table().to_string())
-    stats = _load_stats(args.stats) if args.stats else None
-    controls = control_sets(selection, stats, args.seed, random=args.random_control)
+    controls = _controls(args, selection)
     matrix = perplexity_matrix(model, selection, heldout, controls=controls,
                                batch_size=args.batch_size)
     matrix.to_csv(out, overwrite=args.overwrite)
@@ -261,7 +263,6 @@ def cmd_steer(args: argparse.Namespace) -> int:
     """Steers generation towards a language and writes every output as JSONL."""
     from .generation import GenerationConfig
     from .intervene import check_selection
-    from .lape import control_sets
     from .steering import SteerSpec, steer
 
     out = Path(args.out)
@@ -281,13 +282,25 @@ def cmd_steer(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, do_sample=args.sample,
         repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, seed=args.seed,
     )
-    controls = control_sets(selection, stats, args.seed) if args.random_control else {}
+    controls = _controls(args, selection, stats)
     result = steer(model, selection, stats, prompts, spec, generation=generation,
                    controls=controls)
     result.to_jsonl(out, overwrite=args.overwrite)
     print(result.summary().round(4).T.to_string())
     print(f"\nsaved {len(result.rows)} lines to {out} (+ {out.name}.json)")
     return 0
+
+
+def _controls(args, selection, stats=None) -> dict:
+    """The control sets the ``--random-control`` / ``--matched-control`` flags ask for."""
+    from .lape import control_sets
+
+    if args.matched_control and not args.stats:
+        raise ValueError("--matched-control needs --stats (the activation probabilities)")
+    if args.matched_control and stats is None:
+        stats = _load_stats(args.stats)
+    return control_sets(selection, stats if args.matched_control else None, args.seed,
+                        random=args.random_control)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -364,8 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_corpus_args(p, split="heldout")
     p.add_argument("--random-control", action=argparse.BooleanOptionalAction, default=True,
                    help="add same-size random rows (default: on)")
+    p.add_argument("--matched-control", action="store_true",
+                   help="add activity-matched rows (needs --stats)")
     p.add_argument("--stats", default=None,
-                   help="activation statistics of this model: adds the activity-matched control")
+                   help="activation statistics of this model (for --matched-control)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="chunks per forward (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true")
@@ -398,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--template", default="Q: {prompt}\nA:", help="prompt format (paper's default)")
     p.add_argument("--random-control", action="store_true",
-                   help="also steer with same-size random neurons (and, with --stats, with "
-                   "activity-matched ones)")
+                   help="also steer with same-size random neurons")
+    p.add_argument("--matched-control", action="store_true",
+                   help="also steer with activity-matched neurons (needs --stats)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--overwrite", action="store_true")

@@ -541,9 +541,9 @@ def perplexity_matrix(
     if not cols:
         raise ValueError("the held-out corpus has no language")
     specs: list[tuple[str, str, Intervention | None]] = [("none", "", None)]
+    if {"none", "lape"} & set(controls):
+        raise ValueError(f"controls cannot be called 'none' or 'lape', got {list(controls)}")
     for kind, sel in [("lape", selection), *controls.items()]:
-        if kind in ("none", "lape"):
-            raise ValueError(f"a control cannot be called {kind!r}")
         check_selection(model, sel)
         specs += [(kind, lang, Intervention.zero(sel, lang)) for lang in rows_langs]
     for _, _, iv in specs:  # every check before the first forward
