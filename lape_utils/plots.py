@@ -4,21 +4,19 @@ thresholds cut, how stable they are, what deactivating and steering them does.
 Conventions (``shared/docs/style.md``):
 
 * Every ``plot_*`` function takes ``ax=None`` (a new figure is made when ``None``) and
-  returns the ``Axes`` it drew on; multi-panel functions return a NumPy array of ``Axes``
-  (documented on each). Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is
-  the one place that writes a file.
-* Inputs are selections or plain DataFrames with documented columns (index = layer,
-  columns = language, or tidy). Languages always appear in the module-level order
-  :data:`~lape_utils.languages.LANGUAGE_ORDER` and always in the same colour
-  (:data:`LANGUAGE_COLORS`, :func:`language_color`).
-* Counts use the sequential colormap :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) use the
-  diverging :data:`DIVERGING_CMAP` centred at 0. Heatmaps accept fixed ``vmin``/``vmax`` so
-  that a widget redraw keeps its scale.
-* When a :class:`~lape_utils.lape.LapeConfig` is known (passed, or carried by the selection)
-  its :meth:`~lape_utils.lape.LapeConfig.label` is part of the title.
-
-Heatmaps are ``pcolormesh`` meshes: ``ax.collections[0]`` is the mesh (its
-``get_array()`` holds the cell values, ``get_clim()`` the colour limits).
+  returns the ``Axes`` it drew on; multi-panel functions return a NumPy array of ``Axes``.
+  Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is the one place that
+  writes a file.
+* Inputs are selections or labelled DataFrames (index = layer, columns = language, or
+  tidy). Languages appear in the module order :data:`~lape_utils.languages.LANGUAGE_ORDER`,
+  each in its fixed colour (:data:`LANGUAGE_COLORS`, :func:`language_color`).
+* The statistics plots are seaborn's (``heatmap``, ``histplot``, ``barplot``,
+  ``lineplot``). A heatmap's mesh is ``ax.collections[0]`` (``get_array()`` holds the
+  cells, ``get_clim()`` the colour limits). Counts use the sequential
+  :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) the diverging :data:`DIVERGING_CMAP` centred
+  at 0. Fixed ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
+* When a :class:`~lape_utils.lape.LapeConfig` is known (passed, or carried by the
+  selection) its :meth:`~lape_utils.lape.LapeConfig.label` is part of the title.
 """
 
 from __future__ import annotations
@@ -34,9 +32,11 @@ from typing import Any, Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from lape_utils import analysis
@@ -82,8 +82,15 @@ _ALL = "all"
 
 
 def language_color(lang: str) -> str:
-    """Colour of a language: :data:`LANGUAGE_COLORS`, else a fixed colour from ``tab20b``
-    chosen by a hash of the code (the same in every session); dark grey for ``"all"``."""
+    """Colour of a language.
+
+    Args:
+        lang: Language code, or ``"all"``.
+
+    Returns:
+        :data:`LANGUAGE_COLORS` of the code, else a fixed colour from ``tab20b`` chosen by a
+        hash of the code (the same in every session); dark grey for ``"all"``.
+    """
     if lang in LANGUAGE_COLORS:
         return LANGUAGE_COLORS[lang]
     if lang == _ALL:
@@ -112,33 +119,27 @@ def _axes_array(
     return arr
 
 
-def _config_label(config: Any) -> str | None:
-    """Label of a LapeConfig, a config dict, or the config of a selection; None if unknown."""
-    if config is None:
-        return None
-    if isinstance(config, NeuronSelection):
-        config = config.config or None
-        if config is None:
-            return None
-    if isinstance(config, LapeConfig):
-        return config.label()
-    if isinstance(config, Mapping):
-        return LapeConfig.from_dict(config).label()
-    if isinstance(config, str):
-        return config
-    raise TypeError(
-        f"config must be a LapeConfig, a dict of its fields or a label string, got "
-        f"{type(config).__name__}."
-    )
-
-
 def _title(ax: Axes, base: str | None, config: Any, title: str | None = None) -> None:
-    """``title`` if given, else ``base`` with the config label on a second line."""
+    """Set ``title`` if given, else ``base`` with the config's label on a second line.
+
+    ``config`` is a LapeConfig, a dict of its fields, a label string, or a selection
+    (its config is used); ``None`` or a selection without config adds no label.
+    """
     if title is not None:
         ax.set_title(title)
         return
-    label = _config_label(config)
-    parts = [p for p in (base, label) if p]
+    if isinstance(config, NeuronSelection):
+        config = config.config or None
+    if isinstance(config, Mapping):
+        config = LapeConfig.from_dict(config)
+    if isinstance(config, LapeConfig):
+        config = config.label()
+    if config is not None and not isinstance(config, str):
+        raise TypeError(
+            f"config must be a LapeConfig, a dict of its fields or a label string, got "
+            f"{type(config).__name__}."
+        )
+    parts = [p for p in (base, config) if p]
     if parts:
         ax.set_title("\n".join(parts), fontsize="medium")
 
@@ -146,111 +147,114 @@ def _title(ax: Axes, base: str | None, config: Any, title: str | None = None) ->
 def _language_columns(columns: Sequence[str]) -> list[str]:
     """Columns in the module order, ``"all"`` last."""
     cols = [str(c) for c in columns]
-    has_all = _ALL in cols
-    ordered = sort_languages(c for c in cols if c != _ALL)
-    return ordered + ([_ALL] if has_all else [])
+    return sort_languages(c for c in cols if c != _ALL) + ([_ALL] if _ALL in cols else [])
 
 
-def _text_color(rgba: Sequence[float]) -> str:
-    r, g, b = rgba[:3]
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+def _palette(langs: Sequence[str]) -> dict[str, str]:
+    return {lang: language_color(lang) for lang in langs}
 
 
-def _heatmap(
-    ax: Axes,
+def _norm(
     values: np.ndarray,
+    vmin: float | None,
+    vmax: float | None,
     *,
-    xlabels: Sequence[str],
-    ylabels: Sequence[str],
-    cmap: str,
-    norm: mcolors.Normalize,
-    annot: bool,
-    fmt: str,
-    top_down: bool,
-    colorbar: bool,
-    cbar_label: str | None,
-    ytick_step: int = 1,
-    mask: np.ndarray | None = None,
-):
-    """Draw a ``[rows, cols]`` matrix as a pcolormesh with cells at integer positions.
-
-    NaN cells are not drawn (nor written); cells in ``mask`` are not coloured (the axes
-    background shows) but their values are still written.
-    """
-    full = np.ma.masked_invalid(np.asarray(values, dtype=float))
-    data = full if mask is None else np.ma.masked_where(np.asarray(mask, bool), full)
-    mesh = ax.pcolormesh(data, cmap=cmap, norm=norm, edgecolors="none")
-    n_rows, n_cols = data.shape
-    ax.set_xticks(np.arange(n_cols) + 0.5, labels=list(xlabels))
-    yt = np.arange(0, n_rows, max(1, ytick_step))
-    ax.set_yticks(yt + 0.5, labels=[ylabels[i] for i in yt])
-    ax.set_xlim(0, n_cols)
-    ax.set_ylim(0, n_rows)
-    if top_down:
-        ax.invert_yaxis()
-    ax.tick_params(length=0)
-    if annot:
-        cm = plt.get_cmap(cmap)
-        for i in range(n_rows):
-            for j in range(n_cols):
-                v = full[i, j]
-                if np.ma.is_masked(v):
-                    continue
-                hidden = np.ma.is_masked(data[i, j])
-                ax.text(
-                    j + 0.5,
-                    i + 0.5,
-                    format(v, fmt),
-                    ha="center",
-                    va="center",
-                    fontsize="small",
-                    color="black" if hidden else _text_color(cm(norm(v))),
-                )
-    if colorbar:
-        ax.figure.colorbar(mesh, ax=ax, label=cbar_label)
-    return mesh
-
-
-def _sequential_norm(
-    values: np.ndarray, vmin: float | None, vmax: float | None, *, log: bool = False
+    diverging: bool = False,
+    log: bool = False,
 ) -> mcolors.Normalize:
+    """Colour scale of a heatmap.
+
+    Sequential: ``vmin`` (default ``min(0, smallest value)``) to ``vmax`` (default the
+    largest value). Diverging, centred at 0: ``±max|value|``, or ``±`` the one limit given;
+    two given limits must straddle 0, and asymmetric ones keep 0 at the centre colour with a
+    ``TwoSlopeNorm`` (seaborn's ``center=`` would crop the colormap instead).
+    """
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
-    if vmin is not None:
-        lo = float(vmin)
-    else:
-        lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    if diverging:
+        if vmin is not None and vmax is not None:
+            if not vmin < 0 < vmax:
+                raise ValueError(
+                    f"a diverging scale centred at 0 needs vmin < 0 < vmax, got vmin={vmin}, "
+                    f"vmax={vmax}."
+                )
+            if not math.isclose(-vmin, vmax):
+                return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
+        given = vmax if vmax is not None else vmin
+        m = abs(float(given)) if given is not None else float(np.abs(finite).max(initial=0.0))
+        m = m if m > 0 and math.isfinite(m) else 1e-3
+        return mcolors.Normalize(vmin=-m, vmax=m)
+    lo = float(vmin) if vmin is not None else float(finite.min(initial=0.0))
     hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
+    hi = hi if hi > lo else lo + 1.0
     if log:
         return mcolors.SymLogNorm(linthresh=1.0, vmin=lo, vmax=hi, base=10)
     return mcolors.Normalize(vmin=lo, vmax=hi)
 
 
-def _diverging_norm(
-    values: np.ndarray, vmin: float | None, vmax: float | None
-) -> mcolors.Normalize:
-    """Centred at 0: symmetric limits from the data (or the one limit given); both limits
-    given and asymmetric -> TwoSlopeNorm with vcenter 0."""
-    finite = np.asarray(values, dtype=float)
-    finite = finite[np.isfinite(finite)]
-    if vmin is not None and vmax is not None:
-        if not vmin < 0 < vmax:
-            raise ValueError(
-                f"a diverging scale centred at 0 needs vmin < 0 < vmax, got vmin={vmin}, "
-                f"vmax={vmax}."
-            )
-        if math.isclose(-vmin, vmax):
-            return mcolors.Normalize(vmin=vmin, vmax=vmax)
-        return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
-    if vmax is not None or vmin is not None:
-        m = abs(float(vmax if vmax is not None else vmin))
-    else:
-        m = float(np.abs(finite).max()) if finite.size else 0.0
-    if m == 0 or not math.isfinite(m):
-        m = 1e-3
-    return mcolors.Normalize(vmin=-m, vmax=m)
+def _heatmap(
+    ax: Axes,
+    table: pd.DataFrame,
+    norm: mcolors.Normalize,
+    cmap: str,
+    *,
+    annot: bool,
+    fmt: str,
+    colorbar: bool,
+    label: str | None,
+    mask: np.ndarray | None = None,
+    tick_every: int = 1,
+) -> None:
+    """``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
+
+    NaN cells are neither coloured nor written. Cells in ``mask`` are left uncoloured (the
+    axes background shows) but still written: by hand, since seaborn skips masked cells.
+    """
+    sns.heatmap(
+        table, ax=ax, cmap=cmap, norm=norm, vmin=norm.vmin, vmax=norm.vmax, mask=mask,
+        annot=annot, fmt=fmt, annot_kws={"fontsize": "small"}, cbar=colorbar,
+        cbar_kws={"label": label}, yticklabels=tick_every,
+    )
+    ax.tick_params(axis="y", labelrotation=0)
+    if annot and mask is not None:
+        values = table.to_numpy(dtype=float)
+        for i, j in zip(*np.nonzero(mask & np.isfinite(values))):
+            ax.text(j + 0.5, i + 0.5, format(values[i, j], fmt), ha="center", va="center",
+                    fontsize="small", color=".15")
+
+
+def _lines(
+    ax: Axes,
+    data: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str,
+    palette: Mapping[str, Any],
+    **kws: Any,
+) -> list[Line2D]:
+    """``sns.lineplot``, one line per ``hue`` level in the order of ``palette`` (the mean
+    where ``x`` repeats), each line labelled by its level so that ``ax.get_lines()`` and
+    ``ax.legend()`` name them (seaborn leaves them unnamed)."""
+    start = len(ax.get_lines())
+    order = list(palette)
+    sns.lineplot(
+        data, x=x, y=y, hue=hue, hue_order=order, palette=dict(palette), errorbar=None,
+        legend=False, ax=ax, **kws,
+    )
+    drawn = set(data.dropna(subset=[x, y])[hue])
+    lines = list(ax.get_lines())[start:]
+    for line, level in zip(lines, [lv for lv in order if lv in drawn], strict=True):
+        line.set_label(str(level))
+    return lines
+
+
+def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
+    """A wide table as tidy rows (``index``, ``columns``, ``value``), column by column."""
+    return (
+        wide.rename_axis(index=index)
+        .reset_index()
+        .melt(id_vars=index, var_name=columns, value_name=value)
+    )
 
 
 def _selection_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
@@ -264,6 +268,15 @@ def _selection_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
         f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
         f"{type(data).__name__}."
     )
+
+
+def _bars(ax: Axes, langs: Sequence[str], values: np.ndarray) -> None:
+    """One ``sns.barplot`` bar per language (in the given order), in its exact colour."""
+    sns.barplot(
+        x=list(langs), y=values, hue=list(langs), palette=_palette(langs), saturation=1,
+        errorbar=None, legend=False, ax=ax,
+    )
+    ax.set_xlabel("language")
 
 
 # ============================================================================ layers
@@ -307,58 +320,45 @@ def plot_layer_distribution(
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: ``kind`` is unknown, or ``"share"`` of a DataFrame without
+            ``n_neurons``.
     """
     counts = _selection_counts(data)
     if config is None and isinstance(data, NeuronSelection):
         config = data
     langs = list(counts.columns)
-    layers = [str(x) for x in counts.index]
+    base = "Language-specific neurons per layer"
     if kind == "heatmap":
-        ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(layers))))
-        norm = _sequential_norm(counts.to_numpy(), vmin, vmax, log=log)
-        if annot is None:
-            annot = counts.size <= 200
+        ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(counts))))
+        integer = pd.api.types.is_integer_dtype(counts.to_numpy().dtype)
         _heatmap(
-            ax,
-            counts.to_numpy(),
-            xlabels=langs,
-            ylabels=layers,
-            cmap=SEQUENTIAL_CMAP,
-            norm=norm,
-            annot=annot,
-            fmt=".0f" if np.issubdtype(counts.to_numpy().dtype, np.integer) else ".2g",
-            top_down=False,
-            colorbar=colorbar,
-            cbar_label="neurons",
-            ytick_step=max(1, math.ceil(len(layers) / 20)),
+            ax, counts, _norm(counts.to_numpy(), vmin, vmax, log=log), SEQUENTIAL_CMAP,
+            annot=counts.size <= 200 if annot is None else annot,
+            fmt=".0f" if integer else ".2g", colorbar=colorbar, label="neurons",
+            tick_every=math.ceil(len(counts) / 20) or 1,
         )
-        ax.set_xlabel("language")
-        ax.set_ylabel("layer")
-        _title(ax, "Language-specific neurons per layer", config, title)
+        ax.invert_yaxis()  # layer 0 at the bottom
+        ax.set(xlabel="language", ylabel="layer")
+        _title(ax, base, config, title)
         return ax
     if kind not in ("lines", "share"):
         raise ValueError(f"kind must be 'heatmap', 'lines' or 'share', got {kind!r}.")
-    ax = _axes(ax, (7.0, 3.5))
+    ylabel = "neurons"
     if kind == "share":
-        if n_neurons is None:
-            if not isinstance(data, NeuronSelection):
-                raise ValueError(
-                    "kind='share' with a DataFrame needs n_neurons= (FFN neurons per layer)."
-                )
-            n_neurons = data.n_neurons
-        values = counts * (100.0 / n_neurons)
+        if n_neurons is None and not isinstance(data, NeuronSelection):
+            raise ValueError(
+                "kind='share' with a DataFrame needs n_neurons= (FFN neurons per layer)."
+            )
+        counts = counts * (100.0 / (n_neurons or data.n_neurons))
         ylabel = "% of the layer's neurons"
-    else:
-        values = counts
-        ylabel = "neurons"
-    x = np.asarray(counts.index, dtype=float)
-    for lang in langs:
-        ax.plot(x, values[lang].to_numpy(), label=lang, color=language_color(lang), lw=1.6)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    ax = _axes(ax, (7.0, 3.5))
+    _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", "language",
+           _palette(langs), lw=1.6)
+    ax.set(xlabel="layer", ylabel=ylabel, ylim=(0, None))
     ax.legend(title="language", fontsize="small", ncols=2 if len(langs) > 5 else 1)
-    _title(ax, "Language-specific neurons per layer", config, title)
+    _title(ax, base, config, title)
     return ax
 
 
@@ -369,11 +369,10 @@ def plot_layer_distribution_grid(
     ncols: int = 4,
     axes: Sequence[Axes] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`plot_layer_distribution` of several selections (e.g. the paper's seven sets),
-    one panel each, titled by name.
+    """:func:`plot_layer_distribution` of several selections, one panel each, titled by name.
 
     Args:
-        selections: ``{name: selection}``, e.g. from
+        selections: ``{name: selection}``, e.g. the paper's seven sets from
             :func:`lape_utils.analysis.published_sets`.
         kind: As in :func:`plot_layer_distribution`.
         ncols: Panels per row.
@@ -381,7 +380,7 @@ def plot_layer_distribution_grid(
 
     Returns:
         Flat array of the Axes drawn on (one per selection, in the mapping's order); unused
-        panels of a new grid are hidden.
+        panels of a new grid are hidden. Only the first panel keeps its legend.
     """
     n = len(selections)
     if n == 0:
@@ -389,7 +388,7 @@ def plot_layer_distribution_grid(
     if axes is None:
         ncols = max(1, min(ncols, n))
         nrows = math.ceil(n / ncols)
-        fig, grid = plt.subplots(
+        _, grid = plt.subplots(
             nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained", squeeze=False
         )
         flat = grid.ravel()
@@ -400,10 +399,8 @@ def plot_layer_distribution_grid(
         if flat.size < n:
             raise ValueError(f"need {n} axes, got {flat.size}.")
     for ax, (name, sel) in zip(flat, selections.items()):
-        plot_layer_distribution(
-            sel, ax=ax, kind=kind, title=name, colorbar=kind == "heatmap", annot=False
-        )
-        if kind != "heatmap" and ax.get_legend() is not None and ax is not flat[0]:
+        plot_layer_distribution(sel, ax=ax, kind=kind, title=name, annot=False)
+        if kind != "heatmap" and ax is not flat[0]:
             ax.get_legend().remove()
     return flat[:n]
 
@@ -432,35 +429,34 @@ def plot_language_counts(
 
     Returns:
         The Axes (one bar patch per language, in the module order).
+
+    Raises:
+        ValueError: ``percent`` without ``n_total`` for a table.
     """
     if isinstance(data, NeuronSelection):
         counts = analysis.layer_distribution(data).sum(axis=0)
         n_total = data.n_layers * data.n_neurons
-        if config is None:
-            config = data
+        config = data if config is None else config
     elif isinstance(data, pd.DataFrame):
         counts = _selection_counts(data).sum(axis=0)
     elif isinstance(data, pd.Series):
-        counts = data.copy()
-        counts.index = [str(i) for i in counts.index]
+        counts = data.rename(index=str)
         counts = counts[_language_columns(counts.index)]
     else:
         raise TypeError(f"expected a selection, DataFrame or Series, got {type(data).__name__}.")
+    values = counts.to_numpy(dtype=float)
+    ylabel, fmt = "neurons", "{:,.0f}"
     if percent:
         if not n_total:
             raise ValueError("percent=True needs n_total= (L·D) unless data is a selection.")
-        values = counts.to_numpy(dtype=float) * 100.0 / n_total
+        values = values * 100.0 / n_total
         ylabel, fmt = "% of all FFN neurons", "{:.3f}"
-    else:
-        values = counts.to_numpy(dtype=float)
-        ylabel, fmt = "neurons", "{:,.0f}"
-    langs = list(counts.index)
-    ax = _axes(ax, (1.2 + 0.6 * max(len(langs), 3), 3.5))
-    bars = ax.bar(langs, values, color=[language_color(x) for x in langs])
+    ax = _axes(ax, (1.2 + 0.6 * max(len(counts), 3), 3.5))
+    _bars(ax, list(counts.index), values)
     if annotate:
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize="small", padding=2)
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt=fmt, fontsize="small", padding=2)
         ax.margins(y=0.12)
-    ax.set_xlabel("language")
     ax.set_ylabel(ylabel)
     _title(ax, "Language-specific neurons per language", config, title)
     return ax
@@ -505,43 +501,26 @@ def plot_overlap(
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
     if isinstance(data, NeuronSelection):
-        counts, jac = analysis.overlap(data)
-        table = counts if metric == "count" else jac
-        if config is None:
-            config = data
+        table = analysis.overlap(data)[0 if metric == "count" else 1]
+        config = data if config is None else config
     else:
-        table = data.copy()
-        table.index = [str(i) for i in table.index]
-        table.columns = [str(c) for c in table.columns]
-        order = _language_columns(table.columns)
-        table = table.reindex(index=_language_columns(table.index), columns=order)
+        table = data.rename(index=str, columns=str)
+        table = table.reindex(
+            index=_language_columns(table.index), columns=_language_columns(table.columns)
+        )
     values = table.to_numpy(dtype=float)
-    diag = np.array(
-        [[r == c for c in table.columns] for r in table.index], dtype=bool
-    ).reshape(values.shape)
+    diag = table.index.to_numpy()[:, None] == table.columns.to_numpy()[None, :]
     mask = None if colour_diagonal else diag
-    coloured = values if mask is None else values[~mask]
-    norm = _sequential_norm(coloured, vmin, vmax)
     ax = _axes(ax, (1.5 + 0.6 * max(len(table.columns), 3), 1.0 + 0.55 * max(len(table), 3)))
     ax.set_facecolor("#e6e6e6")
     _heatmap(
-        ax,
-        values,
-        xlabels=list(table.columns),
-        ylabels=list(table.index),
-        cmap=SEQUENTIAL_CMAP,
-        norm=norm,
-        annot=annot,
-        fmt=".2f" if metric == "jaccard" else ".0f",
-        top_down=True,
-        colorbar=colorbar,
-        cbar_label="shared neurons" if metric == "count" else "Jaccard",
+        ax, table, _norm(values if mask is None else values[~mask], vmin, vmax),
+        SEQUENTIAL_CMAP, annot=annot, fmt=".2f" if metric == "jaccard" else ".0f",
+        colorbar=colorbar, label="shared neurons" if metric == "count" else "Jaccard",
         mask=mask,
     )
-    ax.set_xlabel("language")
-    ax.set_ylabel("language")
-    base = "Shared neurons" if metric == "count" else "Overlap (Jaccard)"
-    _title(ax, base, config, title)
+    ax.set(xlabel="language", ylabel="language")
+    _title(ax, "Shared neurons" if metric == "count" else "Overlap (Jaccard)", config, title)
     return ax
 
 
@@ -560,11 +539,14 @@ def plot_entropy_distribution(
     """How the thresholds cut: the entropy of neurons passing the filter with the selection
     cut-off, and/or the pooled activation probabilities with ``tau`` and ``bar``.
 
-    Marked lines (``ax.get_lines()``, each with a ``label``):
+    Histograms (``ax.containers``) and marked lines (``ax.get_lines()``, each with a
+    ``label``):
 
-    * entropy panel: ``"selection cut-off H = …"`` at :attr:`EntropyTable.cutoff` and
-      ``"log K = …"`` (the entropy of a neuron equally active in all languages);
-    * probability panel: ``"filter tau = …"`` and ``"bar = …"``.
+    * entropy panel: the neurons passing the filter (grey) and the selected ones (red) over
+      the same ``bins``; lines ``"selection cut-off H = …"`` at
+      :attr:`EntropyTable.cutoff` and ``"log K = …"`` (the entropy of a neuron equally
+      active in all languages);
+    * probability panel: all ``P`` values; lines ``"filter tau = …"`` and ``"bar = …"``.
 
     Args:
         table: From :func:`lape_utils.analysis.entropy_table`.
@@ -580,10 +562,8 @@ def plot_entropy_distribution(
     """
     if which == "both":
         axes = _axes_array(ax, 2, (11.0, 3.8))
-        plot_entropy_distribution(table, axes[0], which="entropy", bins=bins, log=log, title=title)
-        plot_entropy_distribution(
-            table, axes[1], which="probability", bins=bins, log=log, title=title
-        )
+        for a, w in zip(axes, ("entropy", "probability")):
+            plot_entropy_distribution(table, a, which=w, bins=bins, log=log, title=title)
         return axes
     if which not in ("entropy", "probability"):
         raise ValueError(f"which must be 'entropy', 'probability' or 'both', got {which!r}.")
@@ -591,37 +571,33 @@ def plot_entropy_distribution(
     if which == "entropy":
         passing = table.passing()
         h = passing["entropy"].to_numpy()
-        top = max(table.max_entropy, float(h.max()) if h.size else 0.0)
-        edges = np.linspace(0.0, top, bins + 1)
-        ax.hist(h, bins=edges, color="#bbbbbb", label=f"passing the filter ({len(h):,})", log=log)
         sel = passing.loc[passing["selected"], "entropy"].to_numpy()
-        ax.hist(sel, bins=edges, color="#d62728", label=f"selected ({len(sel):,})", log=log)
+        edges = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
+        sns.histplot(x=h, bins=edges, color="#bbbbbb", alpha=1, ax=ax,
+                     label=f"passing the filter ({len(h):,})")
+        sns.histplot(x=sel, bins=edges, color="#d62728", alpha=1, ax=ax,
+                     label=f"selected ({len(sel):,})")
         if math.isfinite(table.cutoff):
-            ax.axvline(
-                table.cutoff, color="black", ls="--", lw=1.2,
-                label=f"selection cut-off H = {table.cutoff:.3g}",
-            )
-        ax.axvline(
-            table.max_entropy, color="grey", ls=":", lw=1.2,
-            label=f"log K = {table.max_entropy:.3g}",
-        )
-        ax.set_xlabel("LAPE entropy H (nats)")
-        ax.set_ylabel("neurons")
+            ax.axvline(table.cutoff, color="black", ls="--", lw=1.2,
+                       label=f"selection cut-off H = {table.cutoff:.3g}")
+        ax.axvline(table.max_entropy, color="grey", ls=":", lw=1.2,
+                   label=f"log K = {table.max_entropy:.3g}")
+        ax.set(xlabel="LAPE entropy H (nats)", ylabel="neurons")
         base = f"Entropy of the {table.n_candidates:,} neurons passing the filter"
     else:
         p = table.probabilities()
-        ax.hist(p, bins=bins, color="#7f7f7f", log=log, label=f"all P ({p.size:,} values)")
-        ax.axvline(
-            table.tau, color="#1f77b4", ls="--", lw=1.4,
-            label=f"filter tau = {table.tau:.3g} (q{table.config.filter_rate:g})",
-        )
-        ax.axvline(
-            table.bar, color="#d62728", ls=":", lw=1.6,
-            label=f"bar = {table.bar:.3g} (q{table.config.activation_bar_ratio:g})",
-        )
-        ax.set_xlabel("activation probability P (pooled over layers, neurons, languages)")
-        ax.set_ylabel("values")
+        cfg = table.config
+        sns.histplot(x=p, bins=bins, color="#7f7f7f", alpha=1, ax=ax,
+                     label=f"all P ({p.size:,} values)")
+        ax.axvline(table.tau, color="#1f77b4", ls="--", lw=1.4,
+                   label=f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})")
+        ax.axvline(table.bar, color="#d62728", ls=":", lw=1.6,
+                   label=f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")
+        ax.set(xlabel="activation probability P (pooled over layers, neurons, languages)",
+               ylabel="values")
         base = "Activation probability and thresholds"
+    if log:
+        ax.set_yscale("log")
     ax.legend(fontsize="small")
     _title(ax, base, table.config, title)
     return ax
@@ -662,57 +638,35 @@ def plot_probability_profiles(
     Returns:
         The Axes.
     """
-    df = profiles.copy()
-    df.columns = [str(c) for c in df.columns]
-    langs = _language_columns(df.columns)
-    df = df[langs]
+    df = profiles.rename(columns=str)
+    df = df[_language_columns(df.columns)]
     if isinstance(df.index, pd.MultiIndex) and df.index.nlevels == 2:
-        labels = [f"L{a}.{b}" for a, b in df.index]
-    else:
-        labels = [str(i) for i in df.index]
-    base = (
-        f"Activation probability of {len(df)} {language} neurons"
-        if language
-        else f"Activation probability of {len(df)} neurons"
-    )
+        df.index = [f"L{a}.{b}" for a, b in df.index]
+    base = f"Activation probability of {len(df)} {language + ' ' if language else ''}neurons"
+    label = "activation probability P"
     if kind == "heatmap":
-        ax = _axes(ax, (1.5 + 0.6 * max(len(langs), 3), max(2.5, 1.0 + 0.22 * len(df))))
-        values = df.to_numpy(dtype=float)
-        norm = _sequential_norm(values, vmin, vmax)
-        mesh = _heatmap(
-            ax,
-            values,
-            xlabels=langs,
-            ylabels=labels,
-            cmap=SEQUENTIAL_CMAP,
-            norm=norm,
-            annot=values.size <= 150,
-            fmt=".2f",
-            top_down=True,
-            colorbar=False,
-            cbar_label=None,
-            ytick_step=max(1, math.ceil(len(df) / 40)),
+        ax = _axes(ax, (1.5 + 0.6 * max(df.shape[1], 3), max(2.5, 1.0 + 0.22 * len(df))))
+        _heatmap(
+            ax, df, _norm(df.to_numpy(dtype=float), vmin, vmax), SEQUENTIAL_CMAP,
+            annot=df.size <= 150, fmt=".2f", colorbar=colorbar, label=label,
+            tick_every=math.ceil(len(df) / 40) or 1,
         )
-        if colorbar:
-            cb = ax.figure.colorbar(mesh, ax=ax, label="activation probability P")
-            if bar is not None:
-                cb.ax.axhline(bar, color="cyan", lw=2)
-        ax.set_xlabel("language")
-        ax.set_ylabel("neuron (layer.index)")
+        if colorbar and bar is not None:
+            ax.collections[0].colorbar.ax.axhline(bar, color="cyan", lw=2)
+        ax.set(xlabel="language", ylabel="neuron (layer.index)")
     elif kind == "lines":
-        ax = _axes(ax, (1.5 + 0.7 * max(len(langs), 3), 3.8))
-        color = language_color(language) if language else "#1f77b4"
-        x = np.arange(len(langs))
-        alpha = max(0.15, min(0.9, 6.0 / max(len(df), 1)))
-        for row in df.to_numpy(dtype=float):
-            ax.plot(x, row, color=color, alpha=alpha, lw=1.2, marker="o", ms=3)
+        ax = _axes(ax, (1.5 + 0.7 * max(df.shape[1], 3), 3.8))
+        long = _long(df, "neuron", "language", "p")
+        long["language"] = pd.Categorical(long["language"], categories=list(df.columns))
+        sns.lineplot(
+            long, x="language", y="p", units="neuron", estimator=None, ax=ax,
+            color=language_color(language) if language else "#1f77b4",
+            alpha=max(0.15, min(0.9, 6.0 / max(len(df), 1))), lw=1.2, marker="o", ms=3,
+        )
         if bar is not None:
             ax.axhline(bar, color="black", ls=":", lw=1.2, label=f"bar = {bar:.3g}")
             ax.legend(fontsize="small")
-        ax.set_xticks(x, labels=langs)
-        ax.set_xlabel("language")
-        ax.set_ylabel("activation probability P")
-        ax.set_ylim(bottom=0)
+        ax.set(ylabel=label, ylim=(0, None))
     else:
         raise ValueError(f"kind must be 'heatmap' or 'lines', got {kind!r}.")
     _title(ax, base, config, title)
@@ -745,7 +699,8 @@ def plot_stability(
             ``k / n_replicates``; neurons never selected are not counted; a stable
             selection piles up at 1). ``"jaccard"``: one bar per language
             (then ``"all"``, grey) of the mean Jaccard of the replicates' sets with the
-            reference set, error bar = standard deviation; y from 0 to 1.
+            reference set, error bar = standard deviation (drawn by hand: seaborn's
+            ``barplot`` only draws error bars it computes itself); y from 0 to 1.
         n_replicates: Number of replicates, for a frequency table (default: read from the
             result, or taken as ``1 / smallest frequency`` of a table).
         config: LapeConfig (or dict) for the title.
@@ -762,28 +717,23 @@ def plot_stability(
             raise ValueError(
                 f"a stability table needs a 'mean_jaccard' column; got {list(table.columns)}."
             )
-        table = table.copy()
-        table.index = [str(i) for i in table.index]
+        table = table.rename(index=str)
         table = table.loc[_language_columns(table.index)]
-        langs = list(table.index)
+        ax = _axes(ax, (1.5 + 0.6 * max(len(table), 3), 3.5))
         mean = table["mean_jaccard"].to_numpy(dtype=float)
-        err = table["std_jaccard"].to_numpy(dtype=float) if "std_jaccard" in table else None
-        ax = _axes(ax, (1.5 + 0.6 * max(len(langs), 3), 3.5))
-        ax.bar(
-            langs, mean, yerr=None if err is None else np.nan_to_num(err),
-            color=[language_color(x) for x in langs], capsize=3,
-        )
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel("language")
-        ax.set_ylabel("mean Jaccard with the reference set")
+        _bars(ax, list(table.index), mean)
+        if "std_jaccard" in table:
+            err = np.nan_to_num(table["std_jaccard"].to_numpy(dtype=float))
+            ax.errorbar(np.arange(len(table)), mean, yerr=err, fmt="none", ecolor="black",
+                        capsize=3, lw=1)
+        ax.set(ylim=(0, 1.05), ylabel="mean Jaccard with the reference set")
         n = f" over {result.n_replicates} replicates" if isinstance(result, StabilityResult) else ""
         _title(ax, f"Stability of the selection{n}", config, title)
         return ax
     if kind != "frequency":
         raise ValueError(f"kind must be 'frequency' or 'jaccard', got {kind!r}.")
     if isinstance(result, StabilityResult):
-        freq = analysis.selection_frequencies(result)
-        n_rep = result.n_replicates
+        freq, n_rep = analysis.selection_frequencies(result), result.n_replicates
     else:
         freq = result
         if not {"language", "frequency"} <= set(freq.columns):
@@ -793,21 +743,20 @@ def plot_stability(
             )
         vals = freq["frequency"].to_numpy(dtype=float)
         vals = vals[vals > 0]
-        if n_replicates is not None:
-            n_rep = int(n_replicates)
-        else:
-            n_rep = int(round(1.0 / vals.min())) if vals.size else 1
+        n_rep = int(round(1.0 / vals.min())) if vals.size else 1
+        n_rep = n_rep if n_replicates is None else int(n_replicates)
     edges = (np.arange(n_rep + 1) + 0.5) / n_rep  # one bin per possible k/n_rep, k=1..n_rep
-    centres = np.arange(1, n_rep + 1) / n_rep
+    langs = freq["language"].astype(str)
+    hist = pd.DataFrame(
+        {lang: np.histogram(freq["frequency"][langs == lang], bins=edges)[0]
+         for lang in _language_columns(langs.unique())},
+        index=np.arange(1, n_rep + 1) / n_rep,
+    )
     ax = _axes(ax, (6.0, 3.5))
-    for lang in _language_columns(freq["language"].astype(str).unique()):
-        f = freq.loc[freq["language"].astype(str) == lang, "frequency"].to_numpy(dtype=float)
-        hist, _ = np.histogram(f, bins=edges)
-        ax.plot(centres, hist, marker="o", ms=4, color=language_color(lang), label=lang, lw=1.4)
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("selection frequency over bootstrap replicates")
-    ax.set_ylabel("neurons (selected at least once)")
+    _lines(ax, _long(hist, "frequency", "language", "neurons"), "frequency", "neurons",
+           "language", _palette(hist.columns), marker="o", ms=4, lw=1.4)
+    ax.set(xlim=(0, 1.02), ylim=(0, None), xlabel="selection frequency over bootstrap replicates",
+           ylabel="neurons (selected at least once)")
     ax.legend(title="language", fontsize="small", ncols=2)
     _title(ax, f"Selection frequency ({n_rep} replicates)", config, title)
     return ax
@@ -841,7 +790,8 @@ def plot_published_comparison(
             fractions ``bottom`` and ``1 - top``; the exact layers per model are those of
             :func:`lape_utils.analysis.region_layers`).
             ``"regions"``: one horizontal stacked bar per model (ours on top) of the shares in
-            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`).
+            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`),
+            matplotlib's own stacked ``barh`` (seaborn does not stack bars).
             ``"both"``: the two side by side.
         ours_name: Label of our selection.
         bottom: Fraction of layers counted as bottom.
@@ -859,38 +809,28 @@ def plot_published_comparison(
                 title=title,
             )
         return axes
-    sets: dict[str, NeuronSelection] = {}
-    if ours is not None:
-        sets[ours_name] = ours
-    sets.update(published)
+    sets = ({ours_name: ours} if ours is not None else {}) | dict(published)
     if not sets:
         raise ValueError("nothing to compare: no published set and no selection of ours.")
-    palette = plt.get_cmap("Dark2").colors
-    model_colors = {}
-    i = 0
-    for name in sets:
-        if ours is not None and name == ours_name:
-            model_colors[name] = "black"
-        else:
-            model_colors[name] = mcolors.to_hex(palette[i % len(palette)])
-            i += 1
-    config = ours if ours is not None else None
     if kind == "depth":
+        others = iter(mcolors.to_hex(c) for c in plt.get_cmap("Dark2").colors * len(sets))
+        colors = {
+            name: "black" if ours is not None and name == ours_name else next(others)
+            for name in sets
+        }
+        profiles = pd.concat(
+            [analysis.depth_profile(sel).assign(model=name) for name, sel in sets.items()]
+        )
         ax = _axes(ax, (7.0, 4.2))
         ax.axvspan(0, bottom, color="#eeeeee", zorder=0)
         ax.axvspan(1 - top, 1, color="#eeeeee", zorder=0)
-        for name, sel in sets.items():
-            prof = analysis.depth_profile(sel)
-            ax.plot(
-                prof["relative_depth"], prof["density"], label=name, color=model_colors[name],
-                lw=2.4 if name == ours_name and ours is not None else 1.3,
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
-        ax.set_ylabel("density of selected neurons (1 = uniform)")
+        lines = _lines(ax, profiles, "relative_depth", "density", "model", colors, lw=1.3)
+        if ours is not None and lines and lines[0].get_label() == ours_name:
+            lines[0].set_linewidth(2.4)
+        ax.set(xlim=(0, 1), ylim=(0, None), xlabel="relative depth (0 = first layer, 1 = last)",
+               ylabel="density of selected neurons (1 = uniform)")
         ax.legend(fontsize="small")
-        _title(ax, "Where the neurons sit", config, title)
+        _title(ax, "Where the neurons sit", ours, title)
         return ax
     if kind != "regions":
         raise ValueError(f"kind must be 'depth', 'regions' or 'both', got {kind!r}.")
@@ -900,26 +840,19 @@ def plot_published_comparison(
     ax = _axes(ax, (7.0, 1.2 + 0.45 * len(table)))
     y = np.arange(len(table))
     left = np.zeros(len(table))
-    region_colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
-    labels = {
-        "bottom": f"bottom {bottom:.0%} of layers",
-        "middle": "middle",
-        "top": f"top {top:.0%} of layers",
-    }
+    colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
+    labels = {"bottom": f"bottom {bottom:.0%} of layers", "top": f"top {top:.0%} of layers"}
     for region in analysis.REGIONS:
         w = table[region].to_numpy(dtype=float)
-        bars = ax.barh(y, w, left=left, color=region_colors[region], label=labels[region])
-        ax.bar_label(
-            bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w], label_type="center",
-            fontsize="small",
-        )
+        bars = ax.barh(y, w, left=left, color=colors[region], label=labels.get(region, region))
+        ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w],
+                     label_type="center", fontsize="small")
         left += np.nan_to_num(w)
     ax.set_yticks(y, labels=list(table.index))
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the selected neurons")
+    ax.set(xlim=(0, 1), xlabel="share of the selected neurons")
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
-    _title(ax, "Share of the neurons in each layer region", config, title)
+    _title(ax, "Share of the neurons in each layer region", ours, title)
     return ax
 
 
@@ -1016,6 +949,40 @@ def _is_delta(value: str) -> bool:
     return value.startswith("delta") or value.startswith("Δ")
 
 
+def _value_label(value: str) -> str:
+    """``"delta_nll"`` -> ``"ΔNLL"``, ``"ppl"`` -> ``"PPL"``."""
+    return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+
+
+def _ppl_axes(
+    ax: Axes,
+    wide: pd.DataFrame,
+    value: str,
+    kind: str,
+    norm: mcolors.Normalize,
+    *,
+    annot: bool,
+    fmt: str,
+    colorbar: bool,
+    config: Any,
+    title: str | None,
+) -> None:
+    """Draw one perplexity matrix with the diagonal cells outlined by hand (an annotation
+    seaborn's heatmap has no option for)."""
+    _heatmap(
+        ax, wide, norm, DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP, annot=annot,
+        fmt=fmt, colorbar=colorbar, label=_value_label(value),
+    )
+    cols = list(wide.columns)
+    for i, lang in enumerate(wide.index):
+        if lang in cols:
+            ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2))
+    ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
+    label = {"lape": "LAPE neurons", "random": "random control"}.get(kind, kind)
+    base = f"{_value_label(value)} after deactivation" + (f" ({label})" if label else "")
+    _title(ax, base, config, title)
+
+
 def plot_ppl_heatmap(
     df: pd.DataFrame,
     ax: Axes | None = None,
@@ -1067,40 +1034,17 @@ def plot_ppl_heatmap(
 
     Returns:
         The Axes (rows top to bottom, columns left to right in the module order).
+
+    Raises:
+        ValueError: ``value`` is not in the table, ``kind`` has no rows, or the given
+            limits of a difference do not straddle 0.
     """
-    wide, kind_name = _ppl_matrix(df, value, kind, include_baseline)
-    values = wide.to_numpy(dtype=float)
-    delta = _is_delta(value)
-    if delta:
-        norm, cmap = _diverging_norm(values, vmin, vmax), DIVERGING_CMAP
-    else:
-        norm, cmap = _sequential_norm(values, vmin, vmax), SEQUENTIAL_CMAP
-    n_rows, n_cols = values.shape
+    wide, kind = _ppl_matrix(df, value, kind, include_baseline)
+    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, diverging=_is_delta(value))
+    n_rows, n_cols = wide.shape
     ax = _axes(ax, (1.8 + 0.7 * max(n_cols, 3), 1.2 + 0.5 * max(n_rows, 3)))
-    _heatmap(
-        ax,
-        values,
-        xlabels=list(wide.columns),
-        ylabels=list(wide.index),
-        cmap=cmap,
-        norm=norm,
-        annot=annot,
-        fmt=fmt,
-        top_down=True,
-        colorbar=colorbar,
-        cbar_label=value.replace("delta_", "Δ"),
-    )
-    cols = list(wide.columns)
-    for i, lang in enumerate(wide.index):
-        if lang in cols:
-            ax.add_patch(
-                Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2)
-            )
-    ax.set_xlabel("evaluated language")
-    ax.set_ylabel("deactivated neurons of")
-    label = {"lape": "LAPE neurons", "random": "random control"}.get(kind_name, kind_name)
-    base = f"{value.replace('delta_', 'Δ')} after deactivation" + (f" ({label})" if label else "")
-    _title(ax, base, config, title)
+    _ppl_axes(ax, wide, value, kind, norm, annot=annot, fmt=fmt, colorbar=colorbar,
+              config=config, title=title)
     return ax
 
 
@@ -1134,33 +1078,25 @@ def plot_ppl_comparison(
     """
     kinds = list(kinds)
     if isinstance(df, Mapping):
-        tables = {k: df[k] for k in kinds}
-        mats = {k: _ppl_matrix(tables[k], value, None, False)[0] for k in kinds}
+        mats = {k: _ppl_matrix(df[k], value, None, False)[0] for k in kinds}
     else:
-        tables = {k: df for k in kinds}
         mats = {k: _ppl_matrix(df, value, k, False)[0] for k in kinds}
     allv = np.concatenate([m.to_numpy(dtype=float).ravel() for m in mats.values()])
-    if _is_delta(value):
-        norm = _diverging_norm(allv, vmin, vmax)
-    else:
-        norm = _sequential_norm(allv, vmin, vmax)
-    lo, hi = norm.vmin, norm.vmax
+    norm = _norm(allv, vmin, vmax, diverging=_is_delta(value))
     n_cols = max(m.shape[1] for m in mats.values())
     axes = _axes_array(axes, len(kinds), ((1.5 + 0.7 * max(n_cols, 3)) * len(kinds) + 1.0, 4.2))
     for a, k in zip(axes, kinds):
-        plot_ppl_heatmap(
-            tables[k], a, value, kind=k if not isinstance(df, Mapping) else None,
-            vmin=lo, vmax=hi, annot=annot, colorbar=False, config=config,
-        )
-        if isinstance(df, Mapping):  # kind came from the mapping, not the table
-            lab = {"lape": "LAPE neurons", "random": "random control"}.get(k, k)
-            _title(a, f"{value.replace('delta_', 'Δ')} after deactivation ({lab})", config)
-    mesh = axes[0].collections[0]
-    axes[0].figure.colorbar(mesh, ax=list(axes), label=value.replace("delta_", "Δ"))
+        _ppl_axes(a, mats[k], value, k, norm, annot=annot, fmt=".2f", colorbar=False,
+                  config=config, title=None)
+    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
     return axes
 
 
 # ============================================================================ steering
+
+
+def _suffix(group: Any) -> str:
+    return "" if group is None else f" ({group})"
 
 
 def plot_steering_sweep(
@@ -1183,11 +1119,13 @@ def plot_steering_sweep(
     ``strength``; ``target_rate`` (share of outputs in the target language, 0..1);
     optionally ``source_rate``; a cost column; optionally a grouping column such as
     ``neurons`` (``"lape"``/``"random"``) or ``mode``. Several rows per (group, strength)
-    are averaged.
+    are averaged (seaborn's estimator).
 
-    The rates are drawn on the left axis (0..1; target solid with circles, source dashed),
-    the cost on a second y axis on the right (dotted, squares): ``ax.right_ax`` (the pandas
-    convention). Groups get the line colours of the ``tab10`` cycle (LAPE first).
+    The rates are drawn on the left axis (0..1; target solid with circles, source dashed
+    with triangles), the cost on a second y axis on the right (dotted, squares):
+    ``ax.right_ax`` (the pandas convention). Each group has one colour of the ``tab10``
+    cycle (LAPE first, then random); lines are labelled ``"<column> (<group>)"``. The one
+    legend of both axes sits below the plot, off the data.
 
     Args:
         df: The sweep.
@@ -1205,6 +1143,9 @@ def plot_steering_sweep(
 
     Returns:
         The rate Axes; the cost axis is ``ax.right_ax`` (absent without a cost column).
+
+    Raises:
+        ValueError: A named column is missing.
     """
     for col in (x, target):
         if col not in df.columns:
@@ -1217,38 +1158,33 @@ def plot_steering_sweep(
         by = "neurons"
     if source is not None and (source not in df.columns or df[source].isna().all()):
         source = None
-    cols = [c for c in (target, source, cost) if c]
-    groups = [(None, df)] if by is None else list(df.groupby(by, sort=False))
-    if by is not None:
-        groups.sort(key=lambda g: (str(g[0]) != "lape", str(g[0]) != "random"))
-    ax = _axes(ax, (6.5, 3.8))
-    right = ax.twinx() if cost else None
-    cycle = plt.get_cmap("tab10").colors
-    for i, (name, part) in enumerate(groups):
-        agg = part.groupby(x)[cols].mean().sort_index()
-        color = cycle[i % len(cycle)]
-        suffix = f" ({name})" if name is not None else ""
-        ax.plot(agg.index, agg[target], color=color, marker="o", lw=1.8, label=f"{target}{suffix}")
-        if source:
-            ax.plot(
-                agg.index, agg[source], color=color, ls="--", marker="v", lw=1.2,
-                label=f"{source}{suffix}",
-            )
-        if right is not None:
-            right.plot(
-                agg.index, agg[cost], color=color, ls=":", marker="s", lw=1.2,
-                label=f"{cost}{suffix}",
-            )
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(x)
-    ax.set_ylabel("share of outputs in the language")
+    rates = [c for c in (target, source) if c]
+    groups = [None] if by is None else list(df[by].unique())
+    groups.sort(key=lambda g: (str(g) != "lape", str(g) != "random"))
+    colors = dict(zip(groups, plt.get_cmap("tab10").colors * len(groups)))
+    data = df.assign(group=None if by is None else df[by]).melt(
+        id_vars=[x, "group"], value_vars=[*rates, *([cost] if cost else [])], var_name="column"
+    )
+    data["series"] = data["column"] + data["group"].map(_suffix)
+
+    def draw(on: Axes, columns: list[str], **kws: Any) -> None:
+        palette = {f"{c}{_suffix(g)}": colors[g] for g in groups for c in columns}
+        part = data[data["column"].isin(columns)]
+        _lines(on, part, x, "value", "series", palette, style="column", **kws)
+
+    ax = _axes(ax, (6.5, 4.4))
+    draw(ax, rates, style_order=rates, markers=["o", "v"][: len(rates)],
+         dashes=["", (4, 2)][: len(rates)], size="column", sizes=dict(zip(rates, (1.8, 1.2))))
+    ax.set(ylim=(-0.02, 1.02), xlabel=x, ylabel="share of outputs in the language")
     handles, labels = ax.get_legend_handles_labels()
-    if right is not None:
+    if cost:
+        right = ax.right_ax = ax.twinx()
+        draw(right, [cost], markers=["s"], dashes=[(1, 2)], lw=1.2)
         right.set_ylabel(cost_label or cost)
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-        ax.right_ax = right
-    ax.legend(handles, labels, fontsize="small", loc="best")
+    ax.legend(handles, labels, fontsize="small", loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncols=min(3, len(labels)))
     _title(ax, "Steering: strength sweep", config, title)
     return ax
 
