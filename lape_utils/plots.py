@@ -1,5 +1,7 @@
-"""Figures of the workbook: where language-specific neurons sit, how they overlap, how the
-thresholds cut, how stable they are, what deactivating and steering them does.
+"""Figures of the workbook.
+
+Where language-specific neurons sit, how they overlap, how the thresholds cut, how stable
+they are, what deactivating and steering them does.
 
 Conventions (``shared/docs/style.md``):
 
@@ -77,24 +79,24 @@ LANGUAGE_COLORS: dict[str, str] = {
 }
 
 _OTHER_COLORS = [mcolors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
-_ALL_COLOR = "#444444"
 _ALL = "all"
 
 
 def language_color(lang: str) -> str:
-    """Colour of a language.
+    """Return the fixed colour of a language.
 
     Args:
         lang: Language code, or ``"all"``.
 
     Returns:
-        :data:`LANGUAGE_COLORS` of the code, else a fixed colour from ``tab20b`` chosen by a
-        hash of the code (the same in every session); dark grey for ``"all"``.
+        Its colour in :data:`LANGUAGE_COLORS`; dark grey for ``"all"``; for any other code a
+        colour of ``tab20b`` chosen by a hash of the code (the same in every session).
+
     """
     if lang in LANGUAGE_COLORS:
         return LANGUAGE_COLORS[lang]
     if lang == _ALL:
-        return _ALL_COLOR
+        return "#444444"
     return _OTHER_COLORS[zlib.crc32(lang.encode()) % len(_OTHER_COLORS)]
 
 
@@ -107,23 +109,20 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _axes_array(
-    axes: Sequence[Axes] | np.ndarray | None, n: int, figsize: tuple[float, float]
-) -> np.ndarray:
+def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
     if axes is None:
-        _, arr = plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)
-        return arr[0]
+        return plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)[1][0]
     arr = np.asarray(axes, dtype=object).ravel()
     if arr.size != n:
         raise ValueError(f"need {n} axes for this figure, got {arr.size}.")
     return arr
 
 
-def _title(ax: Axes, base: str | None, config: Any, title: str | None = None) -> None:
+def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
     """Set ``title`` if given, else ``base`` with the config's label on a second line.
 
-    ``config`` is a LapeConfig, a dict of its fields, a label string, or a selection
-    (its config is used); ``None`` or a selection without config adds no label.
+    ``config`` is a LapeConfig, a dict of its fields, a label string, a selection (its
+    config is used) or ``None`` (no label).
     """
     if title is not None:
         ax.set_title(title)
@@ -139,13 +138,11 @@ def _title(ax: Axes, base: str | None, config: Any, title: str | None = None) ->
             f"config must be a LapeConfig, a dict of its fields or a label string, got "
             f"{type(config).__name__}."
         )
-    parts = [p for p in (base, config) if p]
-    if parts:
-        ax.set_title("\n".join(parts), fontsize="medium")
+    ax.set_title("\n".join(p for p in (base, config) if p), fontsize="medium")
 
 
 def _language_columns(columns: Sequence[str]) -> list[str]:
-    """Columns in the module order, ``"all"`` last."""
+    """Sort language labels in the module order, ``"all"`` last."""
     cols = [str(c) for c in columns]
     return sort_languages(c for c in cols if c != _ALL) + ([_ALL] if _ALL in cols else [])
 
@@ -155,12 +152,7 @@ def _palette(langs: Sequence[str]) -> dict[str, str]:
 
 
 def _norm(
-    values: np.ndarray,
-    vmin: float | None,
-    vmax: float | None,
-    *,
-    diverging: bool = False,
-    log: bool = False,
+    values: np.ndarray, vmin: float | None, vmax: float | None, diverging: bool = False
 ) -> mcolors.Normalize:
     """Colour scale of a heatmap.
 
@@ -171,25 +163,22 @@ def _norm(
     """
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
-    if diverging:
-        if vmin is not None and vmax is not None:
-            if not vmin < 0 < vmax:
-                raise ValueError(
-                    f"a diverging scale centred at 0 needs vmin < 0 < vmax, got vmin={vmin}, "
-                    f"vmax={vmax}."
-                )
-            if not math.isclose(-vmin, vmax):
-                return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
-        given = vmax if vmax is not None else vmin
-        m = abs(float(given)) if given is not None else float(np.abs(finite).max(initial=0.0))
-        m = m if m > 0 and math.isfinite(m) else 1e-3
-        return mcolors.Normalize(vmin=-m, vmax=m)
-    lo = float(vmin) if vmin is not None else float(finite.min(initial=0.0))
-    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    hi = hi if hi > lo else lo + 1.0
-    if log:
-        return mcolors.SymLogNorm(linthresh=1.0, vmin=lo, vmax=hi, base=10)
-    return mcolors.Normalize(vmin=lo, vmax=hi)
+    if not diverging:
+        lo = float(vmin) if vmin is not None else float(finite.min(initial=0.0))
+        hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        return mcolors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
+    if vmin is not None and vmax is not None:
+        if not vmin < 0 < vmax:
+            raise ValueError(
+                f"a diverging scale centred at 0 needs vmin < 0 < vmax, got vmin={vmin}, "
+                f"vmax={vmax}."
+            )
+        if not math.isclose(-vmin, vmax):
+            return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
+    given = vmax if vmax is not None else vmin
+    m = abs(float(given)) if given is not None else float(np.abs(finite).max(initial=0.0))
+    m = m if m > 0 and math.isfinite(m) else 1e-3
+    return mcolors.Normalize(vmin=-m, vmax=m)
 
 
 def _heatmap(
@@ -197,86 +186,73 @@ def _heatmap(
     table: pd.DataFrame,
     norm: mcolors.Normalize,
     cmap: str,
-    *,
-    annot: bool,
-    fmt: str,
-    colorbar: bool,
-    label: str | None,
+    label: str,
     mask: np.ndarray | None = None,
-    tick_every: int = 1,
+    **kws: Any,
 ) -> None:
-    """``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
+    """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
 
     NaN cells are neither coloured nor written. Cells in ``mask`` are left uncoloured (the
     axes background shows) but still written: by hand, since seaborn skips masked cells.
+    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``.
     """
     sns.heatmap(
         table, ax=ax, cmap=cmap, norm=norm, vmin=norm.vmin, vmax=norm.vmax, mask=mask,
-        annot=annot, fmt=fmt, annot_kws={"fontsize": "small"}, cbar=colorbar,
-        cbar_kws={"label": label}, yticklabels=tick_every,
+        annot_kws={"fontsize": "small"}, cbar_kws={"label": label}, **kws,
     )
     ax.tick_params(axis="y", labelrotation=0)
-    if annot and mask is not None:
+    if kws.get("annot") and mask is not None:
         values = table.to_numpy(dtype=float)
         for i, j in zip(*np.nonzero(mask & np.isfinite(values))):
-            ax.text(j + 0.5, i + 0.5, format(values[i, j], fmt), ha="center", va="center",
-                    fontsize="small", color=".15")
+            ax.text(j + 0.5, i + 0.5, format(values[i, j], kws["fmt"]), ha="center",
+                    va="center", fontsize="small", color=".15")
 
 
 def _lines(
-    ax: Axes,
-    data: pd.DataFrame,
-    x: str,
-    y: str,
-    hue: str,
-    palette: Mapping[str, Any],
-    **kws: Any,
+    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, palette: Mapping, **kws: Any
 ) -> list[Line2D]:
-    """``sns.lineplot``, one line per ``hue`` level in the order of ``palette`` (the mean
-    where ``x`` repeats), each line labelled by its level so that ``ax.get_lines()`` and
-    ``ax.legend()`` name them (seaborn leaves them unnamed)."""
+    """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
+
+    Repeated ``x`` values are averaged. Each line is labelled by its level, so that
+    ``ax.get_lines()`` and ``ax.legend()`` name them (seaborn leaves them unnamed).
+    """
     start = len(ax.get_lines())
-    order = list(palette)
     sns.lineplot(
-        data, x=x, y=y, hue=hue, hue_order=order, palette=dict(palette), errorbar=None,
-        legend=False, ax=ax, **kws,
+        data, x=x, y=y, hue=hue, hue_order=list(palette), palette=dict(palette),
+        errorbar=None, legend=False, ax=ax, **kws,
     )
     drawn = set(data.dropna(subset=[x, y])[hue])
     lines = list(ax.get_lines())[start:]
-    for line, level in zip(lines, [lv for lv in order if lv in drawn], strict=True):
+    for line, level in zip(lines, [lv for lv in palette if lv in drawn], strict=True):
         line.set_label(str(level))
     return lines
 
 
 def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
-    """A wide table as tidy rows (``index``, ``columns``, ``value``), column by column."""
-    return (
-        wide.rename_axis(index=index)
-        .reset_index()
-        .melt(id_vars=index, var_name=columns, value_name=value)
+    """Melt a wide table into tidy rows (``index``, ``columns``, ``value``)."""
+    wide = wide.rename_axis(index=index).reset_index()
+    return wide.melt(id_vars=index, var_name=columns, value_name=value)
+
+
+def _bars(ax: Axes, langs: Sequence[str], values: np.ndarray) -> None:
+    """Draw one ``sns.barplot`` bar per language, in this order and its exact colour."""
+    sns.barplot(
+        x=list(langs), y=values, hue=list(langs), palette=_palette(langs), saturation=1,
+        errorbar=None, legend=False, ax=ax,
     )
+    ax.set_xlabel("language")
 
 
 def _selection_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     if isinstance(data, NeuronSelection):
         return analysis.layer_distribution(data)
     if isinstance(data, pd.DataFrame):
-        df = data.copy()
-        df.columns = [str(c) for c in df.columns]
+        df = data.rename(columns=str)
         return df[_language_columns(df.columns)]
     raise TypeError(
         f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
         f"{type(data).__name__}."
     )
-
-
-def _bars(ax: Axes, langs: Sequence[str], values: np.ndarray) -> None:
-    """One ``sns.barplot`` bar per language (in the given order), in its exact colour."""
-    sns.barplot(
-        x=list(langs), y=values, hue=list(langs), palette=_palette(langs), saturation=1,
-        errorbar=None, legend=False, ax=ax,
-    )
-    ax.set_xlabel("language")
 
 
 # ============================================================================ layers
@@ -291,7 +267,6 @@ def plot_layer_distribution(
     config: Any = None,
     vmin: float | None = None,
     vmax: float | None = None,
-    log: bool = False,
     annot: bool | None = None,
     colorbar: bool = True,
     title: str | None = None,
@@ -313,7 +288,6 @@ def plot_layer_distribution(
         vmin: Lower colour limit of the heatmap (default 0).
         vmax: Upper colour limit of the heatmap (default the largest count). Fix both so
             that redraws keep one scale.
-        log: Symmetric-log colour scale (counts are often dominated by a few layers).
         annot: Write the counts in the cells (default: when there are at most 200 cells).
         colorbar: Add a colour bar to the heatmap.
         title: Replace the default title.
@@ -324,6 +298,7 @@ def plot_layer_distribution(
     Raises:
         ValueError: ``kind`` is unknown, or ``"share"`` of a DataFrame without
             ``n_neurons``.
+
     """
     counts = _selection_counts(data)
     if config is None and isinstance(data, NeuronSelection):
@@ -332,12 +307,11 @@ def plot_layer_distribution(
     base = "Language-specific neurons per layer"
     if kind == "heatmap":
         ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(counts))))
-        integer = pd.api.types.is_integer_dtype(counts.to_numpy().dtype)
         _heatmap(
-            ax, counts, _norm(counts.to_numpy(), vmin, vmax, log=log), SEQUENTIAL_CMAP,
-            annot=counts.size <= 200 if annot is None else annot,
-            fmt=".0f" if integer else ".2g", colorbar=colorbar, label="neurons",
-            tick_every=math.ceil(len(counts) / 20) or 1,
+            ax, counts, _norm(counts.to_numpy(), vmin, vmax), SEQUENTIAL_CMAP, "neurons",
+            annot=counts.size <= 200 if annot is None else annot, cbar=colorbar,
+            fmt=".0f" if pd.api.types.is_integer_dtype(counts.to_numpy()) else ".2g",
+            yticklabels=math.ceil(len(counts) / 20) or 1,
         )
         ax.invert_yaxis()  # layer 0 at the bottom
         ax.set(xlabel="language", ylabel="layer")
@@ -381,6 +355,7 @@ def plot_layer_distribution_grid(
     Returns:
         Flat array of the Axes drawn on (one per selection, in the mapping's order); unused
         panels of a new grid are hidden. Only the first panel keeps its legend.
+
     """
     n = len(selections)
     if n == 0:
@@ -432,6 +407,7 @@ def plot_language_counts(
 
     Raises:
         ValueError: ``percent`` without ``n_total`` for a table.
+
     """
     if isinstance(data, NeuronSelection):
         counts = analysis.layer_distribution(data).sum(axis=0)
@@ -497,6 +473,7 @@ def plot_overlap(
 
     Returns:
         The Axes; rows top to bottom and columns left to right in the module order.
+
     """
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
@@ -515,9 +492,8 @@ def plot_overlap(
     ax.set_facecolor("#e6e6e6")
     _heatmap(
         ax, table, _norm(values if mask is None else values[~mask], vmin, vmax),
-        SEQUENTIAL_CMAP, annot=annot, fmt=".2f" if metric == "jaccard" else ".0f",
-        colorbar=colorbar, label="shared neurons" if metric == "count" else "Jaccard",
-        mask=mask,
+        SEQUENTIAL_CMAP, "shared neurons" if metric == "count" else "Jaccard", mask,
+        annot=annot, fmt=".2f" if metric == "jaccard" else ".0f", cbar=colorbar,
     )
     ax.set(xlabel="language", ylabel="language")
     _title(ax, "Shared neurons" if metric == "count" else "Overlap (Jaccard)", config, title)
@@ -533,11 +509,12 @@ def plot_entropy_distribution(
     *,
     which: Literal["entropy", "probability", "both"] = "entropy",
     bins: int = 60,
-    log: bool = True,
     title: str | None = None,
 ) -> Axes | np.ndarray:
-    """How the thresholds cut: the entropy of neurons passing the filter with the selection
-    cut-off, and/or the pooled activation probabilities with ``tau`` and ``bar``.
+    """Show how the thresholds cut.
+
+    The entropy of the neurons passing the filter with the selection cut-off, and/or the
+    pooled activation probabilities with ``tau`` and ``bar``.
 
     Histograms (``ax.containers``) and marked lines (``ax.get_lines()``, each with a
     ``label``):
@@ -553,17 +530,17 @@ def plot_entropy_distribution(
         ax: One Axes (``which`` = ``"entropy"`` or ``"probability"``) or two (``"both"``);
             new figure if ``None``.
         which: Which panel(s).
-        bins: Histogram bins.
-        log: Logarithmic count axis.
+        bins: Histogram bins (the count axis is logarithmic).
         title: Replace the default title (of every panel).
 
     Returns:
         The Axes, or an array of two Axes ``[entropy, probability]`` for ``"both"``.
+
     """
     if which == "both":
         axes = _axes_array(ax, 2, (11.0, 3.8))
         for a, w in zip(axes, ("entropy", "probability")):
-            plot_entropy_distribution(table, a, which=w, bins=bins, log=log, title=title)
+            plot_entropy_distribution(table, a, which=w, bins=bins, title=title)
         return axes
     if which not in ("entropy", "probability"):
         raise ValueError(f"which must be 'entropy', 'probability' or 'both', got {which!r}.")
@@ -596,8 +573,7 @@ def plot_entropy_distribution(
         ax.set(xlabel="activation probability P (pooled over layers, neurons, languages)",
                ylabel="values")
         base = "Activation probability and thresholds"
-    if log:
-        ax.set_yscale("log")
+    ax.set_yscale("log")
     ax.legend(fontsize="small")
     _title(ax, base, table.config, title)
     return ax
@@ -613,7 +589,6 @@ def plot_probability_profiles(
     config: Any = None,
     vmin: float | None = 0.0,
     vmax: float | None = None,
-    colorbar: bool = True,
     title: str | None = None,
 ) -> Axes:
     """Activation probability across languages of selected neurons.
@@ -632,11 +607,11 @@ def plot_probability_profiles(
         config: LapeConfig (or dict) for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest P).
-        colorbar: Add a colour bar (heatmap).
         title: Replace the default title.
 
     Returns:
         The Axes.
+
     """
     df = profiles.rename(columns=str)
     df = df[_language_columns(df.columns)]
@@ -647,22 +622,22 @@ def plot_probability_profiles(
     if kind == "heatmap":
         ax = _axes(ax, (1.5 + 0.6 * max(df.shape[1], 3), max(2.5, 1.0 + 0.22 * len(df))))
         _heatmap(
-            ax, df, _norm(df.to_numpy(dtype=float), vmin, vmax), SEQUENTIAL_CMAP,
-            annot=df.size <= 150, fmt=".2f", colorbar=colorbar, label=label,
-            tick_every=math.ceil(len(df) / 40) or 1,
+            ax, df, _norm(df.to_numpy(dtype=float), vmin, vmax), SEQUENTIAL_CMAP, label,
+            annot=df.size <= 150, fmt=".2f", yticklabels=math.ceil(len(df) / 40) or 1,
         )
-        if colorbar and bar is not None:
+        if bar is not None:
             ax.collections[0].colorbar.ax.axhline(bar, color="cyan", lw=2)
         ax.set(xlabel="language", ylabel="neuron (layer.index)")
     elif kind == "lines":
         ax = _axes(ax, (1.5 + 0.7 * max(df.shape[1], 3), 3.8))
         long = _long(df, "neuron", "language", "p")
         long["language"] = pd.Categorical(long["language"], categories=list(df.columns))
-        sns.lineplot(
-            long, x="language", y="p", units="neuron", estimator=None, ax=ax,
-            color=language_color(language) if language else "#1f77b4",
-            alpha=max(0.15, min(0.9, 6.0 / max(len(df), 1))), lw=1.2, marker="o", ms=3,
-        )
+        if len(df):  # seaborn fails on an empty table with units
+            sns.lineplot(
+                long, x="language", y="p", units="neuron", estimator=None, ax=ax,
+                color=language_color(language) if language else "#1f77b4",
+                alpha=max(0.15, min(0.9, 6.0 / len(df))), lw=1.2, marker="o", ms=3,
+            )
         if bar is not None:
             ax.axhline(bar, color="black", ls=":", lw=1.2, label=f"bar = {bar:.3g}")
             ax.legend(fontsize="small")
@@ -708,6 +683,7 @@ def plot_stability(
 
     Returns:
         The Axes.
+
     """
     if kind == "jaccard":
         table = (
@@ -800,6 +776,7 @@ def plot_published_comparison(
 
     Returns:
         The Axes, or an array ``[depth, regions]`` for ``"both"``.
+
     """
     if kind == "both":
         axes = _axes_array(ax, 2, (13.0, 4.2))
@@ -813,7 +790,7 @@ def plot_published_comparison(
     if not sets:
         raise ValueError("nothing to compare: no published set and no selection of ours.")
     if kind == "depth":
-        others = iter(mcolors.to_hex(c) for c in plt.get_cmap("Dark2").colors * len(sets))
+        others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
         colors = {
             name: "black" if ours is not None and name == ours_name else next(others)
             for name in sets
@@ -862,8 +839,10 @@ _NONE_LABELS = {"", "none", "nan"}
 
 
 def _parse_row(label: str) -> tuple[str, str]:
-    """Row label -> (kind, language): ``"none"``, ``"zh"``, ``"zh (random)"``,
-    ``"lape:zh"``, ``"random:zh"``."""
+    """Split a row label into (kind, language).
+
+    Labels: ``"none"``, ``"zh"``, ``"zh (random)"``, ``"lape:zh"``, ``"random:zh"``.
+    """
     s = str(label).strip()
     if s.lower() in _NONE_LABELS:
         return "none", ""
@@ -875,51 +854,28 @@ def _parse_row(label: str) -> tuple[str, str]:
     return "lape", s
 
 
-def _ppl_long(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Any accepted perplexity table -> long frame (kind, deactivated, evaluated, value)."""
-    if {"deactivated", "evaluated"} <= set(df.columns):
+def _ppl_matrix(
+    df: pd.DataFrame, value: str, kind: str | None, include_baseline: bool = False
+) -> tuple[pd.DataFrame, str]:
+    """Pivot a tidy or pivoted perplexity table to one kind's matrix.
+
+    Returns the matrix (index deactivated, columns evaluated, module order; the baseline
+    row ``"none"`` on top if asked) and its kind.
+    """
+    if {"deactivated", "evaluated"} <= set(df.columns):  # tidy
         if value not in df.columns:
             raise ValueError(
                 f"value {value!r} is not a column of the table; it has {list(df.columns)}."
             )
-        deact = df["deactivated"].fillna("").astype(str)
-        if "kind" in df.columns:
-            kind = df["kind"].astype(str)
-        elif "row" in df.columns:
-            kind = df["row"].map(lambda r: _parse_row(r)[0])
-        else:
-            kind = pd.Series("lape", index=df.index)
-        kind = kind.where(~deact.str.lower().isin(_NONE_LABELS), "none")
-        return pd.DataFrame(
-            {
-                "kind": kind.to_numpy(),
-                "deactivated": deact.to_numpy(),
-                "evaluated": df["evaluated"].astype(str).to_numpy(),
-                "value": df[value].to_numpy(dtype=float),
-            }
-        )
-    # pivoted: index = row label, columns = evaluated language
-    long = df.copy()
-    long.index = [str(i) for i in long.index]
-    long.columns = [str(c) for c in long.columns]
-    long.index.name = "row"
-    long = long.reset_index().melt(id_vars="row", var_name="evaluated", value_name="value")
-    parsed = long["row"].map(_parse_row)
-    return pd.DataFrame(
-        {
-            "kind": parsed.map(lambda t: t[0]),
-            "deactivated": parsed.map(lambda t: t[1]),
-            "evaluated": long["evaluated"],
-            "value": long["value"].astype(float),
-        }
-    )
-
-
-def _ppl_matrix(
-    df: pd.DataFrame, value: str, kind: str | None, include_baseline: bool
-) -> tuple[pd.DataFrame, str]:
-    """Wide matrix (index deactivated, columns evaluated, module order) and its kind."""
-    long = _ppl_long(df, value)
+        long = df.assign(value=df[value], deactivated=df["deactivated"].fillna(""))
+        if "kind" not in long:
+            long["kind"] = long["row"].map(_parse_row).str[0] if "row" in long else "lape"
+    else:  # pivoted: index = row label, columns = evaluated language
+        long = _long(df.rename(index=str, columns=str), "row", "evaluated", "value")
+        parsed = long["row"].map(_parse_row)
+        long["kind"], long["deactivated"] = parsed.str[0], parsed.str[1]
+    long = long.astype({"kind": str, "deactivated": str, "evaluated": str, "value": float})
+    long.loc[long["deactivated"].str.lower().isin(_NONE_LABELS), "kind"] = "none"
     kinds = [k for k in long["kind"].unique() if k != "none"]
     if kind is None:
         kind = "lape" if "lape" in kinds else (kinds[0] if len(kinds) == 1 else None)
@@ -927,22 +883,18 @@ def _ppl_matrix(
             raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
     if kind not in kinds:
         raise ValueError(f"no rows of kind {kind!r} in the table; it has {kinds}.")
-    part = long[long["kind"] == kind]
-    wide = part.pivot_table(
+    cols = sort_languages(long["evaluated"])
+    wide = long[long["kind"] == kind].pivot_table(
         index="deactivated", columns="evaluated", values="value", aggfunc="mean", dropna=False
     )
-    rows = sort_languages(wide.index)
-    cols = sort_languages(long["evaluated"].unique())
-    wide = wide.reindex(index=rows, columns=cols)
+    wide = wide.reindex(index=sort_languages(wide.index), columns=cols)
     if include_baseline:
         base = long[long["kind"] == "none"]
         if base.empty:
             raise ValueError("include_baseline=True but the table has no 'none' row.")
-        b = base.groupby("evaluated")["value"].mean().reindex(cols)
-        wide = pd.concat([pd.DataFrame([b.to_numpy()], index=["none"], columns=cols), wide])
-    wide.index.name = "deactivated"
-    wide.columns.name = "evaluated"
-    return wide, kind
+        none = base.groupby("evaluated")["value"].mean().reindex(cols).rename("none")
+        wide = pd.concat([none.to_frame().T, wide])
+    return wide.rename_axis(index="deactivated", columns="evaluated"), kind
 
 
 def _is_delta(value: str) -> bool:
@@ -950,37 +902,24 @@ def _is_delta(value: str) -> bool:
 
 
 def _value_label(value: str) -> str:
-    """``"delta_nll"`` -> ``"ΔNLL"``, ``"ppl"`` -> ``"PPL"``."""
     return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
 
 
 def _ppl_axes(
-    ax: Axes,
-    wide: pd.DataFrame,
-    value: str,
-    kind: str,
-    norm: mcolors.Normalize,
-    *,
-    annot: bool,
-    fmt: str,
-    colorbar: bool,
-    config: Any,
-    title: str | None,
+    ax: Axes, wide: pd.DataFrame, value: str, kind: str, norm: mcolors.Normalize,
+    fmt: str, cbar: bool, config: Any, title: str | None,
 ) -> None:
-    """Draw one perplexity matrix with the diagonal cells outlined by hand (an annotation
-    seaborn's heatmap has no option for)."""
-    _heatmap(
-        ax, wide, norm, DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP, annot=annot,
-        fmt=fmt, colorbar=colorbar, label=_value_label(value),
-    )
+    """Draw one perplexity matrix; outline its diagonal cells by hand (seaborn cannot)."""
+    cmap = DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP
+    _heatmap(ax, wide, norm, cmap, _value_label(value), annot=True, fmt=fmt, cbar=cbar)
     cols = list(wide.columns)
     for i, lang in enumerate(wide.index):
         if lang in cols:
-            ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2))
+            ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
+                                   clip_on=False))
     ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
     label = {"lape": "LAPE neurons", "random": "random control"}.get(kind, kind)
-    base = f"{_value_label(value)} after deactivation" + (f" ({label})" if label else "")
-    _title(ax, base, config, title)
+    _title(ax, f"{_value_label(value)} after deactivation ({label})", config, title)
 
 
 def plot_ppl_heatmap(
@@ -992,13 +931,11 @@ def plot_ppl_heatmap(
     include_baseline: bool = False,
     vmin: float | None = None,
     vmax: float | None = None,
-    annot: bool = True,
     fmt: str = ".2f",
-    colorbar: bool = True,
     config: Any = None,
     title: str | None = None,
 ) -> Axes:
-    """The perplexity-change matrix: rows = deactivated language, columns = evaluated one.
+    """Draw the perplexity-change matrix: rows = deactivated language, columns = evaluated.
 
     Accepted tables:
 
@@ -1016,7 +953,8 @@ def plot_ppl_heatmap(
     Values whose name starts with ``delta`` use the diverging colormap centred at 0
     (symmetric limits ``±max|value|`` unless ``vmin``/``vmax`` are given; asymmetric given
     limits keep 0 at the centre colour with a ``TwoSlopeNorm``); other values (``nll``,
-    ``ppl``) the sequential one. Diagonal cells (deactivated = evaluated) are outlined.
+    ``ppl``) the sequential one. The values are written in the cells; diagonal cells
+    (deactivated = evaluated) are outlined.
 
     Args:
         df: The table.
@@ -1026,9 +964,7 @@ def plot_ppl_heatmap(
         include_baseline: Add the ``"none"`` row on top (useful for ``nll``/``ppl``).
         vmin: Lower colour limit.
         vmax: Upper colour limit.
-        annot: Write the values in the cells.
         fmt: Format of the written values.
-        colorbar: Add a colour bar.
         config: LapeConfig (or dict, or selection) for the title.
         title: Replace the default title.
 
@@ -1038,13 +974,12 @@ def plot_ppl_heatmap(
     Raises:
         ValueError: ``value`` is not in the table, ``kind`` has no rows, or the given
             limits of a difference do not straddle 0.
+
     """
     wide, kind = _ppl_matrix(df, value, kind, include_baseline)
-    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, diverging=_is_delta(value))
-    n_rows, n_cols = wide.shape
-    ax = _axes(ax, (1.8 + 0.7 * max(n_cols, 3), 1.2 + 0.5 * max(n_rows, 3)))
-    _ppl_axes(ax, wide, value, kind, norm, annot=annot, fmt=fmt, colorbar=colorbar,
-              config=config, title=title)
+    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _is_delta(value))
+    ax = _axes(ax, (1.8 + 0.7 * max(wide.shape[1], 3), 1.2 + 0.5 * max(len(wide), 3)))
+    _ppl_axes(ax, wide, value, kind, norm, fmt, True, config, title)
     return ax
 
 
@@ -1053,50 +988,43 @@ def plot_ppl_comparison(
     value: str = "delta_nll",
     axes: Sequence[Axes] | np.ndarray | None = None,
     *,
-    kinds: Sequence[str] = ("lape", "random"),
     vmin: float | None = None,
     vmax: float | None = None,
-    annot: bool = True,
     config: Any = None,
 ) -> np.ndarray:
-    """LAPE deactivation next to the random control, on one shared colour scale.
+    """Draw LAPE deactivation next to the random control, on one shared colour scale.
 
     Args:
         df: A table with both kinds (as for :func:`plot_ppl_heatmap`), or
-            ``{kind: table}`` with one (pivoted or tidy) table per kind.
+            ``{"lape": table, "random": table}`` with one (pivoted or tidy) table per kind.
         value: Quantity shown.
-        axes: Two (``len(kinds)``) Axes; new figure if ``None``.
-        kinds: Which kinds, left to right.
+        axes: Two Axes; new figure if ``None``.
         vmin: Lower colour limit (default from both matrices, symmetric for deltas).
         vmax: Upper colour limit.
-        annot: Write the values in the cells.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        Array of the Axes, one per kind; both meshes have the same colour limits and share
-        one colour bar.
+        Array of the two Axes (LAPE, random); both meshes have the same colour limits and
+        share one colour bar.
+
     """
-    kinds = list(kinds)
-    if isinstance(df, Mapping):
-        mats = {k: _ppl_matrix(df[k], value, None, False)[0] for k in kinds}
-    else:
-        mats = {k: _ppl_matrix(df, value, k, False)[0] for k in kinds}
+    kinds = ["lape", "random"]
+    mats = {
+        k: _ppl_matrix(df[k], value, None)[0] if isinstance(df, Mapping)
+        else _ppl_matrix(df, value, k)[0]
+        for k in kinds
+    }
     allv = np.concatenate([m.to_numpy(dtype=float).ravel() for m in mats.values()])
-    norm = _norm(allv, vmin, vmax, diverging=_is_delta(value))
+    norm = _norm(allv, vmin, vmax, _is_delta(value))
     n_cols = max(m.shape[1] for m in mats.values())
-    axes = _axes_array(axes, len(kinds), ((1.5 + 0.7 * max(n_cols, 3)) * len(kinds) + 1.0, 4.2))
+    axes = _axes_array(axes, 2, ((1.5 + 0.7 * max(n_cols, 3)) * 2 + 1.0, 4.2))
     for a, k in zip(axes, kinds):
-        _ppl_axes(a, mats[k], value, k, norm, annot=annot, fmt=".2f", colorbar=False,
-                  config=config, title=None)
+        _ppl_axes(a, mats[k], value, k, norm, ".2f", False, config, None)
     axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
     return axes
 
 
 # ============================================================================ steering
-
-
-def _suffix(group: Any) -> str:
-    return "" if group is None else f" ({group})"
 
 
 def plot_steering_sweep(
@@ -1108,12 +1036,10 @@ def plot_steering_sweep(
     source: str | None = "source_rate",
     cost: str | None = None,
     by: str | None = None,
-    cost_label: str | None = None,
     config: Any = None,
     title: str | None = None,
 ) -> Axes:
-    """Steering strength against how often the output is in the target language, and what
-    it costs.
+    """Draw steering strength against the output's language, and what steering costs.
 
     Expected columns (as :func:`lape_utils.steer.strength_sweep` returns them):
     ``strength``; ``target_rate`` (share of outputs in the target language, 0..1);
@@ -1133,11 +1059,10 @@ def plot_steering_sweep(
         x: Strength column.
         target: Target-rate column.
         source: Source-rate column (skipped when absent, ``None`` or all NaN).
-        cost: Cost column; default the first present of ``"cost"``, ``"drift"`` (100 −
-            chrF to the unsteered answer), ``"output_ppl"``. ``None`` and none present: no
-            right axis.
+        cost: Cost column, also the right axis' label; default the first present of
+            ``"cost"``, ``"drift"`` (100 − chrF to the unsteered answer), ``"output_ppl"``.
+            ``None`` and none present: no right axis.
         by: Grouping column; default ``"neurons"`` when present.
-        cost_label: y label of the cost axis (default the column name).
         config: LapeConfig (or dict, or selection) for the title.
         title: Replace the default title.
 
@@ -1146,41 +1071,38 @@ def plot_steering_sweep(
 
     Raises:
         ValueError: A named column is missing.
+
     """
-    for col in (x, target):
+    for col in (x, target, cost or x):
         if col not in df.columns:
             raise ValueError(f"column {col!r} missing; the sweep has {list(df.columns)}.")
-    if cost is None:
-        cost = next((c for c in ("cost", "drift", "output_ppl") if c in df.columns), None)
-    elif cost not in df.columns:
-        raise ValueError(f"cost column {cost!r} missing; the sweep has {list(df.columns)}.")
-    if by is None and "neurons" in df.columns:
-        by = "neurons"
-    if source is not None and (source not in df.columns or df[source].isna().all()):
+    cost = cost or next((c for c in ("cost", "drift", "output_ppl") if c in df.columns), None)
+    by = by or ("neurons" if "neurons" in df.columns else None)
+    if source not in df.columns or df[source].isna().all():
         source = None
     rates = [c for c in (target, source) if c]
-    groups = [None] if by is None else list(df[by].unique())
-    groups.sort(key=lambda g: (str(g) != "lape", str(g) != "random"))
+    groups = sorted(df[by].unique() if by else [None], key=lambda g: (g != "lape", g != "random"))
     colors = dict(zip(groups, plt.get_cmap("tab10").colors * len(groups)))
-    data = df.assign(group=None if by is None else df[by]).melt(
-        id_vars=[x, "group"], value_vars=[*rates, *([cost] if cost else [])], var_name="column"
+    suffix = {g: "" if g is None else f" ({g})" for g in groups}
+    data = df.assign(_group=df[by] if by else None).melt(
+        id_vars=[x, "_group"], value_vars=[c for c in (*rates, cost) if c], var_name="column"
     )
-    data["series"] = data["column"] + data["group"].map(_suffix)
+    data["series"] = data["column"] + data["_group"].map(suffix)
 
     def draw(on: Axes, columns: list[str], **kws: Any) -> None:
-        palette = {f"{c}{_suffix(g)}": colors[g] for g in groups for c in columns}
+        palette = {f"{c}{suffix[g]}": colors[g] for g in groups for c in columns}
         part = data[data["column"].isin(columns)]
         _lines(on, part, x, "value", "series", palette, style="column", **kws)
 
     ax = _axes(ax, (6.5, 4.4))
-    draw(ax, rates, style_order=rates, markers=["o", "v"][: len(rates)],
-         dashes=["", (4, 2)][: len(rates)], size="column", sizes=dict(zip(rates, (1.8, 1.2))))
+    draw(ax, rates, markers=["o", "v"][: len(rates)], dashes=["", (4, 2)][: len(rates)],
+         size="column", sizes=dict(zip(rates, (1.8, 1.2))))
     ax.set(ylim=(-0.02, 1.02), xlabel=x, ylabel="share of outputs in the language")
     handles, labels = ax.get_legend_handles_labels()
     if cost:
         right = ax.right_ax = ax.twinx()
         draw(right, [cost], markers=["s"], dashes=[(1, 2)], lw=1.2)
-        right.set_ylabel(cost_label or cost)
+        right.set_ylabel(cost)
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize="small", loc="upper center",
@@ -1193,8 +1115,7 @@ def plot_steering_sweep(
 
 
 def _window(context: str, token: str, width: int) -> str:
-    """Whitespace-collapsed context, the token's first occurrence marked «…», cut to about
-    ``width`` characters around it."""
+    """Collapse whitespace, mark the token's first occurrence «…», cut ``width`` around it."""
     text = " ".join(str(context).split())
     tok = str(token).strip()
     pos = text.find(tok) if tok else -1
@@ -1217,7 +1138,7 @@ def plot_top_contexts(
     max_context: int = 70,
     title: str | None = None,
 ) -> Axes:
-    """A table of the tokens and contexts that activate a neuron most, per language.
+    """Draw a table of the tokens and contexts that activate a neuron most, per language.
 
     Args:
         df: Columns ``language``, ``token``, ``context`` (text around the token) and
@@ -1233,6 +1154,7 @@ def plot_top_contexts(
         The Axes; ``ax.tables[0]`` has a header row (``language``, ``activation``,
         ``token``, ``context``) then the rows, languages in the module order, the language
         cell in the language's colour.
+
     """
     need = {"language", "token", "context", "activation"}
     missing = sorted(need - set(df.columns))
@@ -1285,13 +1207,6 @@ def plot_top_contexts(
 # ============================================================================ saving
 
 
-def _root_figure(obj: Any) -> Figure:
-    fig = obj
-    while not isinstance(fig, Figure):
-        fig = fig.figure
-    return fig
-
-
 def save_figure(
     obj: Axes | Figure | SubFigure | np.ndarray | Sequence[Axes],
     path: str | os.PathLike,
@@ -1314,16 +1229,17 @@ def save_figure(
 
     Returns:
         The path written.
+
     """
     if isinstance(obj, (Figure, SubFigure, Axes)):
-        fig = _root_figure(obj)
+        fig = obj.get_figure(root=True)
     else:
         items = [a for a in np.asarray(obj, dtype=object).ravel() if a is not None]
         if not items or not all(isinstance(a, Axes) for a in items):
             raise TypeError(
                 f"save_figure needs an Axes, Axes array or Figure, got {type(obj).__name__}."
             )
-        figs = {id(_root_figure(a)): _root_figure(a) for a in items}
+        figs = {id(a.get_figure(root=True)): a.get_figure(root=True) for a in items}
         if len(figs) != 1:
             raise ValueError(f"the Axes belong to {len(figs)} different figures; save each.")
         fig = next(iter(figs.values()))
