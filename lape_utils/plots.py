@@ -1,24 +1,24 @@
-"""Figures of the workbook: where language-specific neurons sit, how they overlap, how the
-thresholds cut, how stable they are, what deactivating and steering them does.
+"""Figures of the workbook.
+
+Where language-specific neurons sit, how they overlap, how the thresholds cut, how stable
+they are, what deactivating and steering them does.
 
 Conventions (``shared/docs/style.md``):
 
 * Every ``plot_*`` function takes ``ax=None`` (a new figure is made when ``None``) and
-  returns the ``Axes`` it drew on; multi-panel functions return a NumPy array of ``Axes``
-  (documented on each). Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is
-  the one place that writes a file.
-* Inputs are selections or plain DataFrames with documented columns (index = layer,
-  columns = language, or tidy). Languages always appear in the module-level order
-  :data:`~lape_utils.languages.LANGUAGE_ORDER` and always in the same colour
-  (:data:`LANGUAGE_COLORS`, :func:`language_color`).
-* Counts use the sequential colormap :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) use the
-  diverging :data:`DIVERGING_CMAP` centred at 0. Heatmaps accept fixed ``vmin``/``vmax`` so
-  that a widget redraw keeps its scale.
-* When a :class:`~lape_utils.lape.LapeConfig` is known (passed, or carried by the selection)
-  its :meth:`~lape_utils.lape.LapeConfig.label` is part of the title.
-
-Heatmaps are ``pcolormesh`` meshes: ``ax.collections[0]`` is the mesh (its
-``get_array()`` holds the cell values, ``get_clim()`` the colour limits).
+  returns the ``Axes`` it drew on; multi-panel functions return a NumPy array of ``Axes``.
+  Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is the one place that
+  writes a file.
+* Inputs are selections or labelled DataFrames (index = layer, columns = language, or
+  tidy). Languages appear in the module order :data:`~lape_utils.languages.LANGUAGE_ORDER`,
+  each in its fixed colour (:data:`LANGUAGE_COLORS`, :func:`language_color`).
+* The statistics plots are seaborn's (``heatmap``, ``histplot``, ``barplot``,
+  ``lineplot``). A heatmap's mesh is ``ax.collections[0]`` (``get_array()`` holds the
+  cells, ``get_clim()`` the colour limits). Counts use the sequential
+  :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) the diverging :data:`DIVERGING_CMAP` centred
+  at 0. Fixed ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
+* When a :class:`~lape_utils.lape.LapeConfig` is known (passed, or carried by the
+  selection) its :meth:`~lape_utils.lape.LapeConfig.label` is part of the title.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from typing import Any, Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from lape_utils import analysis
@@ -77,17 +79,24 @@ LANGUAGE_COLORS: dict[str, str] = {
 }
 
 _OTHER_COLORS = [mcolors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
-_ALL_COLOR = "#444444"
 _ALL = "all"
 
 
 def language_color(lang: str) -> str:
-    """Colour of a language: :data:`LANGUAGE_COLORS`, else a fixed colour from ``tab20b``
-    chosen by a hash of the code (the same in every session); dark grey for ``"all"``."""
+    """Return the fixed colour of a language.
+
+    Args:
+        lang: Language code, or ``"all"``.
+
+    Returns:
+        Its colour in :data:`LANGUAGE_COLORS`; dark grey for ``"all"``; for any other code a
+        colour of ``tab20b`` chosen by a hash of the code (the same in every session).
+
+    """
     if lang in LANGUAGE_COLORS:
         return LANGUAGE_COLORS[lang]
     if lang == _ALL:
-        return _ALL_COLOR
+        return "#444444"
     return _OTHER_COLORS[zlib.crc32(lang.encode()) % len(_OTHER_COLORS)]
 
 
@@ -100,165 +109,145 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _axes_array(
-    axes: Sequence[Axes] | np.ndarray | None, n: int, figsize: tuple[float, float]
-) -> np.ndarray:
+def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
     if axes is None:
-        _, arr = plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)
-        return arr[0]
+        return plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)[1][0]
     arr = np.asarray(axes, dtype=object).ravel()
     if arr.size != n:
         raise ValueError(f"need {n} axes for this figure, got {arr.size}.")
     return arr
 
 
-def _config_label(config: Any) -> str | None:
-    """Label of a LapeConfig, a config dict, or the config of a selection; None if unknown."""
-    if config is None:
-        return None
-    if isinstance(config, NeuronSelection):
-        config = config.config or None
-        if config is None:
-            return None
-    if isinstance(config, LapeConfig):
-        return config.label()
-    if isinstance(config, Mapping):
-        return LapeConfig.from_dict(config).label()
-    if isinstance(config, str):
-        return config
-    raise TypeError(
-        f"config must be a LapeConfig, a dict of its fields or a label string, got "
-        f"{type(config).__name__}."
-    )
+def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
+    """Set ``title`` if given, else ``base`` with the config's label on a second line.
 
-
-def _title(ax: Axes, base: str | None, config: Any, title: str | None = None) -> None:
-    """``title`` if given, else ``base`` with the config label on a second line."""
+    ``config`` is a LapeConfig, a dict of its fields, a label string, a selection (its
+    config is used) or ``None`` (no label).
+    """
     if title is not None:
         ax.set_title(title)
         return
-    label = _config_label(config)
-    parts = [p for p in (base, label) if p]
-    if parts:
-        ax.set_title("\n".join(parts), fontsize="medium")
+    if isinstance(config, NeuronSelection):
+        config = config.config or None
+    if isinstance(config, Mapping):
+        config = LapeConfig.from_dict(config)
+    if isinstance(config, LapeConfig):
+        config = config.label()
+    if config is not None and not isinstance(config, str):
+        raise TypeError(
+            f"config must be a LapeConfig, a dict of its fields or a label string, got "
+            f"{type(config).__name__}."
+        )
+    ax.set_title("\n".join(p for p in (base, config) if p), fontsize="medium")
 
 
 def _language_columns(columns: Sequence[str]) -> list[str]:
-    """Columns in the module order, ``"all"`` last."""
+    """Sort language labels in the module order, ``"all"`` last."""
     cols = [str(c) for c in columns]
-    has_all = _ALL in cols
-    ordered = sort_languages(c for c in cols if c != _ALL)
-    return ordered + ([_ALL] if has_all else [])
+    return sort_languages(c for c in cols if c != _ALL) + ([_ALL] if _ALL in cols else [])
 
 
-def _text_color(rgba: Sequence[float]) -> str:
-    r, g, b = rgba[:3]
-    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+def _palette(langs: Sequence[str]) -> dict[str, str]:
+    return {lang: language_color(lang) for lang in langs}
 
 
-def _heatmap(
-    ax: Axes,
-    values: np.ndarray,
-    *,
-    xlabels: Sequence[str],
-    ylabels: Sequence[str],
-    cmap: str,
-    norm: mcolors.Normalize,
-    annot: bool,
-    fmt: str,
-    top_down: bool,
-    colorbar: bool,
-    cbar_label: str | None,
-    ytick_step: int = 1,
-    mask: np.ndarray | None = None,
-):
-    """Draw a ``[rows, cols]`` matrix as a pcolormesh with cells at integer positions.
+def _norm(
+    values: np.ndarray, vmin: float | None, vmax: float | None, diverging: bool = False
+) -> mcolors.Normalize:
+    """Colour scale of a heatmap.
 
-    NaN cells are not drawn (nor written); cells in ``mask`` are not coloured (the axes
-    background shows) but their values are still written.
+    Sequential: ``vmin`` (default ``min(0, smallest value)``) to ``vmax`` (default the
+    largest value). Diverging, centred at 0: ``±max|value|``, or ``±`` the one limit given;
+    two given limits must straddle 0, and asymmetric ones keep 0 at the centre colour with a
+    ``TwoSlopeNorm`` (seaborn's ``center=`` would crop the colormap instead).
     """
-    full = np.ma.masked_invalid(np.asarray(values, dtype=float))
-    data = full if mask is None else np.ma.masked_where(np.asarray(mask, bool), full)
-    mesh = ax.pcolormesh(data, cmap=cmap, norm=norm, edgecolors="none")
-    n_rows, n_cols = data.shape
-    ax.set_xticks(np.arange(n_cols) + 0.5, labels=list(xlabels))
-    yt = np.arange(0, n_rows, max(1, ytick_step))
-    ax.set_yticks(yt + 0.5, labels=[ylabels[i] for i in yt])
-    ax.set_xlim(0, n_cols)
-    ax.set_ylim(0, n_rows)
-    if top_down:
-        ax.invert_yaxis()
-    ax.tick_params(length=0)
-    if annot:
-        cm = plt.get_cmap(cmap)
-        for i in range(n_rows):
-            for j in range(n_cols):
-                v = full[i, j]
-                if np.ma.is_masked(v):
-                    continue
-                hidden = np.ma.is_masked(data[i, j])
-                ax.text(
-                    j + 0.5,
-                    i + 0.5,
-                    format(v, fmt),
-                    ha="center",
-                    va="center",
-                    fontsize="small",
-                    color="black" if hidden else _text_color(cm(norm(v))),
-                )
-    if colorbar:
-        ax.figure.colorbar(mesh, ax=ax, label=cbar_label)
-    return mesh
-
-
-def _sequential_norm(
-    values: np.ndarray, vmin: float | None, vmax: float | None, *, log: bool = False
-) -> mcolors.Normalize:
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
-    if vmin is not None:
-        lo = float(vmin)
-    else:
-        lo = min(0.0, float(finite.min())) if finite.size else 0.0
-    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    if log:
-        return mcolors.SymLogNorm(linthresh=1.0, vmin=lo, vmax=hi, base=10)
-    return mcolors.Normalize(vmin=lo, vmax=hi)
-
-
-def _diverging_norm(
-    values: np.ndarray, vmin: float | None, vmax: float | None
-) -> mcolors.Normalize:
-    """Centred at 0: symmetric limits from the data (or the one limit given); both limits
-    given and asymmetric -> TwoSlopeNorm with vcenter 0."""
-    finite = np.asarray(values, dtype=float)
-    finite = finite[np.isfinite(finite)]
+    if not diverging:
+        lo = float(vmin) if vmin is not None else float(finite.min(initial=0.0))
+        hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        return mcolors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
     if vmin is not None and vmax is not None:
         if not vmin < 0 < vmax:
             raise ValueError(
                 f"a diverging scale centred at 0 needs vmin < 0 < vmax, got vmin={vmin}, "
                 f"vmax={vmax}."
             )
-        if math.isclose(-vmin, vmax):
-            return mcolors.Normalize(vmin=vmin, vmax=vmax)
-        return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
-    if vmax is not None or vmin is not None:
-        m = abs(float(vmax if vmax is not None else vmin))
-    else:
-        m = float(np.abs(finite).max()) if finite.size else 0.0
-    if m == 0 or not math.isfinite(m):
-        m = 1e-3
+        if not math.isclose(-vmin, vmax):
+            return mcolors.TwoSlopeNorm(vcenter=0.0, vmin=vmin, vmax=vmax)
+    given = vmax if vmax is not None else vmin
+    m = abs(float(given)) if given is not None else float(np.abs(finite).max(initial=0.0))
+    m = m if m > 0 and math.isfinite(m) else 1e-3
     return mcolors.Normalize(vmin=-m, vmax=m)
+
+
+def _heatmap(
+    ax: Axes,
+    table: pd.DataFrame,
+    norm: mcolors.Normalize,
+    cmap: str,
+    label: str,
+    mask: np.ndarray | None = None,
+    **kws: Any,
+) -> None:
+    """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
+
+    NaN cells are neither coloured nor written. Cells in ``mask`` are left uncoloured (the
+    axes background shows) but still written: by hand, since seaborn skips masked cells.
+    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``.
+    """
+    sns.heatmap(
+        table, ax=ax, cmap=cmap, norm=norm, vmin=norm.vmin, vmax=norm.vmax, mask=mask,
+        annot_kws={"fontsize": "small"}, cbar_kws={"label": label}, **kws,
+    )
+    ax.tick_params(axis="y", labelrotation=0)
+    if kws.get("annot") and mask is not None:
+        values = table.to_numpy(dtype=float)
+        for i, j in zip(*np.nonzero(mask & np.isfinite(values))):
+            ax.text(j + 0.5, i + 0.5, format(values[i, j], kws["fmt"]), ha="center",
+                    va="center", fontsize="small", color=".15")
+
+
+def _lines(
+    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, palette: Mapping, **kws: Any
+) -> list[Line2D]:
+    """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
+
+    Repeated ``x`` values are averaged. Each line is labelled by its level, so that
+    ``ax.get_lines()`` and ``ax.legend()`` name them (seaborn leaves them unnamed).
+    """
+    start = len(ax.get_lines())
+    sns.lineplot(
+        data, x=x, y=y, hue=hue, hue_order=list(palette), palette=dict(palette),
+        errorbar=None, legend=False, ax=ax, **kws,
+    )
+    drawn = set(data.dropna(subset=[x, y])[hue])
+    lines = list(ax.get_lines())[start:]
+    for line, level in zip(lines, [lv for lv in palette if lv in drawn], strict=True):
+        line.set_label(str(level))
+    return lines
+
+
+def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
+    """Melt a wide table into tidy rows (``index``, ``columns``, ``value``)."""
+    wide = wide.rename_axis(index=index).reset_index()
+    return wide.melt(id_vars=index, var_name=columns, value_name=value)
+
+
+def _bars(ax: Axes, langs: Sequence[str], values: np.ndarray) -> None:
+    """Draw one ``sns.barplot`` bar per language, in this order and its exact colour."""
+    sns.barplot(
+        x=list(langs), y=values, hue=list(langs), palette=_palette(langs), saturation=1,
+        errorbar=None, legend=False, ax=ax,
+    )
+    ax.set_xlabel("language")
 
 
 def _selection_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     if isinstance(data, NeuronSelection):
         return analysis.layer_distribution(data)
     if isinstance(data, pd.DataFrame):
-        df = data.copy()
-        df.columns = [str(c) for c in df.columns]
+        df = data.rename(columns=str)
         return df[_language_columns(df.columns)]
     raise TypeError(
         f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
@@ -278,7 +267,6 @@ def plot_layer_distribution(
     config: Any = None,
     vmin: float | None = None,
     vmax: float | None = None,
-    log: bool = False,
     annot: bool | None = None,
     colorbar: bool = True,
     title: str | None = None,
@@ -300,65 +288,51 @@ def plot_layer_distribution(
         vmin: Lower colour limit of the heatmap (default 0).
         vmax: Upper colour limit of the heatmap (default the largest count). Fix both so
             that redraws keep one scale.
-        log: Symmetric-log colour scale (counts are often dominated by a few layers).
         annot: Write the counts in the cells (default: when there are at most 200 cells).
         colorbar: Add a colour bar to the heatmap.
         title: Replace the default title.
 
     Returns:
         The Axes.
+
+    Raises:
+        ValueError: ``kind`` is unknown, or ``"share"`` of a DataFrame without
+            ``n_neurons``.
+
     """
     counts = _selection_counts(data)
     if config is None and isinstance(data, NeuronSelection):
         config = data
     langs = list(counts.columns)
-    layers = [str(x) for x in counts.index]
+    base = "Language-specific neurons per layer"
     if kind == "heatmap":
-        ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(layers))))
-        norm = _sequential_norm(counts.to_numpy(), vmin, vmax, log=log)
-        if annot is None:
-            annot = counts.size <= 200
+        ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(counts))))
         _heatmap(
-            ax,
-            counts.to_numpy(),
-            xlabels=langs,
-            ylabels=layers,
-            cmap=SEQUENTIAL_CMAP,
-            norm=norm,
-            annot=annot,
-            fmt=".0f" if np.issubdtype(counts.to_numpy().dtype, np.integer) else ".2g",
-            top_down=False,
-            colorbar=colorbar,
-            cbar_label="neurons",
-            ytick_step=max(1, math.ceil(len(layers) / 20)),
+            ax, counts, _norm(counts.to_numpy(), vmin, vmax), SEQUENTIAL_CMAP, "neurons",
+            annot=counts.size <= 200 if annot is None else annot, cbar=colorbar,
+            fmt=".0f" if pd.api.types.is_integer_dtype(counts.to_numpy()) else ".2g",
+            yticklabels=math.ceil(len(counts) / 20) or 1,
         )
-        ax.set_xlabel("language")
-        ax.set_ylabel("layer")
-        _title(ax, "Language-specific neurons per layer", config, title)
+        ax.invert_yaxis()  # layer 0 at the bottom
+        ax.set(xlabel="language", ylabel="layer")
+        _title(ax, base, config, title)
         return ax
     if kind not in ("lines", "share"):
         raise ValueError(f"kind must be 'heatmap', 'lines' or 'share', got {kind!r}.")
-    ax = _axes(ax, (7.0, 3.5))
+    ylabel = "neurons"
     if kind == "share":
-        if n_neurons is None:
-            if not isinstance(data, NeuronSelection):
-                raise ValueError(
-                    "kind='share' with a DataFrame needs n_neurons= (FFN neurons per layer)."
-                )
-            n_neurons = data.n_neurons
-        values = counts * (100.0 / n_neurons)
+        if n_neurons is None and not isinstance(data, NeuronSelection):
+            raise ValueError(
+                "kind='share' with a DataFrame needs n_neurons= (FFN neurons per layer)."
+            )
+        counts = counts * (100.0 / (n_neurons or data.n_neurons))
         ylabel = "% of the layer's neurons"
-    else:
-        values = counts
-        ylabel = "neurons"
-    x = np.asarray(counts.index, dtype=float)
-    for lang in langs:
-        ax.plot(x, values[lang].to_numpy(), label=lang, color=language_color(lang), lw=1.6)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    ax = _axes(ax, (7.0, 3.5))
+    _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", "language",
+           _palette(langs), lw=1.6)
+    ax.set(xlabel="layer", ylabel=ylabel, ylim=(0, None))
     ax.legend(title="language", fontsize="small", ncols=2 if len(langs) > 5 else 1)
-    _title(ax, "Language-specific neurons per layer", config, title)
+    _title(ax, base, config, title)
     return ax
 
 
@@ -369,11 +343,10 @@ def plot_layer_distribution_grid(
     ncols: int = 4,
     axes: Sequence[Axes] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`plot_layer_distribution` of several selections (e.g. the paper's seven sets),
-    one panel each, titled by name.
+    """:func:`plot_layer_distribution` of several selections, one panel each, titled by name.
 
     Args:
-        selections: ``{name: selection}``, e.g. from
+        selections: ``{name: selection}``, e.g. the paper's seven sets from
             :func:`lape_utils.analysis.published_sets`.
         kind: As in :func:`plot_layer_distribution`.
         ncols: Panels per row.
@@ -381,7 +354,8 @@ def plot_layer_distribution_grid(
 
     Returns:
         Flat array of the Axes drawn on (one per selection, in the mapping's order); unused
-        panels of a new grid are hidden.
+        panels of a new grid are hidden. Only the first panel keeps its legend.
+
     """
     n = len(selections)
     if n == 0:
@@ -389,7 +363,7 @@ def plot_layer_distribution_grid(
     if axes is None:
         ncols = max(1, min(ncols, n))
         nrows = math.ceil(n / ncols)
-        fig, grid = plt.subplots(
+        _, grid = plt.subplots(
             nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained", squeeze=False
         )
         flat = grid.ravel()
@@ -400,10 +374,8 @@ def plot_layer_distribution_grid(
         if flat.size < n:
             raise ValueError(f"need {n} axes, got {flat.size}.")
     for ax, (name, sel) in zip(flat, selections.items()):
-        plot_layer_distribution(
-            sel, ax=ax, kind=kind, title=name, colorbar=kind == "heatmap", annot=False
-        )
-        if kind != "heatmap" and ax.get_legend() is not None and ax is not flat[0]:
+        plot_layer_distribution(sel, ax=ax, kind=kind, title=name, annot=False)
+        if kind != "heatmap" and ax is not flat[0]:
             ax.get_legend().remove()
     return flat[:n]
 
@@ -432,35 +404,35 @@ def plot_language_counts(
 
     Returns:
         The Axes (one bar patch per language, in the module order).
+
+    Raises:
+        ValueError: ``percent`` without ``n_total`` for a table.
+
     """
     if isinstance(data, NeuronSelection):
         counts = analysis.layer_distribution(data).sum(axis=0)
         n_total = data.n_layers * data.n_neurons
-        if config is None:
-            config = data
+        config = data if config is None else config
     elif isinstance(data, pd.DataFrame):
         counts = _selection_counts(data).sum(axis=0)
     elif isinstance(data, pd.Series):
-        counts = data.copy()
-        counts.index = [str(i) for i in counts.index]
+        counts = data.rename(index=str)
         counts = counts[_language_columns(counts.index)]
     else:
         raise TypeError(f"expected a selection, DataFrame or Series, got {type(data).__name__}.")
+    values = counts.to_numpy(dtype=float)
+    ylabel, fmt = "neurons", "{:,.0f}"
     if percent:
         if not n_total:
             raise ValueError("percent=True needs n_total= (L·D) unless data is a selection.")
-        values = counts.to_numpy(dtype=float) * 100.0 / n_total
+        values = values * 100.0 / n_total
         ylabel, fmt = "% of all FFN neurons", "{:.3f}"
-    else:
-        values = counts.to_numpy(dtype=float)
-        ylabel, fmt = "neurons", "{:,.0f}"
-    langs = list(counts.index)
-    ax = _axes(ax, (1.2 + 0.6 * max(len(langs), 3), 3.5))
-    bars = ax.bar(langs, values, color=[language_color(x) for x in langs])
+    ax = _axes(ax, (1.2 + 0.6 * max(len(counts), 3), 3.5))
+    _bars(ax, list(counts.index), values)
     if annotate:
-        ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize="small", padding=2)
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt=fmt, fontsize="small", padding=2)
         ax.margins(y=0.12)
-    ax.set_xlabel("language")
     ax.set_ylabel(ylabel)
     _title(ax, "Language-specific neurons per language", config, title)
     return ax
@@ -501,47 +473,30 @@ def plot_overlap(
 
     Returns:
         The Axes; rows top to bottom and columns left to right in the module order.
+
     """
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
     if isinstance(data, NeuronSelection):
-        counts, jac = analysis.overlap(data)
-        table = counts if metric == "count" else jac
-        if config is None:
-            config = data
+        table = analysis.overlap(data)[0 if metric == "count" else 1]
+        config = data if config is None else config
     else:
-        table = data.copy()
-        table.index = [str(i) for i in table.index]
-        table.columns = [str(c) for c in table.columns]
-        order = _language_columns(table.columns)
-        table = table.reindex(index=_language_columns(table.index), columns=order)
+        table = data.rename(index=str, columns=str)
+        table = table.reindex(
+            index=_language_columns(table.index), columns=_language_columns(table.columns)
+        )
     values = table.to_numpy(dtype=float)
-    diag = np.array(
-        [[r == c for c in table.columns] for r in table.index], dtype=bool
-    ).reshape(values.shape)
+    diag = table.index.to_numpy()[:, None] == table.columns.to_numpy()[None, :]
     mask = None if colour_diagonal else diag
-    coloured = values if mask is None else values[~mask]
-    norm = _sequential_norm(coloured, vmin, vmax)
     ax = _axes(ax, (1.5 + 0.6 * max(len(table.columns), 3), 1.0 + 0.55 * max(len(table), 3)))
     ax.set_facecolor("#e6e6e6")
     _heatmap(
-        ax,
-        values,
-        xlabels=list(table.columns),
-        ylabels=list(table.index),
-        cmap=SEQUENTIAL_CMAP,
-        norm=norm,
-        annot=annot,
-        fmt=".2f" if metric == "jaccard" else ".0f",
-        top_down=True,
-        colorbar=colorbar,
-        cbar_label="shared neurons" if metric == "count" else "Jaccard",
-        mask=mask,
+        ax, table, _norm(values if mask is None else values[~mask], vmin, vmax),
+        SEQUENTIAL_CMAP, "shared neurons" if metric == "count" else "Jaccard", mask,
+        annot=annot, fmt=".2f" if metric == "jaccard" else ".0f", cbar=colorbar,
     )
-    ax.set_xlabel("language")
-    ax.set_ylabel("language")
-    base = "Shared neurons" if metric == "count" else "Overlap (Jaccard)"
-    _title(ax, base, config, title)
+    ax.set(xlabel="language", ylabel="language")
+    _title(ax, "Shared neurons" if metric == "count" else "Overlap (Jaccard)", config, title)
     return ax
 
 
@@ -554,36 +509,38 @@ def plot_entropy_distribution(
     *,
     which: Literal["entropy", "probability", "both"] = "entropy",
     bins: int = 60,
-    log: bool = True,
     title: str | None = None,
 ) -> Axes | np.ndarray:
-    """How the thresholds cut: the entropy of neurons passing the filter with the selection
-    cut-off, and/or the pooled activation probabilities with ``tau`` and ``bar``.
+    """Show how the thresholds cut.
 
-    Marked lines (``ax.get_lines()``, each with a ``label``):
+    The entropy of the neurons passing the filter with the selection cut-off, and/or the
+    pooled activation probabilities with ``tau`` and ``bar``.
 
-    * entropy panel: ``"selection cut-off H = …"`` at :attr:`EntropyTable.cutoff` and
-      ``"log K = …"`` (the entropy of a neuron equally active in all languages);
-    * probability panel: ``"filter tau = …"`` and ``"bar = …"``.
+    Histograms (``ax.containers``) and marked lines (``ax.get_lines()``, each with a
+    ``label``):
+
+    * entropy panel: the neurons passing the filter (grey) and the selected ones (red) over
+      the same ``bins``; lines ``"selection cut-off H = …"`` at
+      :attr:`EntropyTable.cutoff` and ``"log K = …"`` (the entropy of a neuron equally
+      active in all languages);
+    * probability panel: all ``P`` values; lines ``"filter tau = …"`` and ``"bar = …"``.
 
     Args:
         table: From :func:`lape_utils.analysis.entropy_table`.
         ax: One Axes (``which`` = ``"entropy"`` or ``"probability"``) or two (``"both"``);
             new figure if ``None``.
         which: Which panel(s).
-        bins: Histogram bins.
-        log: Logarithmic count axis.
+        bins: Histogram bins (the count axis is logarithmic).
         title: Replace the default title (of every panel).
 
     Returns:
         The Axes, or an array of two Axes ``[entropy, probability]`` for ``"both"``.
+
     """
     if which == "both":
         axes = _axes_array(ax, 2, (11.0, 3.8))
-        plot_entropy_distribution(table, axes[0], which="entropy", bins=bins, log=log, title=title)
-        plot_entropy_distribution(
-            table, axes[1], which="probability", bins=bins, log=log, title=title
-        )
+        for a, w in zip(axes, ("entropy", "probability")):
+            plot_entropy_distribution(table, a, which=w, bins=bins, title=title)
         return axes
     if which not in ("entropy", "probability"):
         raise ValueError(f"which must be 'entropy', 'probability' or 'both', got {which!r}.")
@@ -591,37 +548,32 @@ def plot_entropy_distribution(
     if which == "entropy":
         passing = table.passing()
         h = passing["entropy"].to_numpy()
-        top = max(table.max_entropy, float(h.max()) if h.size else 0.0)
-        edges = np.linspace(0.0, top, bins + 1)
-        ax.hist(h, bins=edges, color="#bbbbbb", label=f"passing the filter ({len(h):,})", log=log)
         sel = passing.loc[passing["selected"], "entropy"].to_numpy()
-        ax.hist(sel, bins=edges, color="#d62728", label=f"selected ({len(sel):,})", log=log)
+        edges = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
+        sns.histplot(x=h, bins=edges, color="#bbbbbb", alpha=1, ax=ax,
+                     label=f"passing the filter ({len(h):,})")
+        sns.histplot(x=sel, bins=edges, color="#d62728", alpha=1, ax=ax,
+                     label=f"selected ({len(sel):,})")
         if math.isfinite(table.cutoff):
-            ax.axvline(
-                table.cutoff, color="black", ls="--", lw=1.2,
-                label=f"selection cut-off H = {table.cutoff:.3g}",
-            )
-        ax.axvline(
-            table.max_entropy, color="grey", ls=":", lw=1.2,
-            label=f"log K = {table.max_entropy:.3g}",
-        )
-        ax.set_xlabel("LAPE entropy H (nats)")
-        ax.set_ylabel("neurons")
+            ax.axvline(table.cutoff, color="black", ls="--", lw=1.2,
+                       label=f"selection cut-off H = {table.cutoff:.3g}")
+        ax.axvline(table.max_entropy, color="grey", ls=":", lw=1.2,
+                   label=f"log K = {table.max_entropy:.3g}")
+        ax.set(xlabel="LAPE entropy H (nats)", ylabel="neurons")
         base = f"Entropy of the {table.n_candidates:,} neurons passing the filter"
     else:
         p = table.probabilities()
-        ax.hist(p, bins=bins, color="#7f7f7f", log=log, label=f"all P ({p.size:,} values)")
-        ax.axvline(
-            table.tau, color="#1f77b4", ls="--", lw=1.4,
-            label=f"filter tau = {table.tau:.3g} (q{table.config.filter_rate:g})",
-        )
-        ax.axvline(
-            table.bar, color="#d62728", ls=":", lw=1.6,
-            label=f"bar = {table.bar:.3g} (q{table.config.activation_bar_ratio:g})",
-        )
-        ax.set_xlabel("activation probability P (pooled over layers, neurons, languages)")
-        ax.set_ylabel("values")
+        cfg = table.config
+        sns.histplot(x=p, bins=bins, color="#7f7f7f", alpha=1, ax=ax,
+                     label=f"all P ({p.size:,} values)")
+        ax.axvline(table.tau, color="#1f77b4", ls="--", lw=1.4,
+                   label=f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})")
+        ax.axvline(table.bar, color="#d62728", ls=":", lw=1.6,
+                   label=f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")
+        ax.set(xlabel="activation probability P (pooled over layers, neurons, languages)",
+               ylabel="values")
         base = "Activation probability and thresholds"
+    ax.set_yscale("log")
     ax.legend(fontsize="small")
     _title(ax, base, table.config, title)
     return ax
@@ -637,7 +589,6 @@ def plot_probability_profiles(
     config: Any = None,
     vmin: float | None = 0.0,
     vmax: float | None = None,
-    colorbar: bool = True,
     title: str | None = None,
 ) -> Axes:
     """Activation probability across languages of selected neurons.
@@ -656,63 +607,41 @@ def plot_probability_profiles(
         config: LapeConfig (or dict) for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest P).
-        colorbar: Add a colour bar (heatmap).
         title: Replace the default title.
 
     Returns:
         The Axes.
+
     """
-    df = profiles.copy()
-    df.columns = [str(c) for c in df.columns]
-    langs = _language_columns(df.columns)
-    df = df[langs]
+    df = profiles.rename(columns=str)
+    df = df[_language_columns(df.columns)]
     if isinstance(df.index, pd.MultiIndex) and df.index.nlevels == 2:
-        labels = [f"L{a}.{b}" for a, b in df.index]
-    else:
-        labels = [str(i) for i in df.index]
-    base = (
-        f"Activation probability of {len(df)} {language} neurons"
-        if language
-        else f"Activation probability of {len(df)} neurons"
-    )
+        df.index = [f"L{a}.{b}" for a, b in df.index]
+    base = f"Activation probability of {len(df)} {language + ' ' if language else ''}neurons"
+    label = "activation probability P"
     if kind == "heatmap":
-        ax = _axes(ax, (1.5 + 0.6 * max(len(langs), 3), max(2.5, 1.0 + 0.22 * len(df))))
-        values = df.to_numpy(dtype=float)
-        norm = _sequential_norm(values, vmin, vmax)
-        mesh = _heatmap(
-            ax,
-            values,
-            xlabels=langs,
-            ylabels=labels,
-            cmap=SEQUENTIAL_CMAP,
-            norm=norm,
-            annot=values.size <= 150,
-            fmt=".2f",
-            top_down=True,
-            colorbar=False,
-            cbar_label=None,
-            ytick_step=max(1, math.ceil(len(df) / 40)),
+        ax = _axes(ax, (1.5 + 0.6 * max(df.shape[1], 3), max(2.5, 1.0 + 0.22 * len(df))))
+        _heatmap(
+            ax, df, _norm(df.to_numpy(dtype=float), vmin, vmax), SEQUENTIAL_CMAP, label,
+            annot=df.size <= 150, fmt=".2f", yticklabels=math.ceil(len(df) / 40) or 1,
         )
-        if colorbar:
-            cb = ax.figure.colorbar(mesh, ax=ax, label="activation probability P")
-            if bar is not None:
-                cb.ax.axhline(bar, color="cyan", lw=2)
-        ax.set_xlabel("language")
-        ax.set_ylabel("neuron (layer.index)")
+        if bar is not None:
+            ax.collections[0].colorbar.ax.axhline(bar, color="cyan", lw=2)
+        ax.set(xlabel="language", ylabel="neuron (layer.index)")
     elif kind == "lines":
-        ax = _axes(ax, (1.5 + 0.7 * max(len(langs), 3), 3.8))
-        color = language_color(language) if language else "#1f77b4"
-        x = np.arange(len(langs))
-        alpha = max(0.15, min(0.9, 6.0 / max(len(df), 1)))
-        for row in df.to_numpy(dtype=float):
-            ax.plot(x, row, color=color, alpha=alpha, lw=1.2, marker="o", ms=3)
+        ax = _axes(ax, (1.5 + 0.7 * max(df.shape[1], 3), 3.8))
+        long = _long(df, "neuron", "language", "p")
+        long["language"] = pd.Categorical(long["language"], categories=list(df.columns))
+        if len(df):  # seaborn fails on an empty table with units
+            sns.lineplot(
+                long, x="language", y="p", units="neuron", estimator=None, ax=ax,
+                color=language_color(language) if language else "#1f77b4",
+                alpha=max(0.15, min(0.9, 6.0 / len(df))), lw=1.2, marker="o", ms=3,
+            )
         if bar is not None:
             ax.axhline(bar, color="black", ls=":", lw=1.2, label=f"bar = {bar:.3g}")
             ax.legend(fontsize="small")
-        ax.set_xticks(x, labels=langs)
-        ax.set_xlabel("language")
-        ax.set_ylabel("activation probability P")
-        ax.set_ylim(bottom=0)
+        ax.set(ylabel=label, ylim=(0, None))
     else:
         raise ValueError(f"kind must be 'heatmap' or 'lines', got {kind!r}.")
     _title(ax, base, config, title)
@@ -745,7 +674,8 @@ def plot_stability(
             ``k / n_replicates``; neurons never selected are not counted; a stable
             selection piles up at 1). ``"jaccard"``: one bar per language
             (then ``"all"``, grey) of the mean Jaccard of the replicates' sets with the
-            reference set, error bar = standard deviation; y from 0 to 1.
+            reference set, error bar = standard deviation (drawn by hand: seaborn's
+            ``barplot`` only draws error bars it computes itself); y from 0 to 1.
         n_replicates: Number of replicates, for a frequency table (default: read from the
             result, or taken as ``1 / smallest frequency`` of a table).
         config: LapeConfig (or dict) for the title.
@@ -753,6 +683,7 @@ def plot_stability(
 
     Returns:
         The Axes.
+
     """
     if kind == "jaccard":
         table = (
@@ -762,28 +693,23 @@ def plot_stability(
             raise ValueError(
                 f"a stability table needs a 'mean_jaccard' column; got {list(table.columns)}."
             )
-        table = table.copy()
-        table.index = [str(i) for i in table.index]
+        table = table.rename(index=str)
         table = table.loc[_language_columns(table.index)]
-        langs = list(table.index)
+        ax = _axes(ax, (1.5 + 0.6 * max(len(table), 3), 3.5))
         mean = table["mean_jaccard"].to_numpy(dtype=float)
-        err = table["std_jaccard"].to_numpy(dtype=float) if "std_jaccard" in table else None
-        ax = _axes(ax, (1.5 + 0.6 * max(len(langs), 3), 3.5))
-        ax.bar(
-            langs, mean, yerr=None if err is None else np.nan_to_num(err),
-            color=[language_color(x) for x in langs], capsize=3,
-        )
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel("language")
-        ax.set_ylabel("mean Jaccard with the reference set")
+        _bars(ax, list(table.index), mean)
+        if "std_jaccard" in table:
+            err = np.nan_to_num(table["std_jaccard"].to_numpy(dtype=float))
+            ax.errorbar(np.arange(len(table)), mean, yerr=err, fmt="none", ecolor="black",
+                        capsize=3, lw=1)
+        ax.set(ylim=(0, 1.05), ylabel="mean Jaccard with the reference set")
         n = f" over {result.n_replicates} replicates" if isinstance(result, StabilityResult) else ""
         _title(ax, f"Stability of the selection{n}", config, title)
         return ax
     if kind != "frequency":
         raise ValueError(f"kind must be 'frequency' or 'jaccard', got {kind!r}.")
     if isinstance(result, StabilityResult):
-        freq = analysis.selection_frequencies(result)
-        n_rep = result.n_replicates
+        freq, n_rep = analysis.selection_frequencies(result), result.n_replicates
     else:
         freq = result
         if not {"language", "frequency"} <= set(freq.columns):
@@ -793,21 +719,20 @@ def plot_stability(
             )
         vals = freq["frequency"].to_numpy(dtype=float)
         vals = vals[vals > 0]
-        if n_replicates is not None:
-            n_rep = int(n_replicates)
-        else:
-            n_rep = int(round(1.0 / vals.min())) if vals.size else 1
+        n_rep = int(round(1.0 / vals.min())) if vals.size else 1
+        n_rep = n_rep if n_replicates is None else int(n_replicates)
     edges = (np.arange(n_rep + 1) + 0.5) / n_rep  # one bin per possible k/n_rep, k=1..n_rep
-    centres = np.arange(1, n_rep + 1) / n_rep
+    langs = freq["language"].astype(str)
+    hist = pd.DataFrame(
+        {lang: np.histogram(freq["frequency"][langs == lang], bins=edges)[0]
+         for lang in _language_columns(langs.unique())},
+        index=np.arange(1, n_rep + 1) / n_rep,
+    )
     ax = _axes(ax, (6.0, 3.5))
-    for lang in _language_columns(freq["language"].astype(str).unique()):
-        f = freq.loc[freq["language"].astype(str) == lang, "frequency"].to_numpy(dtype=float)
-        hist, _ = np.histogram(f, bins=edges)
-        ax.plot(centres, hist, marker="o", ms=4, color=language_color(lang), label=lang, lw=1.4)
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("selection frequency over bootstrap replicates")
-    ax.set_ylabel("neurons (selected at least once)")
+    _lines(ax, _long(hist, "frequency", "language", "neurons"), "frequency", "neurons",
+           "language", _palette(hist.columns), marker="o", ms=4, lw=1.4)
+    ax.set(xlim=(0, 1.02), ylim=(0, None), xlabel="selection frequency over bootstrap replicates",
+           ylabel="neurons (selected at least once)")
     ax.legend(title="language", fontsize="small", ncols=2)
     _title(ax, f"Selection frequency ({n_rep} replicates)", config, title)
     return ax
@@ -841,7 +766,8 @@ def plot_published_comparison(
             fractions ``bottom`` and ``1 - top``; the exact layers per model are those of
             :func:`lape_utils.analysis.region_layers`).
             ``"regions"``: one horizontal stacked bar per model (ours on top) of the shares in
-            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`).
+            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`),
+            matplotlib's own stacked ``barh`` (seaborn does not stack bars).
             ``"both"``: the two side by side.
         ours_name: Label of our selection.
         bottom: Fraction of layers counted as bottom.
@@ -850,6 +776,7 @@ def plot_published_comparison(
 
     Returns:
         The Axes, or an array ``[depth, regions]`` for ``"both"``.
+
     """
     if kind == "both":
         axes = _axes_array(ax, 2, (13.0, 4.2))
@@ -859,38 +786,28 @@ def plot_published_comparison(
                 title=title,
             )
         return axes
-    sets: dict[str, NeuronSelection] = {}
-    if ours is not None:
-        sets[ours_name] = ours
-    sets.update(published)
+    sets = ({ours_name: ours} if ours is not None else {}) | dict(published)
     if not sets:
         raise ValueError("nothing to compare: no published set and no selection of ours.")
-    palette = plt.get_cmap("Dark2").colors
-    model_colors = {}
-    i = 0
-    for name in sets:
-        if ours is not None and name == ours_name:
-            model_colors[name] = "black"
-        else:
-            model_colors[name] = mcolors.to_hex(palette[i % len(palette)])
-            i += 1
-    config = ours if ours is not None else None
     if kind == "depth":
+        others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
+        colors = {
+            name: "black" if ours is not None and name == ours_name else next(others)
+            for name in sets
+        }
+        profiles = pd.concat(
+            [analysis.depth_profile(sel).assign(model=name) for name, sel in sets.items()]
+        )
         ax = _axes(ax, (7.0, 4.2))
         ax.axvspan(0, bottom, color="#eeeeee", zorder=0)
         ax.axvspan(1 - top, 1, color="#eeeeee", zorder=0)
-        for name, sel in sets.items():
-            prof = analysis.depth_profile(sel)
-            ax.plot(
-                prof["relative_depth"], prof["density"], label=name, color=model_colors[name],
-                lw=2.4 if name == ours_name and ours is not None else 1.3,
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel("relative depth (0 = first layer, 1 = last)")
-        ax.set_ylabel("density of selected neurons (1 = uniform)")
+        lines = _lines(ax, profiles, "relative_depth", "density", "model", colors, lw=1.3)
+        if ours is not None and lines and lines[0].get_label() == ours_name:
+            lines[0].set_linewidth(2.4)
+        ax.set(xlim=(0, 1), ylim=(0, None), xlabel="relative depth (0 = first layer, 1 = last)",
+               ylabel="density of selected neurons (1 = uniform)")
         ax.legend(fontsize="small")
-        _title(ax, "Where the neurons sit", config, title)
+        _title(ax, "Where the neurons sit", ours, title)
         return ax
     if kind != "regions":
         raise ValueError(f"kind must be 'depth', 'regions' or 'both', got {kind!r}.")
@@ -900,26 +817,19 @@ def plot_published_comparison(
     ax = _axes(ax, (7.0, 1.2 + 0.45 * len(table)))
     y = np.arange(len(table))
     left = np.zeros(len(table))
-    region_colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
-    labels = {
-        "bottom": f"bottom {bottom:.0%} of layers",
-        "middle": "middle",
-        "top": f"top {top:.0%} of layers",
-    }
+    colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
+    labels = {"bottom": f"bottom {bottom:.0%} of layers", "top": f"top {top:.0%} of layers"}
     for region in analysis.REGIONS:
         w = table[region].to_numpy(dtype=float)
-        bars = ax.barh(y, w, left=left, color=region_colors[region], label=labels[region])
-        ax.bar_label(
-            bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w], label_type="center",
-            fontsize="small",
-        )
+        bars = ax.barh(y, w, left=left, color=colors[region], label=labels.get(region, region))
+        ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w],
+                     label_type="center", fontsize="small")
         left += np.nan_to_num(w)
     ax.set_yticks(y, labels=list(table.index))
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("share of the selected neurons")
+    ax.set(xlim=(0, 1), xlabel="share of the selected neurons")
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
-    _title(ax, "Share of the neurons in each layer region", config, title)
+    _title(ax, "Share of the neurons in each layer region", ours, title)
     return ax
 
 
@@ -929,8 +839,10 @@ _NONE_LABELS = {"", "none", "nan"}
 
 
 def _parse_row(label: str) -> tuple[str, str]:
-    """Row label -> (kind, language): ``"none"``, ``"zh"``, ``"zh (random)"``,
-    ``"lape:zh"``, ``"random:zh"``."""
+    """Split a row label into (kind, language).
+
+    Labels: ``"none"``, ``"zh"``, ``"zh (random)"``, ``"lape:zh"``, ``"random:zh"``.
+    """
     s = str(label).strip()
     if s.lower() in _NONE_LABELS:
         return "none", ""
@@ -942,51 +854,28 @@ def _parse_row(label: str) -> tuple[str, str]:
     return "lape", s
 
 
-def _ppl_long(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Any accepted perplexity table -> long frame (kind, deactivated, evaluated, value)."""
-    if {"deactivated", "evaluated"} <= set(df.columns):
+def _ppl_matrix(
+    df: pd.DataFrame, value: str, kind: str | None, include_baseline: bool = False
+) -> tuple[pd.DataFrame, str]:
+    """Pivot a tidy or pivoted perplexity table to one kind's matrix.
+
+    Returns the matrix (index deactivated, columns evaluated, module order; the baseline
+    row ``"none"`` on top if asked) and its kind.
+    """
+    if {"deactivated", "evaluated"} <= set(df.columns):  # tidy
         if value not in df.columns:
             raise ValueError(
                 f"value {value!r} is not a column of the table; it has {list(df.columns)}."
             )
-        deact = df["deactivated"].fillna("").astype(str)
-        if "kind" in df.columns:
-            kind = df["kind"].astype(str)
-        elif "row" in df.columns:
-            kind = df["row"].map(lambda r: _parse_row(r)[0])
-        else:
-            kind = pd.Series("lape", index=df.index)
-        kind = kind.where(~deact.str.lower().isin(_NONE_LABELS), "none")
-        return pd.DataFrame(
-            {
-                "kind": kind.to_numpy(),
-                "deactivated": deact.to_numpy(),
-                "evaluated": df["evaluated"].astype(str).to_numpy(),
-                "value": df[value].to_numpy(dtype=float),
-            }
-        )
-    # pivoted: index = row label, columns = evaluated language
-    long = df.copy()
-    long.index = [str(i) for i in long.index]
-    long.columns = [str(c) for c in long.columns]
-    long.index.name = "row"
-    long = long.reset_index().melt(id_vars="row", var_name="evaluated", value_name="value")
-    parsed = long["row"].map(_parse_row)
-    return pd.DataFrame(
-        {
-            "kind": parsed.map(lambda t: t[0]),
-            "deactivated": parsed.map(lambda t: t[1]),
-            "evaluated": long["evaluated"],
-            "value": long["value"].astype(float),
-        }
-    )
-
-
-def _ppl_matrix(
-    df: pd.DataFrame, value: str, kind: str | None, include_baseline: bool
-) -> tuple[pd.DataFrame, str]:
-    """Wide matrix (index deactivated, columns evaluated, module order) and its kind."""
-    long = _ppl_long(df, value)
+        long = df.assign(value=df[value], deactivated=df["deactivated"].fillna(""))
+        if "kind" not in long:
+            long["kind"] = long["row"].map(_parse_row).str[0] if "row" in long else "lape"
+    else:  # pivoted: index = row label, columns = evaluated language
+        long = _long(df.rename(index=str, columns=str), "row", "evaluated", "value")
+        parsed = long["row"].map(_parse_row)
+        long["kind"], long["deactivated"] = parsed.str[0], parsed.str[1]
+    long = long.astype({"kind": str, "deactivated": str, "evaluated": str, "value": float})
+    long.loc[long["deactivated"].str.lower().isin(_NONE_LABELS), "kind"] = "none"
     kinds = [k for k in long["kind"].unique() if k != "none"]
     if kind is None:
         kind = "lape" if "lape" in kinds else (kinds[0] if len(kinds) == 1 else None)
@@ -994,26 +883,43 @@ def _ppl_matrix(
             raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
     if kind not in kinds:
         raise ValueError(f"no rows of kind {kind!r} in the table; it has {kinds}.")
-    part = long[long["kind"] == kind]
-    wide = part.pivot_table(
+    cols = sort_languages(long["evaluated"])
+    wide = long[long["kind"] == kind].pivot_table(
         index="deactivated", columns="evaluated", values="value", aggfunc="mean", dropna=False
     )
-    rows = sort_languages(wide.index)
-    cols = sort_languages(long["evaluated"].unique())
-    wide = wide.reindex(index=rows, columns=cols)
+    wide = wide.reindex(index=sort_languages(wide.index), columns=cols)
     if include_baseline:
         base = long[long["kind"] == "none"]
         if base.empty:
             raise ValueError("include_baseline=True but the table has no 'none' row.")
-        b = base.groupby("evaluated")["value"].mean().reindex(cols)
-        wide = pd.concat([pd.DataFrame([b.to_numpy()], index=["none"], columns=cols), wide])
-    wide.index.name = "deactivated"
-    wide.columns.name = "evaluated"
-    return wide, kind
+        none = base.groupby("evaluated")["value"].mean().reindex(cols).rename("none")
+        wide = pd.concat([none.to_frame().T, wide])
+    return wide.rename_axis(index="deactivated", columns="evaluated"), kind
 
 
 def _is_delta(value: str) -> bool:
     return value.startswith("delta") or value.startswith("Δ")
+
+
+def _value_label(value: str) -> str:
+    return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+
+
+def _ppl_axes(
+    ax: Axes, wide: pd.DataFrame, value: str, kind: str, norm: mcolors.Normalize,
+    fmt: str, cbar: bool, config: Any, title: str | None,
+) -> None:
+    """Draw one perplexity matrix; outline its diagonal cells by hand (seaborn cannot)."""
+    cmap = DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP
+    _heatmap(ax, wide, norm, cmap, _value_label(value), annot=True, fmt=fmt, cbar=cbar)
+    cols = list(wide.columns)
+    for i, lang in enumerate(wide.index):
+        if lang in cols:
+            ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
+                                   clip_on=False))
+    ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
+    label = {"lape": "LAPE neurons", "random": "random control"}.get(kind, kind)
+    _title(ax, f"{_value_label(value)} after deactivation ({label})", config, title)
 
 
 def plot_ppl_heatmap(
@@ -1025,13 +931,11 @@ def plot_ppl_heatmap(
     include_baseline: bool = False,
     vmin: float | None = None,
     vmax: float | None = None,
-    annot: bool = True,
     fmt: str = ".2f",
-    colorbar: bool = True,
     config: Any = None,
     title: str | None = None,
 ) -> Axes:
-    """The perplexity-change matrix: rows = deactivated language, columns = evaluated one.
+    """Draw the perplexity-change matrix: rows = deactivated language, columns = evaluated.
 
     Accepted tables:
 
@@ -1049,7 +953,8 @@ def plot_ppl_heatmap(
     Values whose name starts with ``delta`` use the diverging colormap centred at 0
     (symmetric limits ``±max|value|`` unless ``vmin``/``vmax`` are given; asymmetric given
     limits keep 0 at the centre colour with a ``TwoSlopeNorm``); other values (``nll``,
-    ``ppl``) the sequential one. Diagonal cells (deactivated = evaluated) are outlined.
+    ``ppl``) the sequential one. The values are written in the cells; diagonal cells
+    (deactivated = evaluated) are outlined.
 
     Args:
         df: The table.
@@ -1059,48 +964,22 @@ def plot_ppl_heatmap(
         include_baseline: Add the ``"none"`` row on top (useful for ``nll``/``ppl``).
         vmin: Lower colour limit.
         vmax: Upper colour limit.
-        annot: Write the values in the cells.
         fmt: Format of the written values.
-        colorbar: Add a colour bar.
         config: LapeConfig (or dict, or selection) for the title.
         title: Replace the default title.
 
     Returns:
         The Axes (rows top to bottom, columns left to right in the module order).
+
+    Raises:
+        ValueError: ``value`` is not in the table, ``kind`` has no rows, or the given
+            limits of a difference do not straddle 0.
+
     """
-    wide, kind_name = _ppl_matrix(df, value, kind, include_baseline)
-    values = wide.to_numpy(dtype=float)
-    delta = _is_delta(value)
-    if delta:
-        norm, cmap = _diverging_norm(values, vmin, vmax), DIVERGING_CMAP
-    else:
-        norm, cmap = _sequential_norm(values, vmin, vmax), SEQUENTIAL_CMAP
-    n_rows, n_cols = values.shape
-    ax = _axes(ax, (1.8 + 0.7 * max(n_cols, 3), 1.2 + 0.5 * max(n_rows, 3)))
-    _heatmap(
-        ax,
-        values,
-        xlabels=list(wide.columns),
-        ylabels=list(wide.index),
-        cmap=cmap,
-        norm=norm,
-        annot=annot,
-        fmt=fmt,
-        top_down=True,
-        colorbar=colorbar,
-        cbar_label=value.replace("delta_", "Δ"),
-    )
-    cols = list(wide.columns)
-    for i, lang in enumerate(wide.index):
-        if lang in cols:
-            ax.add_patch(
-                Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2)
-            )
-    ax.set_xlabel("evaluated language")
-    ax.set_ylabel("deactivated neurons of")
-    label = {"lape": "LAPE neurons", "random": "random control"}.get(kind_name, kind_name)
-    base = f"{value.replace('delta_', 'Δ')} after deactivation" + (f" ({label})" if label else "")
-    _title(ax, base, config, title)
+    wide, kind = _ppl_matrix(df, value, kind, include_baseline)
+    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _is_delta(value))
+    ax = _axes(ax, (1.8 + 0.7 * max(wide.shape[1], 3), 1.2 + 0.5 * max(len(wide), 3)))
+    _ppl_axes(ax, wide, value, kind, norm, fmt, True, config, title)
     return ax
 
 
@@ -1109,54 +988,39 @@ def plot_ppl_comparison(
     value: str = "delta_nll",
     axes: Sequence[Axes] | np.ndarray | None = None,
     *,
-    kinds: Sequence[str] = ("lape", "random"),
     vmin: float | None = None,
     vmax: float | None = None,
-    annot: bool = True,
     config: Any = None,
 ) -> np.ndarray:
-    """LAPE deactivation next to the random control, on one shared colour scale.
+    """Draw LAPE deactivation next to the random control, on one shared colour scale.
 
     Args:
         df: A table with both kinds (as for :func:`plot_ppl_heatmap`), or
-            ``{kind: table}`` with one (pivoted or tidy) table per kind.
+            ``{"lape": table, "random": table}`` with one (pivoted or tidy) table per kind.
         value: Quantity shown.
-        axes: Two (``len(kinds)``) Axes; new figure if ``None``.
-        kinds: Which kinds, left to right.
+        axes: Two Axes; new figure if ``None``.
         vmin: Lower colour limit (default from both matrices, symmetric for deltas).
         vmax: Upper colour limit.
-        annot: Write the values in the cells.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        Array of the Axes, one per kind; both meshes have the same colour limits and share
-        one colour bar.
+        Array of the two Axes (LAPE, random); both meshes have the same colour limits and
+        share one colour bar.
+
     """
-    kinds = list(kinds)
-    if isinstance(df, Mapping):
-        tables = {k: df[k] for k in kinds}
-        mats = {k: _ppl_matrix(tables[k], value, None, False)[0] for k in kinds}
-    else:
-        tables = {k: df for k in kinds}
-        mats = {k: _ppl_matrix(df, value, k, False)[0] for k in kinds}
+    kinds = ["lape", "random"]
+    mats = {
+        k: _ppl_matrix(df[k], value, None)[0] if isinstance(df, Mapping)
+        else _ppl_matrix(df, value, k)[0]
+        for k in kinds
+    }
     allv = np.concatenate([m.to_numpy(dtype=float).ravel() for m in mats.values()])
-    if _is_delta(value):
-        norm = _diverging_norm(allv, vmin, vmax)
-    else:
-        norm = _sequential_norm(allv, vmin, vmax)
-    lo, hi = norm.vmin, norm.vmax
+    norm = _norm(allv, vmin, vmax, _is_delta(value))
     n_cols = max(m.shape[1] for m in mats.values())
-    axes = _axes_array(axes, len(kinds), ((1.5 + 0.7 * max(n_cols, 3)) * len(kinds) + 1.0, 4.2))
+    axes = _axes_array(axes, 2, ((1.5 + 0.7 * max(n_cols, 3)) * 2 + 1.0, 4.2))
     for a, k in zip(axes, kinds):
-        plot_ppl_heatmap(
-            tables[k], a, value, kind=k if not isinstance(df, Mapping) else None,
-            vmin=lo, vmax=hi, annot=annot, colorbar=False, config=config,
-        )
-        if isinstance(df, Mapping):  # kind came from the mapping, not the table
-            lab = {"lape": "LAPE neurons", "random": "random control"}.get(k, k)
-            _title(a, f"{value.replace('delta_', 'Δ')} after deactivation ({lab})", config)
-    mesh = axes[0].collections[0]
-    axes[0].figure.colorbar(mesh, ax=list(axes), label=value.replace("delta_", "Δ"))
+        _ppl_axes(a, mats[k], value, k, norm, ".2f", False, config, None)
+    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
     return axes
 
 
@@ -1172,22 +1036,22 @@ def plot_steering_sweep(
     source: str | None = "source_rate",
     cost: str | None = None,
     by: str | None = None,
-    cost_label: str | None = None,
     config: Any = None,
     title: str | None = None,
 ) -> Axes:
-    """Steering strength against how often the output is in the target language, and what
-    it costs.
+    """Draw steering strength against the output's language, and what steering costs.
 
     Expected columns (as :func:`lape_utils.steer.strength_sweep` returns them):
     ``strength``; ``target_rate`` (share of outputs in the target language, 0..1);
     optionally ``source_rate``; a cost column; optionally a grouping column such as
     ``neurons`` (``"lape"``/``"random"``) or ``mode``. Several rows per (group, strength)
-    are averaged.
+    are averaged (seaborn's estimator).
 
-    The rates are drawn on the left axis (0..1; target solid with circles, source dashed),
-    the cost on a second y axis on the right (dotted, squares): ``ax.right_ax`` (the pandas
-    convention). Groups get the line colours of the ``tab10`` cycle (LAPE first).
+    The rates are drawn on the left axis (0..1; target solid with circles, source dashed
+    with triangles), the cost on a second y axis on the right (dotted, squares):
+    ``ax.right_ax`` (the pandas convention). Each group has one colour of the ``tab10``
+    cycle (LAPE first, then random); lines are labelled ``"<column> (<group>)"``. The one
+    legend of both axes sits below the plot, off the data.
 
     Args:
         df: The sweep.
@@ -1195,60 +1059,54 @@ def plot_steering_sweep(
         x: Strength column.
         target: Target-rate column.
         source: Source-rate column (skipped when absent, ``None`` or all NaN).
-        cost: Cost column; default the first present of ``"cost"``, ``"drift"`` (100 −
-            chrF to the unsteered answer), ``"output_ppl"``. ``None`` and none present: no
-            right axis.
+        cost: Cost column, also the right axis' label; default the first present of
+            ``"cost"``, ``"drift"`` (100 − chrF to the unsteered answer), ``"output_ppl"``.
+            ``None`` and none present: no right axis.
         by: Grouping column; default ``"neurons"`` when present.
-        cost_label: y label of the cost axis (default the column name).
         config: LapeConfig (or dict, or selection) for the title.
         title: Replace the default title.
 
     Returns:
         The rate Axes; the cost axis is ``ax.right_ax`` (absent without a cost column).
+
+    Raises:
+        ValueError: A named column is missing.
+
     """
-    for col in (x, target):
+    for col in (x, target, cost or x):
         if col not in df.columns:
             raise ValueError(f"column {col!r} missing; the sweep has {list(df.columns)}.")
-    if cost is None:
-        cost = next((c for c in ("cost", "drift", "output_ppl") if c in df.columns), None)
-    elif cost not in df.columns:
-        raise ValueError(f"cost column {cost!r} missing; the sweep has {list(df.columns)}.")
-    if by is None and "neurons" in df.columns:
-        by = "neurons"
-    if source is not None and (source not in df.columns or df[source].isna().all()):
+    cost = cost or next((c for c in ("cost", "drift", "output_ppl") if c in df.columns), None)
+    by = by or ("neurons" if "neurons" in df.columns else None)
+    if source not in df.columns or df[source].isna().all():
         source = None
-    cols = [c for c in (target, source, cost) if c]
-    groups = [(None, df)] if by is None else list(df.groupby(by, sort=False))
-    if by is not None:
-        groups.sort(key=lambda g: (str(g[0]) != "lape", str(g[0]) != "random"))
-    ax = _axes(ax, (6.5, 3.8))
-    right = ax.twinx() if cost else None
-    cycle = plt.get_cmap("tab10").colors
-    for i, (name, part) in enumerate(groups):
-        agg = part.groupby(x)[cols].mean().sort_index()
-        color = cycle[i % len(cycle)]
-        suffix = f" ({name})" if name is not None else ""
-        ax.plot(agg.index, agg[target], color=color, marker="o", lw=1.8, label=f"{target}{suffix}")
-        if source:
-            ax.plot(
-                agg.index, agg[source], color=color, ls="--", marker="v", lw=1.2,
-                label=f"{source}{suffix}",
-            )
-        if right is not None:
-            right.plot(
-                agg.index, agg[cost], color=color, ls=":", marker="s", lw=1.2,
-                label=f"{cost}{suffix}",
-            )
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel(x)
-    ax.set_ylabel("share of outputs in the language")
+    rates = [c for c in (target, source) if c]
+    groups = sorted(df[by].unique() if by else [None], key=lambda g: (g != "lape", g != "random"))
+    colors = dict(zip(groups, plt.get_cmap("tab10").colors * len(groups)))
+    suffix = {g: "" if g is None else f" ({g})" for g in groups}
+    data = df.assign(_group=df[by] if by else None).melt(
+        id_vars=[x, "_group"], value_vars=[c for c in (*rates, cost) if c], var_name="column"
+    )
+    data["series"] = data["column"] + data["_group"].map(suffix)
+
+    def draw(on: Axes, columns: list[str], **kws: Any) -> None:
+        palette = {f"{c}{suffix[g]}": colors[g] for g in groups for c in columns}
+        part = data[data["column"].isin(columns)]
+        _lines(on, part, x, "value", "series", palette, style="column", **kws)
+
+    ax = _axes(ax, (6.5, 4.4))
+    draw(ax, rates, markers=["o", "v"][: len(rates)], dashes=["", (4, 2)][: len(rates)],
+         size="column", sizes=dict(zip(rates, (1.8, 1.2))))
+    ax.set(ylim=(-0.02, 1.02), xlabel=x, ylabel="share of outputs in the language")
     handles, labels = ax.get_legend_handles_labels()
-    if right is not None:
-        right.set_ylabel(cost_label or cost)
+    if cost:
+        right = ax.right_ax = ax.twinx()
+        draw(right, [cost], markers=["s"], dashes=[(1, 2)], lw=1.2)
+        right.set_ylabel(cost)
         h2, l2 = right.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-        ax.right_ax = right
-    ax.legend(handles, labels, fontsize="small", loc="best")
+    ax.legend(handles, labels, fontsize="small", loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncols=min(3, len(labels)))
     _title(ax, "Steering: strength sweep", config, title)
     return ax
 
@@ -1257,8 +1115,7 @@ def plot_steering_sweep(
 
 
 def _window(context: str, token: str, width: int) -> str:
-    """Whitespace-collapsed context, the token's first occurrence marked «…», cut to about
-    ``width`` characters around it."""
+    """Collapse whitespace, mark the token's first occurrence «…», cut ``width`` around it."""
     text = " ".join(str(context).split())
     tok = str(token).strip()
     pos = text.find(tok) if tok else -1
@@ -1281,7 +1138,7 @@ def plot_top_contexts(
     max_context: int = 70,
     title: str | None = None,
 ) -> Axes:
-    """A table of the tokens and contexts that activate a neuron most, per language.
+    """Draw a table of the tokens and contexts that activate a neuron most, per language.
 
     Args:
         df: Columns ``language``, ``token``, ``context`` (text around the token) and
@@ -1297,6 +1154,7 @@ def plot_top_contexts(
         The Axes; ``ax.tables[0]`` has a header row (``language``, ``activation``,
         ``token``, ``context``) then the rows, languages in the module order, the language
         cell in the language's colour.
+
     """
     need = {"language", "token", "context", "activation"}
     missing = sorted(need - set(df.columns))
@@ -1349,13 +1207,6 @@ def plot_top_contexts(
 # ============================================================================ saving
 
 
-def _root_figure(obj: Any) -> Figure:
-    fig = obj
-    while not isinstance(fig, Figure):
-        fig = fig.figure
-    return fig
-
-
 def save_figure(
     obj: Axes | Figure | SubFigure | np.ndarray | Sequence[Axes],
     path: str | os.PathLike,
@@ -1378,16 +1229,17 @@ def save_figure(
 
     Returns:
         The path written.
+
     """
     if isinstance(obj, (Figure, SubFigure, Axes)):
-        fig = _root_figure(obj)
+        fig = obj.get_figure(root=True)
     else:
         items = [a for a in np.asarray(obj, dtype=object).ravel() if a is not None]
         if not items or not all(isinstance(a, Axes) for a in items):
             raise TypeError(
                 f"save_figure needs an Axes, Axes array or Figure, got {type(obj).__name__}."
             )
-        figs = {id(_root_figure(a)): _root_figure(a) for a in items}
+        figs = {id(a.get_figure(root=True)): a.get_figure(root=True) for a in items}
         if len(figs) != 1:
             raise ValueError(f"the Axes belong to {len(figs)} different figures; save each.")
         fig = next(iter(figs.values()))
