@@ -176,6 +176,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
     print(sel.counts().sum().to_string())
     if args.format == "official":
         to_official(sel, args.out, overwrite=args.overwrite)
+        print(f"language order of the lists: {', '.join(sel.languages)} "
+              f"(recorded in {args.out}.json)")
     else:
         sel.save(args.out, overwrite=args.overwrite)
     print(f"saved to {args.out}")

@@ -15,6 +15,7 @@ All model access goes through :mod:`lape_utils.intervene`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._files import refuse_overwrite
+from .config import LapeConfig
 from .intervene import (
     Intervention,
     InterventionError,
@@ -49,9 +51,11 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PplMatrix",
+    "delta_interval",
     "nll",
     "perplexity_matrix",
     "score_continuations",
+    "threshold_effect",
 ]
 
 NONE_ROW = "none"
@@ -618,3 +622,49 @@ def perplexity_matrix(
     if "random" in controls:
         meta["seed"] = controls["random"].provenance.get("seed")
     return PplMatrix(pd.DataFrame(records), pd.concat(per_chunk, ignore_index=True), meta)
+
+
+def threshold_effect(
+    model: LapeModel,
+    stats,
+    heldout: PackedCorpus,
+    top_rates: Sequence[float],
+    *,
+    config: LapeConfig = LapeConfig(),
+    batch_size: int = 4,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """What the selection threshold does to the evidence.
+
+    For each ``top_rate``: identify from ``stats`` (the other thresholds from ``config``),
+    zero each language's set on the held-out text of every language, and record the
+    diagonal ΔNLL with its interval, the mean off-diagonal ΔNLL and the set's size. Rows
+    are the languages both selected and in ``heldout``.
+
+    Args:
+        model: The loaded model.
+        stats: Its :class:`~lape_utils.stats.ActivationStats`.
+        heldout: Packed held-out text; its languages are evaluated.
+        top_rates: Fractions of all neurons to select, e.g. ``(0.0025, 0.005, 0.01, 0.02)``.
+        config: The other thresholds.
+        batch_size: Chunks per forward pass.
+        progress: Show progress bars.
+
+    Returns:
+        Tidy DataFrame: ``top_rate``, ``language``, ``n_neurons``, ``diag_delta``,
+        ``diag_lo``, ``diag_hi``, ``offdiag_mean_delta``.
+    """
+    from .lape import identify
+
+    frames = []
+    for rate in top_rates:
+        sel = identify(stats.over_zero, stats.n, stats.languages,
+                       dataclasses.replace(config, top_rate=rate))
+        rows = [lang for lang in sel.languages if lang in heldout.languages]
+        summ = perplexity_matrix(model, sel, heldout, controls={}, batch_size=batch_size,
+                                 languages=rows, progress=progress).summary()
+        summ = summ.reset_index()[["deactivated", "n_neurons", "diag_delta", "diag_lo",
+                                   "diag_hi", "offdiag_mean_delta"]]
+        frames.append(summ.rename(columns={"deactivated": "language"}).assign(top_rate=rate))
+    out = pd.concat(frames, ignore_index=True)
+    return out[["top_rate", *[c for c in out.columns if c != "top_rate"]]]

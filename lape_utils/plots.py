@@ -53,6 +53,7 @@ __all__ = [
     "LANGUAGE_COLORS",
     "SEQUENTIAL_CMAP",
     "language_color",
+    "plot_convergence",
     "plot_entropy_distribution",
     "plot_language_counts",
     "plot_layer_distribution",
@@ -61,9 +62,9 @@ __all__ = [
     "plot_ppl_comparison",
     "plot_ppl_heatmap",
     "plot_probability_profiles",
-    "plot_published_comparison",
     "plot_stability",
     "plot_steering_sweep",
+    "plot_threshold_effect",
     "plot_top_contexts",
     "save_figure",
 ]
@@ -194,11 +195,15 @@ def _heatmap(
 
     NaN cells are neither coloured nor written. Cells in ``mask`` are left uncoloured (the
     axes background shows) but still written: by hand, since seaborn skips masked cells.
-    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``.
+    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``. Tick
+    labels are given explicitly (every one, or every ``yticklabels``-th row): seaborn's
+    automatic choice draws the whole figure once to measure them, which costs more than
+    the heatmap.
     """
+    kws.setdefault("yticklabels", True)
     sns.heatmap(
         table, ax=ax, cmap=cmap, norm=norm, vmin=norm.vmin, vmax=norm.vmax, mask=mask,
-        annot_kws={"fontsize": "small"}, cbar_kws={"label": label}, **kws,
+        xticklabels=True, annot_kws={"fontsize": "small"}, cbar_kws={"label": label}, **kws,
     )
     ax.tick_params(axis="y", labelrotation=0)
     if kws.get("annot") and mask is not None:
@@ -738,99 +743,80 @@ def plot_stability(
     return ax
 
 
-# ============================================================================ published
-
-
-def plot_published_comparison(
-    published: Mapping[str, NeuronSelection],
-    ours: NeuronSelection | None = None,
-    ax: Axes | Sequence[Axes] | None = None,
-    *,
-    kind: Literal["depth", "regions", "both"] = "both",
-    ours_name: str = "ours",
-    bottom: float = 0.1,
-    top: float = 0.25,
-    title: str | None = None,
-) -> Axes | np.ndarray:
-    """Our selection next to the paper's published sets: where in the network they sit.
+def plot_convergence(
+    table: pd.DataFrame, axes: Sequence[Axes] | np.ndarray | None = None, *,
+    config: Any = None,
+) -> np.ndarray:
+    """How the selection changes with the token budget (from budget snapshots).
 
     Args:
-        published: ``{model name: selection}``, e.g. from
-            :func:`lape_utils.analysis.published_sets`.
-        ours: Our selection (drawn first, black), or ``None``.
-        ax: One Axes for ``"depth"``/``"regions"``, two for ``"both"``; new figure if
-            ``None``.
-        kind: ``"depth"``: one line per model, x = relative depth (0 = first layer, 1 =
-            last), y = density of its distinct selected neurons (fraction per layer × L, so
-            1 = uniform whatever the depth); the bottom and top regions are shaded (at the
-            fractions ``bottom`` and ``1 - top``; the exact layers per model are those of
-            :func:`lape_utils.analysis.region_layers`).
-            ``"regions"``: one horizontal stacked bar per model (ours on top) of the shares in
-            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`),
-            matplotlib's own stacked ``barh`` (seaborn does not stack bars).
-            ``"both"``: the two side by side.
-        ours_name: Label of our selection.
-        bottom: Fraction of layers counted as bottom.
-        top: Fraction of layers counted as top.
-        title: Replace the default title.
+        table: :func:`lape_utils.analysis.convergence` (columns ``tokens``, ``language``,
+            ``count``, ``jaccard``).
+        axes: Two Axes; new figure if ``None``.
+        config: LapeConfig (or dict) for the titles.
 
     Returns:
-        The Axes, or an array ``[depth, regions]`` for ``"both"``.
-
+        ``[jaccard, counts]``: per language (and ``"all"``, grey) the Jaccard of the
+        selection at each budget to the full-budget one (y from 0 to 1, the 0.9 line of
+        :data:`lape_utils.analysis.CONVERGED_AT` dotted), and the neurons selected per
+        language; x = tokens per language (log scale).
     """
-    if kind == "both":
-        axes = _axes_array(ax, 2, (13.0, 4.2))
-        for a, k in zip(axes, ("depth", "regions")):
-            plot_published_comparison(
-                published, ours, a, kind=k, ours_name=ours_name, bottom=bottom, top=top,
-                title=title,
-            )
-        return axes
-    sets = ({ours_name: ours} if ours is not None else {}) | dict(published)
-    if not sets:
-        raise ValueError("nothing to compare: no published set and no selection of ours.")
-    if kind == "depth":
-        others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
-        colors = {
-            name: "black" if ours is not None and name == ours_name else next(others)
-            for name in sets
-        }
-        profiles = pd.concat(
-            [analysis.depth_profile(sel).assign(model=name) for name, sel in sets.items()]
-        )
-        ax = _axes(ax, (7.0, 4.2))
-        ax.axvspan(0, bottom, color="#eeeeee", zorder=0)
-        ax.axvspan(1 - top, 1, color="#eeeeee", zorder=0)
-        lines = _lines(ax, profiles, "relative_depth", "density", "model", colors, lw=1.3)
-        if ours is not None and lines and lines[0].get_label() == ours_name:
-            lines[0].set_linewidth(2.4)
-        ax.set(xlim=(0, 1), ylim=(0, None), xlabel="relative depth (0 = first layer, 1 = last)",
-               ylabel="density of selected neurons (1 = uniform)")
-        ax.legend(fontsize="small")
-        _title(ax, "Where the neurons sit", ours, title)
-        return ax
-    if kind != "regions":
-        raise ValueError(f"kind must be 'depth', 'regions' or 'both', got {kind!r}.")
-    table = analysis.compare_with_published(
-        ours, published, ours_name=ours_name, bottom=bottom, top=top
-    )
-    ax = _axes(ax, (7.0, 1.2 + 0.45 * len(table)))
-    y = np.arange(len(table))
-    left = np.zeros(len(table))
-    colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
-    labels = {"bottom": f"bottom {bottom:.0%} of layers", "top": f"top {top:.0%} of layers"}
-    for region in analysis.REGIONS:
-        w = table[region].to_numpy(dtype=float)
-        bars = ax.barh(y, w, left=left, color=colors[region], label=labels.get(region, region))
-        ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w],
-                     label_type="center", fontsize="small")
-        left += np.nan_to_num(w)
-    ax.set_yticks(y, labels=list(table.index))
-    ax.invert_yaxis()
-    ax.set(xlim=(0, 1), xlabel="share of the selected neurons")
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
-    _title(ax, "Share of the neurons in each layer region", ours, title)
-    return ax
+    axes = _axes_array(axes, 2, (12.0, 3.8))
+    df = table.assign(language=table["language"].astype(str))
+    palette = _palette(_language_columns(df["language"].unique()))
+    for ax, y, label in ((axes[0], "jaccard", "Jaccard to the full-budget selection"),
+                         (axes[1], "count", "neurons selected")):
+        _lines(ax, df, "tokens", y, "language", palette, marker="o", ms=4, lw=1.4)
+        ax.set(xscale="log", xlabel="tokens per language", ylabel=label)
+        ax.legend(title="language", fontsize="small", ncols=2)
+    axes[0].axhline(analysis.CONVERGED_AT, color="grey", ls=":", lw=1)
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_ylim(bottom=0)
+    _title(axes[0], "Convergence of the selection with the budget", config)
+    _title(axes[1], "Selection size with the budget", config)
+    return axes
+
+
+def plot_threshold_effect(
+    table: pd.DataFrame, axes: Sequence[Axes] | np.ndarray | None = None
+) -> np.ndarray:
+    """What ``top_rate`` does to the evidence: ΔNLL on the own language and on the others.
+
+    Args:
+        table: :func:`lape_utils.evaluate.threshold_effect` (columns ``top_rate``,
+            ``language``, ``n_neurons``, ``diag_delta``, ``diag_lo``, ``diag_hi``,
+            ``offdiag_mean_delta``).
+        axes: Two Axes; new figure if ``None``.
+
+    Returns:
+        ``[effect, size]``: per language, the diagonal ΔNLL (solid, with its 95% interval
+        as a band) and the mean off-diagonal ΔNLL (dashed) against ``top_rate`` in percent
+        (log scale); and the neurons selected per language. y from 0 in the size panel.
+    """
+    axes = _axes_array(axes, 2, (12.0, 3.8))
+    df = table.assign(language=table["language"].astype(str), pct=table["top_rate"] * 100)
+    palette = _palette(_language_columns(df["language"].unique()))
+    ax = axes[0]
+    _lines(ax, df, "pct", "diag_delta", "language", palette, marker="o", ms=4, lw=1.6)
+    off = _lines(ax, df, "pct", "offdiag_mean_delta", "language", palette, ls="--", lw=1,
+                 marker=".")
+    for line in off:
+        line.set_label(f"{line.get_label()} (others)")
+    for lang, part in df.groupby("language", sort=False):
+        part = part.sort_values("pct")
+        ax.fill_between(part["pct"], part["diag_lo"], part["diag_hi"], color=palette[lang],
+                        alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xscale="log", xlabel="top_rate (% of all neurons selected)",
+           ylabel="ΔNLL (nats) when zeroed")
+    ax.legend(fontsize="small", ncols=2)
+    _title(ax, "Own language (solid) and the others (dashed)", None)
+    _lines(axes[1], df, "pct", "n_neurons", "language", palette, marker="o", ms=4, lw=1.4)
+    axes[1].set(xscale="log", ylim=(0, None), xlabel="top_rate (% of all neurons selected)",
+                ylabel="neurons of the language")
+    axes[1].legend(fontsize="small", ncols=2)
+    _title(axes[1], "Selection size", None)
+    return axes
 
 
 # ============================================================================ deactivation
@@ -841,7 +827,8 @@ _NONE_LABELS = {"", "none", "nan"}
 def _parse_row(label: str) -> tuple[str, str]:
     """Split a row label into (kind, language).
 
-    Labels: ``"none"``, ``"zh"``, ``"zh (random)"``, ``"lape:zh"``, ``"random:zh"``.
+    Labels: ``"none"``, ``"zh"``, ``"zh (random)"``, ``"zh (matched)"``, ``"lape:zh"``,
+    ``"random:zh"``.
     """
     s = str(label).strip()
     if s.lower() in _NONE_LABELS:
@@ -849,8 +836,9 @@ def _parse_row(label: str) -> tuple[str, str]:
     if ":" in s:
         kind, lang = s.split(":", 1)
         return kind.strip(), lang.strip()
-    if s.endswith("(random)"):
-        return "random", s[: -len("(random)")].strip()
+    if s.endswith(")") and " (" in s:
+        lang, kind = s[:-1].split(" (", 1)
+        return kind.strip(), lang.strip()
     return "lape", s
 
 
@@ -905,11 +893,28 @@ def _value_label(value: str) -> str:
     return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
 
 
+_KIND_LABELS = {"lape": "LAPE neurons", "random": "random control",
+                "matched": "activity-matched control"}
+
+
+def _significance(df: pd.DataFrame, value: str, kind: str, wide: pd.DataFrame):
+    """Cells whose 95% interval excludes 0 (``excludes_zero`` of a tidy table), or None."""
+    if not _is_delta(value) or "excludes_zero" not in df.columns:
+        return None
+    sig = _ppl_matrix(df.assign(excludes_zero=df["excludes_zero"].astype(float)),
+                      "excludes_zero", kind)[0]
+    return sig.reindex_like(wide).fillna(0).to_numpy() > 0.5
+
+
 def _ppl_axes(
     ax: Axes, wide: pd.DataFrame, value: str, kind: str, norm: mcolors.Normalize,
-    fmt: str, cbar: bool, config: Any, title: str | None,
+    fmt: str, cbar: bool, config: Any, title: str | None, sig: np.ndarray | None = None,
 ) -> None:
-    """Draw one perplexity matrix; outline its diagonal cells by hand (seaborn cannot)."""
+    """Draw one perplexity matrix; outline its diagonal cells by hand (seaborn cannot).
+
+    With ``sig`` (cells whose interval excludes 0) those values are written in bold and
+    the others in grey, and the title says so.
+    """
     cmap = DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP
     _heatmap(ax, wide, norm, cmap, _value_label(value), annot=True, fmt=fmt, cbar=cbar)
     cols = list(wide.columns)
@@ -917,9 +922,18 @@ def _ppl_axes(
         if lang in cols:
             ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
                                    clip_on=False))
+    if sig is not None:
+        for text in ax.texts:
+            x, y = text.get_position()
+            if sig[int(y), int(x)]:
+                text.set_fontweight("bold")
+            else:
+                text.set_alpha(0.55)
     ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
-    label = {"lape": "LAPE neurons", "random": "random control"}.get(kind, kind)
-    _title(ax, f"{_value_label(value)} after deactivation ({label})", config, title)
+    base = f"{_value_label(value)} after deactivation ({_KIND_LABELS.get(kind, kind)})"
+    if sig is not None:
+        base += "\nbold: 95% interval excludes 0"
+    _title(ax, base, config, title)
 
 
 def plot_ppl_heatmap(
@@ -979,7 +993,8 @@ def plot_ppl_heatmap(
     wide, kind = _ppl_matrix(df, value, kind, include_baseline)
     norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _is_delta(value))
     ax = _axes(ax, (1.8 + 0.7 * max(wide.shape[1], 3), 1.2 + 0.5 * max(len(wide), 3)))
-    _ppl_axes(ax, wide, value, kind, norm, fmt, True, config, title)
+    sig = None if include_baseline else _significance(df, value, kind, wide)
+    _ppl_axes(ax, wide, value, kind, norm, fmt, True, config, title, sig)
     return ax
 
 
@@ -992,34 +1007,41 @@ def plot_ppl_comparison(
     vmax: float | None = None,
     config: Any = None,
 ) -> np.ndarray:
-    """Draw LAPE deactivation next to the random control, on one shared colour scale.
+    """Draw LAPE deactivation next to its controls, on one shared colour scale.
 
     Args:
-        df: A table with both kinds (as for :func:`plot_ppl_heatmap`), or
-            ``{"lape": table, "random": table}`` with one (pivoted or tidy) table per kind.
+        df: A table with LAPE and control rows (as for :func:`plot_ppl_heatmap`), or
+            ``{"lape": table, "random": table, ...}`` with one (pivoted or tidy) table per
+            kind. With a tidy table holding intervals, cells whose interval excludes 0 are
+            written in bold.
         value: Quantity shown.
-        axes: Two Axes; new figure if ``None``.
-        vmin: Lower colour limit (default from both matrices, symmetric for deltas).
+        axes: One Axes per kind (LAPE, then each control); new figure if ``None``.
+        vmin: Lower colour limit (default from all matrices, symmetric for deltas).
         vmax: Upper colour limit.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        Array of the two Axes (LAPE, random); both meshes have the same colour limits and
-        share one colour bar.
+        Array of the Axes (LAPE, then the controls in table order: ``random``,
+        ``matched``); every mesh has the same colour limits and they share one colour bar.
 
     """
-    kinds = ["lape", "random"]
-    mats = {
-        k: _ppl_matrix(df[k], value, None)[0] if isinstance(df, Mapping)
-        else _ppl_matrix(df, value, k)[0]
-        for k in kinds
-    }
+    if isinstance(df, Mapping):
+        kinds = list(df)
+        mats = {k: _ppl_matrix(df[k], value, None)[0] for k in kinds}
+        sigs = dict.fromkeys(kinds)
+    else:
+        present = [_parse_row(r)[0] for r in df["row"]] if "row" in df else []
+        kinds = ["lape", *[k for k in dict.fromkeys(df.get("kind", present))
+                          if k not in ("lape", "none")]]
+        mats = {k: _ppl_matrix(df, value, k)[0] for k in kinds}
+        sigs = {k: _significance(df, value, k, mats[k]) for k in kinds}
     allv = np.concatenate([m.to_numpy(dtype=float).ravel() for m in mats.values()])
     norm = _norm(allv, vmin, vmax, _is_delta(value))
     n_cols = max(m.shape[1] for m in mats.values())
-    axes = _axes_array(axes, 2, ((1.5 + 0.7 * max(n_cols, 3)) * 2 + 1.0, 4.2))
+    axes = _axes_array(axes, len(kinds),
+                       ((1.5 + 0.7 * max(n_cols, 3)) * len(kinds) + 1.0, 4.2))
     for a, k in zip(axes, kinds):
-        _ppl_axes(a, mats[k], value, k, norm, ".2f", False, config, None)
+        _ppl_axes(a, mats[k], value, k, norm, ".2f", False, config, None, sigs[k])
     axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
     return axes
 

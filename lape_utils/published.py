@@ -15,6 +15,7 @@ es, vi, id, ja. Everything about them lives here:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -24,16 +25,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
+from matplotlib.axes import Axes
 
 from ._files import refuse_overwrite
-from .analysis import ALL, layer_counts, layer_region_shares
-from .corpus import data_dir
+from .analysis import ALL, REGIONS, depth_profile, layer_counts, layer_region_shares
 from .config import LapeConfig
+from .corpus import data_dir
 from .languages import sort_languages
+from .plots import _axes, _axes_array, _lines, _title
 from .selection import NeuronSelection, _as_index_tensor
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ __all__ = [
     "download_official",
     "official_path",
     "official_url",
+    "plot_published_comparison",
     "published_counts",
     "published_sets",
     "from_official",
@@ -115,27 +121,44 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 # ---------------------------------------------------------------------- the format
 
 
+def _official_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
 def to_official(
     selection: NeuronSelection, path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """Write the paper's published format: ``torch.save`` of ``List[List[LongTensor]]``.
 
-    ``mask[language][layer]`` with languages in ``selection.languages`` order. Every language
-    is written, including ones with no neurons (the reference's ``bincount`` would drop
-    trailing empty ones). Config and provenance are not part of this format.
+    ``mask[language][layer]`` with languages in ``selection.languages`` order. Every
+    language is written, including ones with no neurons (the reference's ``bincount`` would
+    drop trailing empty ones). The format has no room for language names, thresholds or
+    provenance, so a sidecar ``<path>.json`` records them (the language order first of
+    all); :func:`from_official` reads it back.
 
     Args:
         selection: The neuron sets.
         path: Target file (conventionally ``<name>.neuron.pth``).
-        overwrite: Replace an existing file.
+        overwrite: Replace an existing file (and its sidecar).
 
     Returns:
         The path written.
     """
     path = Path(path)
-    refuse_overwrite([path], overwrite)
+    sidecar = _official_sidecar(path)
+    refuse_overwrite([path, sidecar], overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save([[t.clone() for t in selection.indices[lang]] for lang in selection.languages], path)
+    meta = {
+        "format": "List[List[LongTensor]], mask[language][layer] (Tang et al., ACL 2024)",
+        "languages": list(selection.languages),
+        "n_layers": selection.n_layers,
+        "n_neurons": selection.n_neurons,
+        "method": selection.method,
+        "config": selection.config,
+        "provenance": selection.provenance,
+    }
+    sidecar.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return path
 
 
@@ -144,24 +167,26 @@ def from_official(
     languages: Sequence[str] | None = None,
     n_neurons: int | None = None,
 ) -> NeuronSelection:
-    """Read a published ``*.neuron.pth`` file (``List[List[LongTensor]]``).
+    """Read a ``*.neuron.pth`` file in the paper's format (``List[List[LongTensor]]``).
 
     Loaded with ``torch.load(weights_only=True)``.
 
     * ``n_layers`` is the number of per-layer tensors (the same in every language).
-    * ``n_neurons``: the argument if given; else, if the file name is a published one
-      (``LLaMA-2-7B.neuron.pth`` ...; see :data:`OFFICIAL_MODELS`) with a matching layer
-      count, that model's FFN width; else ``max index + 1`` — only a lower bound, logged
-      as a warning (pass ``n_neurons`` to be exact; masks and random controls depend on
-      it).
-    * ``languages`` default to :data:`OFFICIAL_LANGUAGES` cut to the number of lists in
-      the file. Six of the seven published files hold 6 lists; whether ``ja`` was not
-      run or was dropped by the reference's ``bincount`` (it drops trailing languages
-      with no neurons) cannot be told from the file.
+    * ``languages``: the argument if given; else the order recorded by the sidecar
+      ``<path>.json`` that :func:`to_official` writes; else the paper's order
+      (:data:`OFFICIAL_LANGUAGES`, cut to the number of lists), which is right for the
+      published files and an *assumption* for others: a warning says so and the
+      provenance records it (``languages_from``). Six of the seven published files hold 6
+      lists; whether ``ja`` was not run or was dropped by the reference's ``bincount`` (it
+      drops trailing languages with no neurons) cannot be told from the file.
+    * ``n_neurons``: the argument if given; else the sidecar's; else, if the file name is
+      a published one (``LLaMA-2-7B.neuron.pth`` ...; see :data:`OFFICIAL_MODELS`) with a
+      matching layer count, that model's FFN width; else ``max index + 1``, only a lower
+      bound, logged as a warning (pass ``n_neurons`` to be exact; masks and random controls
+      depend on it).
 
-    The config is recorded as the paper's defaults (top 1%, 0.95, 0.95), which the
-    published files are consistent with (exactly 1% distinct neurons each); the files
-    themselves do not record it.
+    The config is the sidecar's, or the paper's defaults (top 1%, 0.95, 0.95), which the
+    published files are consistent with (exactly 1% distinct neurons each).
 
     Args:
         path: The file.
@@ -169,7 +194,11 @@ def from_official(
         n_neurons: FFN width of the model.
 
     Returns:
-        The selection, ``method="lape"``, provenance naming the file and its SHA-256.
+        The selection, ``method="lape"``, provenance naming the file, its SHA-256 and
+        where the language order and the width came from.
+
+    Raises:
+        ValueError: not the format; languages that contradict the sidecar or do not fit.
     """
     path = Path(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -186,28 +215,48 @@ def from_official(
             f"{path}: languages have different layer counts {sorted(n_layers_set)}."
         )
     n_layers = n_layers_set.pop()
-    if languages is None:
+    name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
+    sidecar = _official_sidecar(path)
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if languages is not None:
+        languages, languages_from = list(languages), "argument"
+        if meta.get("languages") and meta["languages"] != languages:
+            raise ValueError(
+                f"{path}: languages {languages} contradict its sidecar {sidecar.name}, which "
+                f"records {meta['languages']}; omit languages= to use the recorded order."
+            )
+    elif meta.get("languages"):
+        languages, languages_from = list(meta["languages"]), f"sidecar {sidecar.name}"
+    else:
         if len(raw) > len(OFFICIAL_LANGUAGES):
             raise ValueError(
                 f"{path} holds {len(raw)} language lists, more than the "
                 f"{len(OFFICIAL_LANGUAGES)} official ones; pass languages=[...]."
             )
         languages = list(OFFICIAL_LANGUAGES[: len(raw)])
-    else:
-        languages = list(languages)
-        if len(languages) != len(raw):
-            raise ValueError(
-                f"{path} holds {len(raw)} language lists but {len(languages)} languages "
-                f"were given ({languages})."
+        if name in OFFICIAL_MODELS:
+            languages_from = "the paper's order (a published file)"
+        else:
+            languages_from = "assumed: the paper's order (no sidecar, no languages=)"
+            logger.warning(
+                "%s records no language names and has no sidecar: assuming the paper's "
+                "order %s. Pass languages=[...] if it was written in another order.",
+                path, ", ".join(languages),
             )
+    if len(languages) != len(raw):
+        raise ValueError(
+            f"{path} holds {len(raw)} language lists but {len(languages)} languages "
+            f"were given ({languages})."
+        )
     tensors = [
         [_as_index_tensor(t, f"{path.name}[{k}][{li}]") for li, t in enumerate(lists)]
         for k, lists in enumerate(raw)
     ]
     max_index = max((int(t.max()) for lists in tensors for t in lists if t.numel()), default=-1)
-    name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
     if n_neurons is not None:
         source = "argument"
+    elif meta.get("n_neurons"):
+        n_neurons, source = int(meta["n_neurons"]), f"sidecar {sidecar.name}"
     elif name in OFFICIAL_MODELS and OFFICIAL_MODELS[name].n_layers == n_layers:
         n_neurons = OFFICIAL_MODELS[name].n_neurons
         source = f"known size of {name}"
@@ -224,22 +273,29 @@ def from_official(
         raise ValueError(
             f"{path}: index {max_index} does not fit n_neurons={n_neurons}."
         )
+    provenance = {
+        "source": "published LAPE neurons (Tang et al., ACL 2024)" if name in OFFICIAL_MODELS
+        else "a file in the paper's format",
+        "file": str(path),
+        "sha256": _sha256(path),
+        "model": name,
+        "languages_from": languages_from,
+        "n_neurons_from": source,
+    }
+    if meta:
+        provenance["sidecar"] = meta.get("provenance", {})
+    else:
+        provenance["config_note"] = "paper defaults assumed; the file does not record them"
     return NeuronSelection(
         languages=languages,
         indices=dict(zip(languages, tensors, strict=True)),
         n_layers=n_layers,
         n_neurons=n_neurons,
-        method="lape",
-        config=LapeConfig().to_dict(),
-        provenance={
-            "source": "published LAPE neurons (Tang et al., ACL 2024)",
-            "file": str(path),
-            "sha256": _sha256(path),
-            "model": name,
-            "n_neurons_from": source,
-            "config_note": "paper defaults assumed; the file does not record them",
-        },
+        method=meta.get("method", "lape"),
+        config=meta.get("config") or LapeConfig().to_dict(),
+        provenance=provenance,
     )
+
 
 # ---------------------------------------------------------------------- official files
 
@@ -540,6 +596,101 @@ def compare_with_published(
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "model"
     return df
+
+
+# ---------------------------------------------------------------------- the figure
+
+
+def plot_published_comparison(
+    published: Mapping[str, NeuronSelection | pd.DataFrame],
+    ours: NeuronSelection | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+    *,
+    kind: Literal["depth", "regions", "both"] = "both",
+    ours_name: str = "ours",
+    bottom: float = 0.1,
+    top: float = 0.25,
+    title: str | None = None,
+) -> Axes | np.ndarray:
+    """Our selection next to the paper's published sets: where in the network they sit.
+
+    Args:
+        published: ``{model name: selection or count table}``, e.g. from
+            :func:`published_counts` (offline) or :func:`published_sets`.
+        ours: Our selection (drawn first, black), or ``None``.
+        ax: One Axes for ``"depth"``/``"regions"``, two for ``"both"``; new figure if
+            ``None``.
+        kind: ``"depth"``: one line per model, x = relative depth (0 = first layer, 1 =
+            last), y = density of its distinct selected neurons (fraction per layer × L, so
+            1 = uniform whatever the depth); the bottom and top regions are shaded (at the
+            fractions ``bottom`` and ``1 - top``; the exact layers per model are those of
+            :func:`lape_utils.analysis.region_layers`).
+            ``"regions"``: one horizontal stacked bar per model (ours on top) of the shares in
+            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`),
+            matplotlib's own stacked ``barh`` (seaborn does not stack bars).
+            ``"both"``: the two side by side.
+        ours_name: Label of our selection.
+        bottom: Fraction of layers counted as bottom.
+        top: Fraction of layers counted as top.
+        title: Replace the default title.
+
+    Returns:
+        The Axes, or an array ``[depth, regions]`` for ``"both"``.
+
+    """
+    if kind == "both":
+        axes = _axes_array(ax, 2, (13.0, 4.2))
+        for a, k in zip(axes, ("depth", "regions")):
+            plot_published_comparison(
+                published, ours, a, kind=k, ours_name=ours_name, bottom=bottom, top=top,
+                title=title,
+            )
+        return axes
+    sets = ({ours_name: ours} if ours is not None else {}) | dict(published)
+    if not sets:
+        raise ValueError("nothing to compare: no published set and no selection of ours.")
+    if kind == "depth":
+        others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
+        colors = {
+            name: "black" if ours is not None and name == ours_name else next(others)
+            for name in sets
+        }
+        profiles = pd.concat(
+            [depth_profile(sel).assign(model=name) for name, sel in sets.items()]
+        )
+        ax = _axes(ax, (7.0, 4.2))
+        ax.axvspan(0, bottom, color="#eeeeee", zorder=0)
+        ax.axvspan(1 - top, 1, color="#eeeeee", zorder=0)
+        lines = _lines(ax, profiles, "relative_depth", "density", "model", colors, lw=1.3)
+        if ours is not None and lines and lines[0].get_label() == ours_name:
+            lines[0].set_linewidth(2.4)
+        ax.set(xlim=(0, 1), ylim=(0, None), xlabel="relative depth (0 = first layer, 1 = last)",
+               ylabel="density of selected neurons (1 = uniform)")
+        ax.legend(fontsize="small")
+        _title(ax, "Where the neurons sit", ours, title)
+        return ax
+    if kind != "regions":
+        raise ValueError(f"kind must be 'depth', 'regions' or 'both', got {kind!r}.")
+    table = compare_with_published(
+        ours, published, ours_name=ours_name, bottom=bottom, top=top
+    )
+    ax = _axes(ax, (7.0, 1.2 + 0.45 * len(table)))
+    y = np.arange(len(table))
+    left = np.zeros(len(table))
+    colors = {"bottom": "#4c72b0", "middle": "#cccccc", "top": "#dd8452"}
+    labels = {"bottom": f"bottom {bottom:.0%} of layers", "top": f"top {top:.0%} of layers"}
+    for region in REGIONS:
+        w = table[region].to_numpy(dtype=float)
+        bars = ax.barh(y, w, left=left, color=colors[region], label=labels.get(region, region))
+        ax.bar_label(bars, labels=[f"{v:.0%}" if v >= 0.06 else "" for v in w],
+                     label_type="center", fontsize="small")
+        left += np.nan_to_num(w)
+    ax.set_yticks(y, labels=list(table.index))
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="share of the selected neurons")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=3)
+    _title(ax, "Share of the neurons in each layer region", ours, title)
+    return ax
 
 
 def _sha256(path: Path) -> str:

@@ -81,3 +81,19 @@ def test_bad_thresholds_and_languages_are_one_line_errors(stats_dir, tmp_path):
     res = _lape("capture", "--model", "tiny-llama", "--languages", "en,xx",
                 "--out", str(tmp_path / "s"))
     assert res.returncode == 2 and "xx" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_count_files_are_read_in_the_papers_order_and_the_order_is_printed(
+    stats_dir, tmp_path, capsys
+):
+    stats = ActivationStats.load(stats_dir)
+    stats.export_reference(tmp_path / "counts", "tiny")
+    # alphabetically: en, fr, zh; the package's (paper's) order: en, zh, fr
+    assert ActivationStats.from_reference(tmp_path / "counts").languages == ["en", "zh", "fr"]
+    out = tmp_path / "mine.neuron.pth"
+    assert main(["identify", "--stats", str(tmp_path / "counts"), "--format", "official",
+                 "--out", str(out)]) == 0
+    assert "language order of the lists: en, zh, fr" in capsys.readouterr().out
+    assert main(["identify", "--stats", str(tmp_path / "counts"), "--languages", "fr,en,zh",
+                 "--format", "official", "--out", str(tmp_path / "b.neuron.pth")]) == 0
+    assert "language order of the lists: fr, en, zh" in capsys.readouterr().out

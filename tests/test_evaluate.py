@@ -183,3 +183,92 @@ def test_real_model_random_one_percent_changes_nll_a_little(default_model):
     assert 1.0 < base < 6.0, base  # a real model on English prose
     assert zeroed != base
     assert abs(zeroed - base) < 0.3, (base, zeroed)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def test_delta_interval_known_answers():
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    from lape_utils.evaluate import delta_interval
+
+    tokens = np.array([10, 10, 10, 10])
+    base = np.array([20.0, 25.0, 30.0, 35.0])
+    # every chunk 0.5 nats/token worse: no spread, the interval is the point
+    assert delta_interval(base + 5, base, tokens) == (0.5, 0.5, 0.5)
+    # one chunk: no interval
+    d, lo, hi = delta_interval(base[:1] + 5, base[:1], tokens[:1])
+    assert d == 0.5 and math.isnan(lo) and math.isnan(hi)
+    # a spread: the token-weighted mean change, inside scipy's own BCa interval
+    nll = base + np.array([1.0, 9.0, 3.0, 7.0])
+    d, lo, hi = delta_interval(nll, base, tokens, seed=3)
+    assert d == pytest.approx(0.5)
+    ref = bootstrap((nll - base, tokens), lambda a, b, axis=-1: a.sum(axis) / b.sum(axis),
+                    paired=True, vectorized=True, n_resamples=9999, method="BCa",
+                    random_state=np.random.default_rng(3)).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    assert 0.1 <= lo < 0.5 < hi <= 0.9
+
+
+def test_matrix_intervals_controls_and_files(tiny, heldout, tmp_path):
+    from lape_utils.lape import activity_matched, random_matched
+
+    model = tiny("llama")
+    sel = _selection()
+    p = torch.rand(2, 128, 3, generator=torch.Generator().manual_seed(1))
+    controls = {"random": random_matched(sel, 0), "matched": activity_matched(sel, p, LANGS, 0)}
+    m = perplexity_matrix(model, sel, heldout, controls=controls, batch_size=4, progress=False)
+    assert m.controls == ["random", "matched"]
+    assert m.rows[-1] == "zh (matched)" and len(m.rows) == 10
+    tidy = m.tidy()
+    assert len(m.chunks) == 10 * 3 * 3  # rows x languages x chunks
+    cells = tidy[tidy["kind"] != "none"]
+    assert cells["delta_nll_lo"].notna().all()
+    assert ((cells["delta_nll_lo"] <= cells["delta_nll"] + 1e-12)
+            & (cells["delta_nll"] <= cells["delta_nll_hi"] + 1e-12)).all()
+    assert (tidy["excludes_zero"] == ((tidy["delta_nll_lo"] > 0) | (tidy["delta_nll_hi"] < 0))).all()
+    # the per-chunk sums add up to the cell
+    fr = m.chunks[(m.chunks["row"] == "fr") & (m.chunks["evaluated"] == "zh")]
+    assert fr["nll_sum"].sum() / fr["tokens"].sum() == pytest.approx(
+        m.nll_table().loc["fr", "zh"], rel=1e-9)
+    summ = m.summary()
+    for col in ("diag_lo", "diag_hi", "random_diag_delta", "matched_diag_hi", "beats_random",
+                "beats_matched"):
+        assert col in summ.columns
+    lape = summ.loc["fr"]
+    assert lape["beats_matched"] == (lape["diag_lo"] > lape["matched_diag_hi"])
+    assert lape["matched_diag_delta"] == pytest.approx(m.delta_table().loc["fr (matched)", "fr"])
+    path = m.to_csv(tmp_path / "ppl.csv")
+    assert (tmp_path / "ppl.chunks.csv").exists()
+    back = PplMatrix.from_csv(path)
+    pd.testing.assert_frame_equal(back.summary(), summ)
+    assert {"delta_nll_lo", "delta_nll_hi"} <= set(pd.read_csv(path).columns)
+
+
+def test_threshold_effect_on_a_tiny_model(tiny, heldout):
+    from lape_utils import capture
+    from lape_utils.config import LapeConfig
+    from lape_utils.evaluate import threshold_effect
+
+    model = tiny("llama")
+    detect = pack(load_corpus("builtin", LANGS), model.tokenizer, seq_len=64,
+                  tokens_per_language=63 * 4)
+    stats = capture(model, detect, replicates=0, progress=False)
+    df = threshold_effect(model, stats, heldout, [0.01, 0.05],
+                          config=LapeConfig(filter_rate=0.5, activation_bar_ratio=0.5),
+                          progress=False)
+    assert list(df.columns) == ["top_rate", "language", "n_neurons", "diag_delta", "diag_lo",
+                                "diag_hi", "offdiag_mean_delta"]
+    assert set(df["top_rate"]) == {0.01, 0.05}
+    sizes = df.groupby("top_rate")["n_neurons"].sum()
+    assert sizes[0.05] > sizes[0.01]  # a higher top_rate selects more
+    # each row equals the diagonal of the matrix of that selection
+    from lape_utils.lape import identify
+
+    sel = identify(stats.over_zero, stats.n, stats.languages,
+                   LapeConfig(top_rate=0.05, filter_rate=0.5, activation_bar_ratio=0.5))
+    m = perplexity_matrix(model, sel, heldout, controls={}, progress=False)
+    row = df[(df["top_rate"] == 0.05) & (df["language"] == "fr")].iloc[0]
+    assert row["diag_delta"] == pytest.approx(m.delta_table().loc["fr", "fr"])

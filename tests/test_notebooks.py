@@ -38,8 +38,7 @@ def test_only_the_first_notebook_writes_its_own_trace():
 
 
 @pytest.mark.slow
-def test_all_notebooks_run_headless_on_a_tiny_model(tmp_path, monkeypatch, official_dir):
-    monkeypatch.setenv("LAPE_OFFICIAL_DIR", str(official_dir))
+def test_all_notebooks_run_headless_on_a_tiny_model(tmp_path):
     done = execute_notebooks(tmp_path / "out", SMOKE | {"cache_dir": str(tmp_path / "cache")})
     assert set(done) == set(NOTEBOOKS)
     for name, html in done.items():

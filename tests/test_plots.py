@@ -302,7 +302,7 @@ def test_stability_jaccard_bars(stab):
 
 def test_published_comparison_hand_sets():
     other = NeuronSelection.from_masks(masks(10, 3, {"en": [(9, 0), (9, 1)], "fr": [(0, 0)]}))
-    axes = plots.plot_published_comparison({"toy": other}, SEL, ours_name="mine")
+    axes = published_mod.plot_published_comparison({"toy": other}, SEL, ours_name="mine")
     assert len(axes) == 2
     depth, regions = axes
     lines = depth.get_lines()
@@ -318,17 +318,17 @@ def test_published_comparison_hand_sets():
     for region, w in zip(analysis.REGIONS, widths):
         assert w == pytest.approx(table[region].tolist())
     assert CFG.label() in depth.get_title()
-    ax = plots.plot_published_comparison({"toy": other}, kind="regions")
+    ax = published_mod.plot_published_comparison({"toy": other}, kind="regions")
     assert yticklabels(ax) == ["toy"]
 
 
-def test_published_comparison_on_the_shared_copies(official_dir):
-    published = published_mod.published_sets(directory=official_dir)
-    ax = plots.plot_published_comparison(published, kind="regions")
+def test_published_comparison_on_the_shipped_counts():
+    published = published_mod.published_counts()
+    ax = published_mod.plot_published_comparison(published, kind="regions")
     assert yticklabels(ax) == list(published)
     tops = [b.get_width() for b in ax.containers[2]]
     assert tops == pytest.approx([0.422, 0.342, 0.470, 0.984, 0.755, 0.728, 0.857], abs=1e-3)
-    ax = plots.plot_published_comparison(published, kind="depth")
+    ax = published_mod.plot_published_comparison(published, kind="depth")
     assert len(ax.get_lines()) == 7
 
 
@@ -567,7 +567,7 @@ def test_every_plot_uses_the_given_axes():
         lambda ax: plots.plot_probability_profiles(
             analysis.probability_profiles(STATS2, sel, "en"), ax
         ),
-        lambda ax: plots.plot_published_comparison({"x": SEL}, None, ax, kind="depth"),
+        lambda ax: published_mod.plot_published_comparison({"x": SEL}, None, ax, kind="depth"),
         lambda ax: plots.plot_ppl_heatmap(ppl_records(), ax),
         lambda ax: plots.plot_steering_sweep(sweep(), ax),
         lambda ax: plots.plot_top_contexts(
@@ -595,3 +595,22 @@ def test_save_figure(tmp_path):
         plots.save_figure([a1, a2], tmp_path / "x.png")
     with pytest.raises(TypeError, match="Axes"):
         plots.save_figure("figure", tmp_path / "x.png")
+
+
+def test_ppl_comparison_draws_every_control_and_marks_intervals_excluding_zero():
+    df = ppl_records()
+    matched = df[df["kind"] == "random"].assign(
+        kind="matched", row=lambda d: d["deactivated"] + " (matched)",
+        delta_nll=lambda d: d["delta_nll"] * 3,
+    )
+    df = pd.concat([df, matched], ignore_index=True)
+    # intervals: every LAPE cell excludes 0, no control cell does
+    df["excludes_zero"] = df["kind"] == "lape"
+    axes = plots.plot_ppl_comparison(df)
+    assert len(axes) == 3
+    assert "activity-matched" in axes[2].get_title()
+    assert "bold: 95% interval excludes 0" in axes[0].get_title()
+    assert {t.get_fontweight() for t in axes[0].texts} == {"bold"}
+    assert all(t.get_fontweight() != "bold" for t in axes[1].texts + axes[2].texts)
+    ax = plots.plot_ppl_heatmap(df, kind="matched")
+    assert np.asarray(mesh(ax).get_array())[2, 0] == pytest.approx(-0.06)

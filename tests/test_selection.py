@@ -201,6 +201,7 @@ def test_official_format_roundtrip_keeps_empty_language(tmp_path):
 def test_from_official_defaults_and_width_inference(tmp_path, caplog):
     sel = small()
     path = to_official(sel, tmp_path / "mine.neuron.pth")
+    (tmp_path / "mine.neuron.pth.json").unlink()  # as the reference scripts write it: no sidecar
     with caplog.at_level(logging.WARNING):
         back = from_official(path)
     assert back.languages == list(OFFICIAL_LANGUAGES[:3])
@@ -215,6 +216,26 @@ def test_from_official_defaults_and_width_inference(tmp_path, caplog):
     torch.save({"not": "a list"}, tmp_path / "bad.neuron.pth")
     with pytest.raises(ValueError, match=r"expected List\[List\[LongTensor\]\]"):
         from_official(tmp_path / "bad.neuron.pth")
+
+
+def test_the_language_order_travels_with_the_file(tmp_path, caplog):
+    # an order that is not the paper's: without the sidecar it would be misread
+    sel = NeuronSelection(["ja", "en", "zh"], {"ja": [[1], []], "en": [[2], [0]], "zh": [[], [3]]},
+                          2, 4, provenance={"model": "tiny"})
+    path = to_official(sel, tmp_path / "x.neuron.pth")
+    meta = json.loads((tmp_path / "x.neuron.pth.json").read_text())
+    assert meta["languages"] == ["ja", "en", "zh"] and meta["n_neurons"] == 4
+    back = from_official(path)
+    assert back.equals(sel) and back.provenance["languages_from"].startswith("sidecar")
+    assert back.provenance["sidecar"]["model"] == "tiny"
+    with pytest.raises(ValueError, match="contradict its sidecar"):
+        from_official(path, languages=["en", "zh", "ja"])
+    (tmp_path / "x.neuron.pth.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        guessed = from_official(path, n_neurons=4)
+    assert guessed.languages == ["en", "zh", "fr"]  # the paper's order, assumed and said so
+    assert "assuming the paper's order en, zh, fr" in caplog.text
+    assert guessed.provenance["languages_from"].startswith("assumed")
 
 
 # --------------------------------------------------------------------------- published files

@@ -241,9 +241,12 @@ def test_cli_ppl_and_steer(tmp_path, capsys):
     assert line["source"] == "en" and line["mode"] == "set"
 
 
-def test_cli_refuses_another_models_neurons(tmp_path, official_dir):
+def test_cli_refuses_another_models_neurons(tmp_path):
+    from lape_utils.published import to_official
+
     parser = _parser()
-    path = official_dir / "LLaMA-2-7B.neuron.pth"
+    path = tmp_path / "LLaMA-2-7B.neuron.pth"  # a LLaMA-2-7B-shaped set in the paper's format
+    to_official(_selection(32, 11008, p=0.001), path)
     args = parser.parse_args([
         "ppl", "--model", "tiny-llama", "--neurons", str(path), "--tokens-per-language", "62",
         "--seq-len", "32", "--out", str(tmp_path / "x.csv"),
@@ -291,3 +294,66 @@ def test_real_model_steering_end_to_end(default_model, tmp_path):
     assert res.rows["steered_tokens"].gt(0).all()
     assert math.isfinite(summ.loc["lape", "output_ppl"])
     assert res.config["target_tokens"]["n"] > 100
+
+
+# --------------------------------------------------------------------------- metrics by hand
+
+
+def test_steering_metrics_known_answers():
+    from lape_utils.steering import output_ppl, target_mass, top1_changed, wilson_interval
+
+    before = torch.tensor([[0.5, 0.2, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]])
+    after = torch.tensor([[0.3, 0.4, 0.2, 0.1], [0.05, 0.05, 0.1, 0.8]])
+    target = torch.tensor([1, 2])  # tokens 1 and 2 are the target language's
+    assert target_mass(before, target).tolist() == pytest.approx([0.4, 0.2])
+    assert target_mass(after, target).tolist() == pytest.approx([0.6, 0.15])
+    assert top1_changed(before, after).tolist() == [True, False]
+    assert math.isnan(target_mass(before, torch.tensor([], dtype=torch.long))[0])
+    # 3 answers: 2 nats over 4 tokens, 3 over 2, 0 over 0 -> exp(5 / 6)
+    assert output_ppl([2.0, 3.0, 0.0], [4, 2, 0]) == pytest.approx(math.exp(5 / 6))
+    assert math.isnan(output_ppl([0.0], [0]))
+    # Wilson 95% for 8 of 8 and 4 of 8, by the formula
+    z = 1.959963984540054
+    for k, n in ((8, 8), (4, 8), (0, 8)):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        assert wilson_interval(k, n) == pytest.approx((p, centre - half, centre + half))
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def test_steering_summary_known_answers():
+    rows = []
+    for i, (label, nll, tokens) in enumerate([("fr", 2.0, 4), ("fr", 3.0, 2), ("en", 1.0, 2),
+                                              ("mixed", 0.0, 0)]):
+        rows.append(dict(neurons="lape", prompt=f"q{i}", unsteered="u", steered="s",
+                         unsteered_lang="en", unsteered_score=0.9, unsteered_label="en",
+                         steered_lang=label, steered_score=0.9, steered_label=label,
+                         chrf=40.0, unsteered_nll=1.0, unsteered_tokens=2, steered_nll=nll,
+                         steered_tokens=tokens, target_mass_unsteered=0.0,
+                         target_mass_steered=0.25 * i, top1_changed=i % 2 == 0))
+    for i in range(4):
+        rows.append(dict(rows[0], neurons="random", prompt=f"q{i}", steered_label="en",
+                         top1_changed=False))
+    res = SteerResult(pd.DataFrame(rows), {"target": "fr", "source": "en"})
+    s = res.summary()
+    assert list(s.index) == ["lape", "random"]
+    lape = s.loc["lape"]
+    assert lape["target_rate"] == 0.5 and lape["source_rate"] == 0.25
+    assert (lape["target_rate_lo"], lape["target_rate_hi"]) == pytest.approx(
+        wilson(2, 4), abs=1e-12)
+    assert lape["mixed_rate"] == 0.25 and lape["drift"] == 60.0
+    assert lape["output_ppl"] == pytest.approx(math.exp(6 / 8))
+    assert lape["output_ppl_unsteered"] == pytest.approx(math.exp(1 / 2))
+    assert lape["target_mass"] == pytest.approx(0.375)
+    assert lape["top1_changed_rate"] == 0.5
+    assert s.loc["random", "target_rate"] == 0.0
+    # 2/4 against 0/4: the Wilson intervals overlap, so LAPE does not beat the control
+    assert not lape["beats_random"]
+
+
+def wilson(k, n):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return ci.low, ci.high

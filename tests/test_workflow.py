@@ -20,8 +20,7 @@ def _config(**kw) -> JobConfig:
 
 
 @pytest.mark.slow
-def test_main_job_writes_every_product_and_reuses_its_cache(tmp_path, monkeypatch, official_dir):
-    monkeypatch.setenv("LAPE_OFFICIAL_DIR", str(official_dir))
+def test_main_job_writes_every_product_and_reuses_its_cache(tmp_path):
     summary = run_main_job(tmp_path, _config())
     for name in ("summary.md", "summary.json", "neurons.pt", "neurons.neuron.pth",
                  "ppl_matrix.csv", "steering_summary.csv", "steering_sweep.csv",
