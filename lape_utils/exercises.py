@@ -244,8 +244,14 @@ def _diagnose(answer: float, mistakes: list[tuple[float, str]], tol: float = 1e-
 
 
 def _join(head: str, why: str) -> str:
-    """``head``, then the diagnosis ``why`` as a sentence of its own (if any)."""
-    return f"{head} {why[0].upper()}{why[1:]}" if why else head
+    """``head``, then the diagnosis ``why`` as a sentence of its own (if any).
+
+    A leading plain word is capitalised; code (``math.log``, ``torch.quantile``) is not.
+    """
+    if not why:
+        return head
+    first = why.split(" ", 1)[0]
+    return f"{head} {why[0].upper() + why[1:] if first.isalpha() else why}"
 
 
 def _ok(message: str) -> Feedback:
@@ -512,6 +518,9 @@ def _why_shared(a: str, b: str) -> str:
     if {a, b} == {"zh", "ja"}:
         return ("Chinese and Japanese both write with Han characters, so many tokens, and "
                 "the neurons that read them, are common to both.")
+    if {a, b} == {"ja", "ko"}:
+        return ("Japanese and Korean are written differently but have similar grammar (verb "
+                "last, particles after nouns) and many words borrowed from Chinese.")
     if sa and sa == sb:
         return (f"{_lang(a)} and {_lang(b)} are both written in the {sa} script and share "
                 "word pieces, so the same neurons fire on both.")
@@ -576,18 +585,17 @@ _CONFIG_SMALL = LapeConfig(top_rate=0.1, filter_rate=0.7, activation_bar_ratio=0
 
 
 def _synthetic_stats() -> tuple[ActivationStats, NeuronSelection]:
-    """Small statistics where English is active broadly, and their LAPE selection.
+    """Small statistics where English neurons fire in every language, and their selection.
 
-    Every neuron has a shared activity, a bit higher in English; a fifth of the neurons
-    are specific to one of fr, zh, ja. English thus has the most active neurons and the
-    fewest specific ones, as in real models.
+    Every neuron has an activity shared by all languages; a fifth of the neurons are
+    specific to one of fr, zh, ja. The neurons active in English are thus active
+    everywhere, and English gets the fewest neurons, as in real models.
     """
     gen = torch.Generator().manual_seed(3)
     langs = ["en", "fr", "zh", "ja"]
     n = torch.tensor([800, 1000, 1200, 900])
     shared = torch.rand(3, 24, 1, generator=gen) ** 2 * 0.5
     p = shared * (0.8 + 0.4 * torch.rand(3, 24, 4, generator=gen))
-    p[..., 0] *= 1.6
     specific = torch.rand(3, 24, generator=gen) < 0.2
     who = torch.randint(1, 4, (3, 24), generator=gen)
     p[specific] = 0.02
@@ -678,36 +686,51 @@ def _compare_table(answer: Any, stats: Any, selection: NeuronSelection, where: s
 
 
 def _conclusion(stats: Any, selection: NeuronSelection) -> str:
-    """What the table says about the language with the fewest neurons (English if present)."""
+    """What the table says about English (or the language with the fewest neurons).
+
+    ``selected = active x share``: a language gets few neurons because few neurons are
+    active in it, or because a small share of them is specific. The second is measured by
+    how many of its active neurons are active in every language (high entropy).
+    """
     table = _specificity(stats, selection)
     k = len(table)
     focus = "en" if "en" in table.index else table["selected"].idxmin()
-    row = table.loc[focus]
-    active_rank = int(table["active"].rank(ascending=False, method="min")[focus])
-    smallest_share = row["share"] == table["share"].min()
-    p = activation_probability(stats.over_zero, stats.n)
-    bar = kth_quantile(p, selection.config.get("activation_bar_ratio", 0.95))
-    h = lape_entropy(p)
-    mean_h = {lang: float(h[p[..., j] > bar].mean()) if bool((p[..., j] > bar).any())
-              else math.nan for j, lang in enumerate(stats.languages)}
-    others = float(np.nanmedian([v for lang, v in mean_h.items() if lang != focus]))
-    name = _lang(focus)
+    name, row, others = _lang(focus), table.loc[focus], table.drop(index=focus)
+    if not row["active"]:
+        return f"{name} has no neuron active above the bar, so none can be selected."
+    rank = int(table["active"].rank(ascending=False, method="min")[focus])
+    smallest = row["share"] <= table["share"].min()
+    text = (f"{name} has {int(row['active']):,} neurons active above the bar (rank {rank} of "
+            f"{k}) and {int(row['selected'])} selected: a share of {row['share']:.1%}"
+            + (", the smallest." if smallest else "."))
     fewest = table["selected"].idxmin()
-    text = (f"{name} has {int(row['active']):,} neurons active above the bar (rank "
-            f"{active_rank} of {k}) and {int(row['selected'])} selected: a share of "
-            f"{row['share']:.1%}" + (", the smallest." if smallest_share else ".")
-            if row["active"] else f"{name} has no neuron active above the bar.")
-    if fewest != focus and table.loc[fewest, "selected"] < row["selected"]:
+    if table.loc[fewest, "selected"] < row["selected"]:
         text += f" (Here {_lang(fewest)} has the fewest neurons, not {name}.)"
-    if active_rank <= (k + 1) // 2 and smallest_share:
-        text += (f" The neurons active in {name} have a mean LAPE entropy of "
-                 f"{mean_h[focus]:.2f} nats (ln {k} = {math.log(k):.2f} is 'equally active "
-                 f"everywhere'), against a median of {others:.2f} for the other "
-                 f"languages': most of what fires on {name} fires on the other languages "
-                 "too, so few of its neurons are specific enough to be selected.")
-    elif active_rank > (k + 1) // 2:
-        text += (f" Few neurons are active in {name} above the bar at all, so there are few "
-                 "candidates to select.")
+    if others.empty:
+        return text
+    p = activation_probability(stats.over_zero, stats.n)
+    active = p > kth_quantile(p, selection.config.get("activation_bar_ratio", 0.95))
+    everywhere = active.all(dim=-1)
+    frac = {lang: float(everywhere[active[..., j]].float().mean()) if bool(active[..., j].any())
+            else math.nan for j, lang in enumerate(stats.languages)}
+    frac_others = float(np.nanmedian([v for lang, v in frac.items() if lang != focus]))
+    share_others = float(others["share"].median())
+    if row["share"] < share_others:
+        times = f" {share_others / row['share']:.1f}x" if row["share"] > 0 else ""
+        text += (f" Its share is{times} smaller than the other languages' median "
+                 f"({share_others:.1%})")
+        if frac[focus] > frac_others:
+            text += (f": {frac[focus]:.0%} of the neurons active in {name} are active in all "
+                     f"{k} languages (median of the others: {frac_others:.0%}); they fire "
+                     "whatever the language, so their LAPE entropy is high and few of them are "
+                     "specific enough to be selected.")
+        else:
+            text += (f"; {frac[focus]:.0%} of its active neurons are active in all {k} "
+                     f"languages (median of the others: {frac_others:.0%}).")
+    active_others = float(others["active"].median())
+    if row["active"] < active_others:
+        text += (f" {name} also has fewer neurons active above the bar than the others' "
+                 f"median ({active_others:,.0f}), so fewer candidates.")
     return text
 
 
