@@ -663,6 +663,9 @@ def _compare_table(answer: Any, stats: Any, selection: NeuronSelection, where: s
     if missing:
         _fail(f"your table has no column(s) {missing}; it needs active, selected and share "
               f"(it has {list(answer.columns)}).")
+    if answer.index.has_duplicates:
+        _fail(f"your table has a language twice in its index {list(answer.index)[:12]}; one "
+              "row per language.")
     if set(map(str, answer.index)) != set(truth.index):
         hint = (" (use .set_index('language'))" if "language" in answer.columns else "")
         _fail(f"index the rows by language code, one per language of the statistics "
@@ -1188,6 +1191,8 @@ def check_wilson_interval(wilson_interval: Callable[..., tuple[float, float]]) -
         raw = _call(wilson_interval, k, n, confidence)
         if raw is None:
             _fail("`wilson_interval` returned None: did you forget `return`?")
+        if hasattr(raw, "low") and hasattr(raw, "high"):  # scipy's ConfidenceInterval
+            raw = (raw.low, raw.high)
         try:
             lo, hi = (float(v) for v in raw)
         except (TypeError, ValueError):
