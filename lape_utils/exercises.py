@@ -1100,8 +1100,8 @@ _STEER_MEAN = torch.tensor([0.5, -0.25, 1.5, 0.75])
 
 @_exercise(
     "steered_activation", "04", "What set, add and scale steering write",
-    "State exactly what each steering mode writes into a neuron: set -> strength x mean, "
-    "add -> x + strength x mean, scale -> x x strength.",
+    "State exactly what each steering mode writes into a neuron: set → strength × mean, "
+    "add → x + strength × mean, scale → x × strength.",
     10, 1,
 )
 def check_steered_activation(steered_activation: Callable[..., torch.Tensor]) -> Feedback:
@@ -1135,14 +1135,14 @@ def check_steered_activation(steered_activation: Callable[..., torch.Tensor]) ->
                           "return a new tensor and leave x unchanged (as apply_op does).")
                 continue
             mistakes = {
-                "set": [(mean.expand_as(x), "set writes strength x mean; you ignored strength."),
+                "set": [(mean.expand_as(x), "set writes strength × mean; you ignored strength."),
                         (x + strength * mean, "that is add; set REPLACES the activation by "
-                                              "strength x mean.")],
-                "add": [(x + strength, "add adds strength x the neuron's mean activation on "
+                                              "strength × mean.")],
+                "add": [(x + strength, "add adds strength × the neuron's mean activation on "
                                        "the target, not strength itself."),
-                        (x + mean, "add adds strength x mean; you ignored strength."),
+                        (x + mean, "add adds strength × mean; you ignored strength."),
                         ((strength * mean).expand_as(x), "that is set; add keeps x and adds "
-                                                         "strength x mean to it.")],
+                                                         "strength × mean to it.")],
                 "scale": [((strength * mean).expand_as(x), "scale multiplies the neuron's own "
                            "activation x by strength; the mean is not used."),
                           (x * strength * mean, "scale multiplies the neuron's own activation "
