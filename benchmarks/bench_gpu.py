@@ -1,4 +1,4 @@
-"""Capture and scoring speed and GPU memory on random-weight models of real shapes.
+r"""Capture and scoring speed and GPU memory on random-weight models of real shapes.
 
 No download: each model is built from its config directly on the device, in bf16, with
 random weights (speed and memory do not depend on the values), and wrapped as a

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import distributed
@@ -215,9 +216,11 @@ def budget_chunks(n_chunks: int) -> list[int]:
 
 
 def budget_weights(chunk_ids: list[int], thresholds: list[int]) -> torch.Tensor:
-    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff ``c <
-    thresholds[s]``. Global chunk indices, so snapshots are prefixes of the whole stream
-    whatever the batch size, the shard or a resume."""
+    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff c < thresholds[s].
+
+    Global chunk indices, so snapshots are prefixes of the whole stream whatever the batch
+    size, the shard or a resume.
+    """
     c = torch.tensor(chunk_ids, dtype=torch.int64)
     return (c[None, :] < torch.tensor(thresholds, dtype=torch.int64)[:, None]).long()
 
@@ -567,8 +570,9 @@ def top_activating_contexts(
 ) -> pd.DataFrame:
     """The tokens and contexts of each language that activate one neuron most.
 
-    Only the chosen layer's site is read, its value for one neuron is reduced to a top-k
-    inside the trace, and the trace stops after that layer.
+    Only the chosen layer's site is read and only the one neuron's ``[batch, pos]``
+    activations leave the trace, which stops after that layer; the top ``k`` positions
+    per language and the activation of every token around them are taken from those.
 
     Args:
         model: The loaded model.
@@ -581,11 +585,13 @@ def top_activating_contexts(
         batch_size: Chunks per forward pass.
 
     Returns:
-        DataFrame with columns ``language``, ``activation``, ``token``, ``context``,
-        ``chunk``, ``position``; ``k`` rows per language, largest first.
+        DataFrame, ``k`` rows per language, largest first: ``language``, ``activation``,
+        ``token`` (the top token's text), ``context`` (the window's text), ``chunk``,
+        ``position``, ``tokens`` (the window's tokens, decoded one by one), ``activations``
+        (the neuron's activation on each of them) and ``center`` (the top token's index in
+        the window); ``attrs`` name the ``layer`` and ``neuron``.
     """
     import nnsight
-    import pandas as pd
 
     if not 0 <= layer < model.n_layers or not 0 <= neuron < model.n_neurons:
         raise ValueError(
@@ -596,23 +602,24 @@ def top_activating_contexts(
     rows = []
     for lang in packed.languages:
         chunks = packed.chunks[lang][:max_chunks]
-        best: list[tuple[float, int, int]] = []
+        acts = []
         for start in range(0, chunks.shape[0], batch_size):
             ids = chunks[start : start + batch_size]
             b, s = ids.shape
             inputs = _model_inputs(ids.to(model.device), torch.ones_like(ids).to(model.device))
             with torch.inference_mode(), model.nn.trace(inputs) as tracer:
-                act = model.site(layer).output.reshape(b, s, -1)[..., neuron]
-                if packed.bos:
-                    act[:, 0] = float("-inf")
-                top = nnsight.save(act.reshape(-1).float().topk(min(k, act.numel())))
+                act = nnsight.save(model.site(layer).output.reshape(b, s, -1)[..., neuron].float())
                 tracer.stop()
-            for value, flat in zip(top.values.tolist(), top.indices.tolist()):
-                best.append((value, start + flat // s, flat % s))
-            best = sorted(best, reverse=True)[:k]
-        for value, c, pos in best:
-            ids = packed.chunks[lang][c]
-            lo, hi = max(0, pos - window), min(len(ids), pos + window + 1)
+            acts.append(act.cpu())
+        act = torch.cat(acts)  # [chunk, pos]
+        ranked = act.clone()
+        if packed.bos:
+            ranked[:, 0] = float("-inf")  # the BOS position is never reported
+        top = ranked.reshape(-1).topk(min(k, ranked.numel()))
+        for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+            c, pos = divmod(flat, act.shape[1])
+            ids = chunks[c]
+            lo, hi = max(int(packed.bos), pos - window), min(len(ids), pos + window + 1)
             rows.append({
                 "language": lang,
                 "activation": value,
@@ -620,5 +627,11 @@ def top_activating_contexts(
                 "context": tok.decode(ids[lo:hi], skip_special_tokens=True),
                 "chunk": c,
                 "position": pos,
+                "tokens": [tok.decode(ids[t : t + 1]) for t in range(lo, hi)],
+                "activations": act[c, lo:hi].tolist(),
+                "center": pos - lo,
             })
-    return pd.DataFrame(rows, columns=["language", "activation", "token", "context", "chunk", "position"])
+    df = pd.DataFrame(rows, columns=["language", "activation", "token", "context", "chunk",
+                                     "position", "tokens", "activations", "center"])
+    df.attrs.update(layer=int(layer), neuron=int(neuron))
+    return df

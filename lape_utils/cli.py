@@ -1,4 +1,4 @@
-"""The ``lape`` command line: one sub-command per stage of the workbook.
+r"""The ``lape`` command line: one sub-command per stage of the workbook.
 
 ``info`` (a model's neuron sites), ``capture`` (activation statistics), ``identify``
 (LAPE), ``ppl`` (the perplexity-change matrix), ``steer`` (steering and its measures) and
@@ -305,22 +305,60 @@ def _controls(args, selection, stats=None) -> dict:
                         random=args.random_control)
 
 
+def _job_config(args: argparse.Namespace):
+    """The :class:`~lape_utils.job.JobConfig` of ``lape run``.
+
+    Defaults, then the preset, then every option given (each one a field; none is dropped).
+    """
+    import dataclasses
+
+    from .job import JobConfig
+
+    cfg = JobConfig()
+    if args.preset:
+        cfg = cfg.with_preset(args.preset)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(JobConfig)
+             if getattr(args, f.name) is not None}
+    return dataclasses.replace(cfg, **given)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline, figures, notebooks and summary."""
-    from .job import JobConfig, run_main_job
+    from .job import run_main_job
 
-    logging.getLogger("lape_utils.workflow").setLevel(logging.INFO)
-    cfg = JobConfig(model=args.model, dtype=args.dtype, notebooks=not args.no_notebooks)
-    if args.tokens_per_language:
-        cfg.tokens_per_language = args.tokens_per_language
-    if args.languages:
-        from .languages import parse_languages
-
-        cfg.languages = parse_languages(args.languages, None)
-    summary = run_main_job(args.out, cfg)
+    logging.getLogger("lape_utils.job").setLevel(logging.INFO)
+    summary = run_main_job(args.out, _job_config(args))
     print((Path(args.out) / "summary.md").read_text())
     print(f"results in {args.out}/ (summary.md, figures/, notebooks/) after {summary['total_s']:.0f} s")
     return 0
+
+
+def _add_job_args(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`~lape_utils.job.JobConfig` field, typed by its default."""
+    import dataclasses
+
+    from .job import JobConfig
+    from .job.config import PRESETS
+
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="start from named settings (paper: its 7 languages, Wikipedia, 100M "
+                   "tokens per language, its thresholds); options given override it")
+    docs, defaults = JobConfig.field_help(), JobConfig()
+    for f in dataclasses.fields(JobConfig):
+        flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
+        text = f"{docs.get(f.name, '')} (default: {default!r})"
+        text = text.replace("``", "").replace(":class:", "").replace("%", "%%")
+        if isinstance(default, bool) or f.name == "chat":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+        elif isinstance(default, tuple):
+            kind = float if f.name in ("threshold_rates", "sweep_strengths") else str
+            p.add_argument(flag, dest=f.name, default=None, metavar="A,B,...", help=text,
+                           type=lambda v, kind=kind: tuple(
+                               kind(x) for x in v.replace(",", " ").split()))
+        else:
+            kind = type(default) if default is not None else str
+            p.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,13 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (config and summary in OUT.json)")
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("run", help="the main job: the whole pipeline on the embedded default model")
-    _add_model_args(p)
+    p = sub.add_parser(
+        "run", help="the main job: the whole pipeline (on the embedded default model unless "
+        "told otherwise), figures, notebooks and summary",
+    )
     p.add_argument("--out", default="results", help="results directory (default: %(default)s)")
-    p.add_argument("--languages", default=None, help="comma-separated codes (default: all ten)")
-    p.add_argument("--tokens-per-language", type=int, default=None,
-                   help="detection tokens per language (default: 4088, i.e. 8 chunks of 512)")
-    p.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
+    _add_job_args(p)
     p.set_defaults(func=cmd_run)
     return parser
 

@@ -23,6 +23,7 @@ Conventions (``shared/docs/style.md``):
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from lape_utils import analysis
-from lape_utils.languages import LANGUAGE_ORDER, sort_languages
+from lape_utils.languages import LANGUAGE_ORDER, language_name, sort_languages
 from lape_utils.lape import LapeConfig, StabilityResult
 from lape_utils.selection import NeuronSelection
 
@@ -52,6 +53,7 @@ __all__ = [
     "DIVERGING_CMAP",
     "LANGUAGE_COLORS",
     "SEQUENTIAL_CMAP",
+    "SET_COLORS",
     "language_color",
     "plot_convergence",
     "plot_entropy_distribution",
@@ -65,8 +67,8 @@ __all__ = [
     "plot_stability",
     "plot_steering_sweep",
     "plot_threshold_effect",
-    "plot_top_contexts",
     "save_figure",
+    "top_contexts_html",
 ]
 
 #: Sequential colormap for counts, shares and probabilities (light = 0).
@@ -1049,181 +1051,142 @@ def plot_ppl_comparison(
 # ============================================================================ steering
 
 
+#: Colours of the neuron sets in steering figures (LAPE first, then the controls).
+SET_COLORS: dict[str, str] = {"lape": "#1f4e9c", "random": "#e07b39", "matched": "#3a923a"}
+
+
 def plot_steering_sweep(
     df: pd.DataFrame,
-    ax: Axes | None = None,
+    axes: Sequence[Axes] | np.ndarray | None = None,
     *,
-    x: str = "strength",
-    target: str = "target_rate",
-    source: str | None = "source_rate",
-    cost: str | None = None,
-    by: str | None = None,
     config: Any = None,
-    title: str | None = None,
-) -> Axes:
-    """Draw steering strength against the output's language, and what steering costs.
-
-    Expected columns (as :func:`lape_utils.steer.strength_sweep` returns them):
-    ``strength``; ``target_rate`` (share of outputs in the target language, 0..1);
-    optionally ``source_rate``; a cost column; optionally a grouping column such as
-    ``neurons`` (``"lape"``/``"random"``) or ``mode``. Several rows per (group, strength)
-    are averaged (seaborn's estimator).
-
-    The rates are drawn on the left axis (0..1; target solid with circles, source dashed
-    with triangles), the cost on a second y axis on the right (dotted, squares):
-    ``ax.right_ax`` (the pandas convention). Each group has one colour of the ``tab10``
-    cycle (LAPE first, then random); lines are labelled ``"<column> (<group>)"``. The one
-    legend of both axes sits below the plot, off the data.
+) -> np.ndarray:
+    """Steering strength against the target-language rate and against the fluency cost.
 
     Args:
-        df: The sweep.
-        ax: Axes to draw on.
-        x: Strength column.
-        target: Target-rate column.
-        source: Source-rate column (skipped when absent, ``None`` or all NaN).
-        cost: Cost column, also the right axis' label; default the first present of
-            ``"cost"``, ``"drift"`` (100 − chrF to the unsteered answer), ``"output_ppl"``.
-            ``None`` and none present: no right axis.
-        by: Grouping column; default ``"neurons"`` when present.
-        config: LapeConfig (or dict, or selection) for the title.
-        title: Replace the default title.
+        df: :func:`lape_utils.steering.strength_sweep` (columns ``strength``, ``neurons``,
+            ``target_rate`` with optional ``target_rate_lo``/``_hi``, ``output_ppl``,
+            ``output_ppl_unsteered``, and ``target``/``source``, which name the languages
+            in the titles). Several rows per (set, strength) are averaged.
+        axes: Two Axes; new figure if ``None``.
+        config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        The rate Axes; the cost axis is ``ax.right_ax`` (absent without a cost column).
-
-    Raises:
-        ValueError: A named column is missing.
-
+        ``[rate, cost]``: the share of answers in the target language per neuron set (one
+        distinct colour each, LAPE first; the 95% Wilson interval as a band; y from 0 to
+        1), and the perplexity of the answers under the unmodified model (y from 0; the
+        unsteered answers' as a dashed grey line).
     """
-    for col in (x, target, cost or x):
-        if col not in df.columns:
-            raise ValueError(f"column {col!r} missing; the sweep has {list(df.columns)}.")
-    cost = cost or next((c for c in ("cost", "drift", "output_ppl") if c in df.columns), None)
-    by = by or ("neurons" if "neurons" in df.columns else None)
-    if source not in df.columns or df[source].isna().all():
-        source = None
-    rates = [c for c in (target, source) if c]
-    groups = sorted(df[by].unique() if by else [None], key=lambda g: (g != "lape", g != "random"))
-    colors = dict(zip(groups, plt.get_cmap("tab10").colors * len(groups)))
-    suffix = {g: "" if g is None else f" ({g})" for g in groups}
-    data = df.assign(_group=df[by] if by else None).melt(
-        id_vars=[x, "_group"], value_vars=[c for c in (*rates, cost) if c], var_name="column"
-    )
-    data["series"] = data["column"] + data["_group"].map(suffix)
-
-    def draw(on: Axes, columns: list[str], **kws: Any) -> None:
-        palette = {f"{c}{suffix[g]}": colors[g] for g in groups for c in columns}
-        part = data[data["column"].isin(columns)]
-        _lines(on, part, x, "value", "series", palette, style="column", **kws)
-
-    ax = _axes(ax, (6.5, 4.4))
-    draw(ax, rates, markers=["o", "v"][: len(rates)], dashes=["", (4, 2)][: len(rates)],
-         size="column", sizes=dict(zip(rates, (1.8, 1.2))))
-    ax.set(ylim=(-0.02, 1.02), xlabel=x, ylabel="share of outputs in the language")
-    handles, labels = ax.get_legend_handles_labels()
-    if cost:
-        right = ax.right_ax = ax.twinx()
-        draw(right, [cost], markers=["s"], dashes=[(1, 2)], lw=1.2)
-        right.set_ylabel(cost)
-        h2, l2 = right.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, fontsize="small", loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), ncols=min(3, len(labels)))
-    _title(ax, "Steering: strength sweep", config, title)
-    return ax
+    need = {"strength", "target_rate", "output_ppl"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise ValueError(f"columns {missing} missing; the sweep has {list(df.columns)}.")
+    data = df.assign(neurons=df["neurons"] if "neurons" in df else "lape")
+    sets = sorted(data["neurons"].astype(str).unique(),
+                  key=lambda n: (n != "lape", list(SET_COLORS).index(n) if n in SET_COLORS else 9))
+    others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
+    palette = {n: SET_COLORS.get(n) or next(others) for n in sets}
+    mean = data.groupby(["neurons", "strength"], sort=False).mean(numeric_only=True).reset_index()
+    target = str(data["target"].iloc[0]) if "target" in data else None
+    source = str(data["source"].iloc[0]) if "source" in data and data["source"].notna().any() \
+        else None
+    axes = _axes_array(axes, 2, (12.0, 3.8))
+    rate, cost = axes
+    _lines(rate, mean, "strength", "target_rate", "neurons", palette, marker="o", lw=1.8)
+    if {"target_rate_lo", "target_rate_hi"} <= set(mean.columns):
+        for name, part in mean.groupby("neurons", sort=False):
+            rate.fill_between(part["strength"], part["target_rate_lo"], part["target_rate_hi"],
+                              color=palette[name], alpha=0.15, lw=0)
+    rate.set(ylim=(0, 1.02), xlabel="strength (× mean activation on the target)",
+             ylabel=f"share of answers in {language_name(target) if target else 'the target'}")
+    rate.legend(title="neurons", fontsize="small")
+    _lines(cost, mean, "strength", "output_ppl", "neurons", palette, marker="s", lw=1.6)
+    if "output_ppl_unsteered" in mean:
+        base = float(mean["output_ppl_unsteered"].mean())
+        cost.axhline(base, color="grey", ls="--", lw=1, label=f"unsteered ({base:.3g})")
+    cost.set(ylim=(0, None), xlabel="strength (× mean activation on the target)",
+             ylabel="perplexity of the answers (unmodified model)")
+    cost.legend(title="neurons", fontsize="small")
+    route = f"{source} → {target}" if source and target else (target or "")
+    _title(rate, f"Steering {route}: target-language rate".strip(), config)
+    _title(cost, f"Steering {route}: cost in fluency".strip(), config)
+    return axes
 
 
 # ============================================================================ inspection
 
 
-def _window(context: str, token: str, width: int) -> str:
-    """Collapse whitespace, mark the token's first occurrence «…», cut ``width`` around it."""
-    text = " ".join(str(context).split())
-    tok = str(token).strip()
-    pos = text.find(tok) if tok else -1
-    if pos >= 0:
-        text = f"{text[:pos]}«{tok}»{text[pos + len(tok):]}"
-    if len(text) <= width:
-        return text
-    if pos < 0:
-        return text[: width - 1] + "…"
-    start = max(0, min(pos - width // 2, len(text) - width))
-    out = text[start : start + width]
-    return ("…" if start > 0 else "") + out + ("…" if start + width < len(text) else "")
+class HTMLView:
+    """HTML that Jupyter renders (``_repr_html_``) and exports as is; ``data`` is the markup.
+
+    Text of any script is drawn by the browser, so CJK, Cyrillic or Korean contexts are
+    readable where a matplotlib font would show empty boxes.
+    """
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+    def _repr_html_(self) -> str:
+        return self.data
+
+    def __repr__(self) -> str:
+        return f"HTMLView({len(self.data)} characters of HTML)"
 
 
-def plot_top_contexts(
-    df: pd.DataFrame,
-    ax: Axes | None = None,
-    *,
-    n_per_language: int = 5,
-    max_context: int = 70,
-    title: str | None = None,
-) -> Axes:
-    """Draw a table of the tokens and contexts that activate a neuron most, per language.
+def _token_span(text: str, value: float, scale: float, rgb: tuple, center: bool) -> str:
+    alpha = 0.0 if scale <= 0 else max(0.0, min(1.0, value / scale))
+    shown = html.escape(text.replace("\n", "⏎")) or "&nbsp;"
+    style = f"background: rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {alpha:.2f});"
+    if center:
+        style += " outline: 1px solid #333; font-weight: bold;"
+    return (f'<span class="lape-token" title="{value:.3g}" style="{style} white-space: pre;">'
+            f"{shown}</span>")
+
+
+def top_contexts_html(
+    df: pd.DataFrame, *, language: str | None = None, n_per_language: int = 5
+) -> HTMLView:
+    """The contexts that activate a neuron most, each token shaded by the activation.
+
+    One line per context, languages in the module order; the top token is outlined; the
+    shade of every token is its activation divided by the neuron's largest (negative
+    activations unshaded), in the colour of the language the neuron belongs to (hover a
+    token for its value).
 
     Args:
-        df: Columns ``language``, ``token``, ``context`` (text around the token) and
-            ``activation``; optional ``layer`` and ``neuron`` (named in the title when they
-            hold one value each).
-        ax: Axes to draw on (its frame is hidden).
-        n_per_language: Rows kept per language (highest activation first).
-        max_context: Characters of context shown: a window around the token's first
-            occurrence, which is marked ``«token»`` (whitespace collapsed).
-        title: Replace the default title.
+        df: :func:`lape_utils.capture.top_activating_contexts` (columns ``language``,
+            ``activation``, ``tokens``, ``activations``, ``center``; ``attrs`` ``layer``
+            and ``neuron``).
+        language: The language whose neuron this is (named in the title, sets the colour).
+        n_per_language: Contexts shown per language (highest activation first).
 
     Returns:
-        The Axes; ``ax.tables[0]`` has a header row (``language``, ``activation``,
-        ``token``, ``context``) then the rows, languages in the module order, the language
-        cell in the language's colour.
-
+        An :class:`HTMLView` titled with the layer, neuron and language.
     """
-    need = {"language", "token", "context", "activation"}
+    need = {"language", "activation", "tokens", "activations", "center"}
     missing = sorted(need - set(df.columns))
     if missing:
         raise ValueError(f"columns {missing} missing; the table has {list(df.columns)}.")
-    rows = []
+    layer, neuron = df.attrs.get("layer"), df.attrs.get("neuron")
+    who = f"neuron L{layer}.{neuron}" if layer is not None else "a neuron"
+    if language:
+        who += f" ({language_name(language)} neuron)"
+    rgb = tuple(int(255 * c) for c in mcolors.to_rgb(language_color(language or "all")))
+    scale = max((max(a) for a in df["activations"] if len(a)), default=0.0)
+    lines = [f'<div class="lape-contexts"><b>Top-activating contexts of {html.escape(who)}'
+             f"</b> · shade = activation / {scale:.3g}"]
+    if df.empty:
+        lines.append("<div><i>no contexts</i></div>")
     for lang in _language_columns(df["language"].astype(str).unique()):
         part = df[df["language"].astype(str) == lang].sort_values("activation", ascending=False)
         for _, r in part.head(n_per_language).iterrows():
-            rows.append(
-                [
-                    lang,
-                    f"{float(r['activation']):.3g}",
-                    repr(str(r["token"]))[1:-1],
-                    _window(r["context"], r["token"], max_context),
-                ]
+            spans = "".join(_token_span(t, v, scale, rgb, i == r["center"])
+                            for i, (t, v) in enumerate(zip(r["tokens"], r["activations"])))
+            lines.append(
+                f'<div style="margin: 2px 0"><code>{html.escape(lang)}</code> '
+                f'<code>{r["activation"]:.3g}</code> {spans}</div>'
             )
-    ax = _axes(ax, (11.0, 0.7 + 0.26 * (max(len(rows), 1) + 1)))
-    ax.axis("off")
-    where = ""
-    if {"layer", "neuron"} <= set(df.columns) and len(df):
-        if df["layer"].nunique() == 1 and df["neuron"].nunique() == 1:
-            where = f" of neuron {int(df['layer'].iloc[0])}.{int(df['neuron'].iloc[0])}"
-    if not rows:
-        ax.text(0.5, 0.5, "no contexts", ha="center", va="center", transform=ax.transAxes)
-        _title(ax, f"Top-activating contexts{where}", None, title)
-        return ax
-    header = ["language", "activation", "token", "context"]
-    table = ax.table(
-        cellText=rows,
-        colLabels=header,
-        bbox=(0.0, 0.0, 1.0, 1.0),
-        cellLoc="left",
-        colLoc="left",
-        colWidths=[0.08, 0.09, 0.12, 0.71],
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(8)
-    for (i, j), cell in table.get_celld().items():
-        cell.PAD = 0.02 if j == 3 else 0.08  # padding is a fraction of the cell's width
-        if i == 0:
-            cell.set_text_props(weight="bold")
-            cell.set_facecolor("#eeeeee")
-        elif j == 0:
-            cell.set_facecolor(mcolors.to_rgba(language_color(rows[i - 1][0]), 0.35))
-    _title(ax, f"Top-activating contexts{where}", None, title)
-    return ax
+    return HTMLView("\n".join(lines) + "</div>")
 
 
 # ============================================================================ saving

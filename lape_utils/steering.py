@@ -614,8 +614,9 @@ def strength_sweep(
     generated once and shared by every strength. Other arguments as :func:`steer`.
 
     Returns:
-        DataFrame, one row per (strength, neuron set): ``strength``, ``neurons`` (``"lape"``
-        or a control's name), and the columns of :meth:`SteerResult.summary`.
+        DataFrame, one row per (strength, neuron set): ``target``, ``source``,
+        ``strength``, ``neurons`` (``"lape"`` or a control's name), and the columns of
+        :meth:`SteerResult.summary`.
     """
     specs = [dataclasses.replace(spec, strength=s) for s in strengths]
     if not specs:
@@ -628,6 +629,8 @@ def strength_sweep(
         result = SteerResult(run.run(s), {"target": s.target, "source": s.source})
         summ = result.summary().reset_index()
         summ.insert(0, "strength", s.strength)
+        summ.insert(0, "source", s.source)
+        summ.insert(0, "target", s.target)
         frames.append(summ)
         log.info("strength %g: target rate %s", s.strength,
                  summ.set_index("neurons")["target_rate"].to_dict())

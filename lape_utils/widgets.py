@@ -600,16 +600,17 @@ class _LiveFigure:
         return _png(self.fig)
 
 
-def _static_figure(
-    selection: NeuronSelection, limits: _Limits | None, *, dpi: float = 100
-) -> Figure:
-    """The explorer's three panels at full detail (numbers in the cells), no pyplot."""
+def _static_figure(selection: NeuronSelection, *, dpi: float = 100) -> Figure:
+    """The explorer's three panels at full detail (numbers in the cells), no pyplot.
+
+    Colour limits are those of this selection (what the figure shows).
+    """
     counts = analysis.layer_distribution(selection)
     w, h = _figure_size(selection.n_layers, len(counts.columns))
     fig = Figure(figsize=(w, h + 0.4), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
     ax_heat, ax_ov, ax_bar = fig.subplots(1, 3, width_ratios=[1.0, 1.15, 1.0])
-    lim = limits or _limits_from(selection)
+    lim = _limits_from(selection)
     plots.plot_layer_distribution(
         counts, ax=ax_heat, vmin=0, vmax=lim.heatmap, title="Neurons per layer"
     )
@@ -874,8 +875,10 @@ class ExplorerPanel:
     def static_figure(self, *, dpi: float = 100) -> Figure:
         """The current selection as a normal matplotlib figure (numbers in the cells).
 
-        Same panels and the same fixed colour limits as the live figure. It is not managed
-        by pyplot: display it with :meth:`display_static` or save it with
+        Same panels as the live figure, with colour limits fitted to what it shows (the live
+        figure keeps the limits fixed for the whole slider range so redraws do not jump; a
+        static copy shows one selection and would be washed out by them). It is not
+        managed by pyplot: display it with :meth:`display_static` or save it with
         :func:`lape_utils.plots.save_figure`.
 
         Raises:
@@ -883,7 +886,7 @@ class ExplorerPanel:
         """
         if self.selection is None:
             raise ValueError("no valid selection to draw; fix the thresholds first")
-        return _static_figure(self.selection, self._limits, dpi=dpi)
+        return _static_figure(self.selection, dpi=dpi)
 
     def static_png(self, *, dpi: float = 100) -> bytes:
         """:meth:`static_figure` encoded as PNG."""

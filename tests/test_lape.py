@@ -16,10 +16,10 @@ import torch
 
 import lape_utils.lape as lape_mod
 from lape_utils.lape import (
-    activity_matched,
     LapeConfig,
     _kth_smallest,
     activation_probability,
+    activity_matched,
     agreement,
     identify,
     kth_quantile,

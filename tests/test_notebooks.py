@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from lape_utils.job.config import SMOKE as JOB_SMOKE
 from lape_utils.job.notebooks import NOTEBOOKS, execute_notebooks, notebooks_dir
 
 SMOKE = {
-    "model_name": "tiny-llama",
-    "languages": ["en", "fr", "zh"],
-    "tokens_per_language": 630,
+    "model_name": JOB_SMOKE["model"],
+    "languages": list(JOB_SMOKE["languages"]),
+    "tokens_per_language": JOB_SMOKE["tokens_per_language"],
     "smoke": True,
+    "options": {k: list(v) if isinstance(v, tuple) else v for k, v in JOB_SMOKE.items()
+                if k not in ("model", "languages", "tokens_per_language")},
 }
 
 
@@ -31,10 +34,12 @@ def test_notebooks_are_stored_without_outputs_and_have_a_parameters_cell():
         assert "What you should see" in markdown, name
 
 
-def test_only_the_first_notebook_writes_its_own_trace():
+def test_the_teaching_notebooks_show_their_step_in_their_own_trace():
+    # 01 reads a neuron, 03 zeroes neurons, 04 sets them to their mean, each in an explicit
+    # nnsight trace before using the package; 02 analyses counts and needs none
     for name in NOTEBOOKS:
         text = (notebooks_dir() / f"{name}.ipynb").read_text()
-        assert ("nn.trace(" in text) == (name == "01_detection"), name
+        assert ("nn.trace(" in text) == (name != "02_distribution"), name
 
 
 @pytest.mark.slow
@@ -46,6 +51,10 @@ def test_all_notebooks_run_headless_on_a_tiny_model(tmp_path):
         nb = json.loads((tmp_path / "out" / f"{name}.ipynb").read_text())
         errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, (name, errors)
+        # nothing a reader would take for a failure: no traceback, glyph or other warning
+        text = json.dumps([c.get("outputs", []) for c in nb["cells"]], ensure_ascii=False)
+        for bad in ("Traceback", "Glyph", "not available", "Warning"):
+            assert bad not in text, (name, bad)
     # later notebooks reused what 01 cached: one statistics directory, one capture
     assert (tmp_path / "cache" / "stats" / "stats.pt").exists()
     assert list((tmp_path / "cache" / "ppl").glob("ppl_matrix_*.csv"))

@@ -469,87 +469,67 @@ def sweep() -> pd.DataFrame:
     """Shaped like steer.strength_sweep(): one row per (strength, neuron set)."""
     rows = []
     for s in (0.5, 1.0, 2.0, 4.0):
-        for k in ("random", "lape"):
+        for k in ("random", "lape", "matched"):
             rate = min(1.0, s / 4) if k == "lape" else 0.05
-            rows.append(
-                dict(strength=s, neurons=k, target_rate=rate, source_rate=1 - rate, drift=10 * s)
-            )
+            rows.append(dict(target="fr", source="en", strength=s, neurons=k, target_rate=rate,
+                             target_rate_lo=max(0.0, rate - 0.1), target_rate_hi=rate + 0.1,
+                             output_ppl=4 + 10 * s if k == "lape" else 4.5,
+                             output_ppl_unsteered=4.0))
     return pd.DataFrame(rows)
 
 
-def test_steering_sweep_two_axes():
-    ax = plots.plot_steering_sweep(sweep(), config=CFG)
-    labels = [line.get_label() for line in ax.get_lines()]
-    assert labels == [
-        "target_rate (lape)",
-        "source_rate (lape)",
-        "target_rate (random)",
-        "source_rate (random)",
-    ]
-    assert ax.get_lines()[0].get_xdata().tolist() == [0.5, 1.0, 2.0, 4.0]
-    assert ax.get_lines()[0].get_ydata().tolist() == [0.125, 0.25, 0.5, 1.0]
-    assert ax.get_ylim() == pytest.approx((-0.02, 1.02))
-    assert ax.get_xlabel() == "strength"
-    right = ax.right_ax
-    assert right.get_ylabel() == "drift"
-    assert [line.get_label() for line in right.get_lines()] == ["drift (lape)", "drift (random)"]
-    assert len(ax.get_legend().get_texts()) == 6
-    assert CFG.label() in ax.get_title()
+def test_steering_sweep_rate_and_cost_per_set():
+    axes = plots.plot_steering_sweep(sweep(), config=CFG)
+    assert isinstance(axes, np.ndarray) and len(axes) == 2
+    rate, cost = axes
+    lines = rate.get_lines()
+    assert [line.get_label() for line in lines] == ["lape", "random", "matched"]
+    colors = [mcolors.to_hex(line.get_color()) for line in lines]
+    assert len(set(colors)) == 3 and colors[0] == plots.SET_COLORS["lape"]
+    assert lines[0].get_xdata().tolist() == [0.5, 1.0, 2.0, 4.0]
+    assert lines[0].get_ydata().tolist() == [0.125, 0.25, 0.5, 1.0]
+    assert rate.get_ylim() == pytest.approx((0, 1.02))
+    assert len(rate.collections) == 3  # one Wilson band per set
+    assert "French" in rate.get_ylabel() and "en → fr" in rate.get_title()
+    assert CFG.label() in rate.get_title()
+    ppl = {line.get_label(): line for line in cost.get_lines()}
+    assert ppl["lape"].get_ydata().tolist() == [9.0, 14.0, 24.0, 44.0]
+    assert cost.get_ylim()[0] == 0  # from zero: the ratios are compared by eye
+    assert "unsteered (4)" in ppl and "cost" in cost.get_title()
 
 
-def test_steering_sweep_averages_and_optional_columns():
-    df = pd.DataFrame(
-        {"strength": [1, 1, 2, 2], "target_rate": [0.2, 0.4, 0.6, 1.0], "cost": [1, 3, 5, 7]}
-    )
-    ax = plots.plot_steering_sweep(df)
-    assert len(ax.get_lines()) == 1  # no source column, no groups
-    assert ax.get_lines()[0].get_ydata().tolist() == pytest.approx([0.3, 0.8])
-    assert ax.right_ax.get_lines()[0].get_ydata().tolist() == pytest.approx([2, 6])
-    ax = plots.plot_steering_sweep(df.drop(columns="cost"))
-    assert not hasattr(ax, "right_ax")
-    with pytest.raises(ValueError, match="target_rate"):
-        plots.plot_steering_sweep(df.drop(columns="target_rate"))
+def test_steering_sweep_averages_and_needs_its_columns():
+    df = pd.DataFrame({"strength": [1, 1, 2, 2], "target_rate": [0.2, 0.4, 0.6, 1.0],
+                       "output_ppl": [1, 3, 5, 7]})
+    rate, cost = plots.plot_steering_sweep(df)
+    assert rate.get_lines()[0].get_ydata().tolist() == pytest.approx([0.3, 0.8])
+    assert cost.get_lines()[0].get_ydata().tolist() == pytest.approx([2, 6])
+    with pytest.raises(ValueError, match="output_ppl"):
+        plots.plot_steering_sweep(df.drop(columns="output_ppl"))
 
 
 # --------------------------------------------------------------------------- contexts
 
 
-def test_top_contexts_table():
+def test_top_contexts_html_shades_every_token():
     rows = []
     for lang in ("ja", "en"):
         for i in range(4):
-            rows.append(
-                dict(
-                    language=lang,
-                    token=f"w{i}",
-                    context=("pad " * 30) + f"before w{i} after\nnext line " + ("pad " * 30),
-                    activation=float(i),
-                    layer=3,
-                    neuron=17,
-                )
-            )
+            rows.append(dict(language=lang, activation=float(i), tokens=["日本", " a", "<b>"],
+                             activations=[float(i), -1.0, 0.5], center=0))
     df = pd.DataFrame(rows)
-    ax = plots.plot_top_contexts(df, n_per_language=3, max_context=40)
-    table = ax.tables[0]
-    cells = table.get_celld()
-    n_rows = 1 + max(i for i, _ in cells)
-    assert n_rows == 1 + 2 * 3  # header + 3 per language
-    assert [cells[0, j].get_text().get_text() for j in range(4)] == [
-        "language",
-        "activation",
-        "token",
-        "context",
-    ]
-    assert [cells[i, 0].get_text().get_text() for i in range(1, 7)] == ["en"] * 3 + ["ja"] * 3
-    assert [cells[i, 2].get_text().get_text() for i in range(1, 4)] == ["w3", "w2", "w1"]
-    context = cells[1, 3].get_text().get_text()
-    assert "«w3»" in context and "\n" not in context and len(context) <= 42
-    assert "neuron 3.17" in ax.get_title()
-    assert not ax.axison
-    ax = plots.plot_top_contexts(df.iloc[:0])
-    assert not ax.tables and ax.texts[0].get_text() == "no contexts"
-    with pytest.raises(ValueError, match="activation"):
-        plots.plot_top_contexts(df.drop(columns="activation"))
+    df.attrs.update(layer=3, neuron=17)
+    view = plots.top_contexts_html(df, language="ja", n_per_language=3)
+    html = view._repr_html_()
+    assert "neuron L3.17 (Japanese neuron)" in html
+    assert html.count('class="lape-token"') == 2 * 3 * 3  # 2 languages x 3 contexts x 3
+    assert html.index("<code>en</code>") < html.index("<code>ja</code>")  # module order
+    assert "日本" in html and "&lt;b&gt;" in html  # any script, escaped
+    assert "rgba(" in html and "1.00)" in html  # the largest activation fully shaded
+    assert "0.00)" in html  # negative activations unshaded
+    assert plots.top_contexts_html(df.iloc[:0]).data.count("no contexts") == 1
+    with pytest.raises(ValueError, match="activations"):
+        plots.top_contexts_html(df.drop(columns="activations"))
 
 
 # --------------------------------------------------------------------------- common
@@ -569,10 +549,6 @@ def test_every_plot_uses_the_given_axes():
         ),
         lambda ax: published_mod.plot_published_comparison({"x": SEL}, None, ax, kind="depth"),
         lambda ax: plots.plot_ppl_heatmap(ppl_records(), ax),
-        lambda ax: plots.plot_steering_sweep(sweep(), ax),
-        lambda ax: plots.plot_top_contexts(
-            pd.DataFrame([dict(language="en", token="a", context="a b", activation=1.0)]), ax
-        ),
     ]
     for call in calls:
         fig, ax = plt.subplots()

@@ -11,7 +11,9 @@ computing it again, and a changed input never reuses (or overwrites) an old resu
 * :func:`heldout_text`: the packed held-out split;
 * :func:`cached_ppl_matrix`: the perplexity-change matrix with its random control;
 * :func:`cached_steering`: steering runs towards several target languages;
-* :func:`cached_sweep`: a steering strength sweep.
+* :func:`cached_sweep`: a steering strength sweep;
+* :func:`cached_threshold_effect`: what ``top_rate`` does to the ΔNLL;
+* :func:`cached_top_contexts`: the contexts that activate one neuron most.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..capture import capture
+from ..capture import capture, top_activating_contexts
+from ..config import LapeConfig
 from ..corpus import load_corpus, pack
-from ..evaluate import PplMatrix, perplexity_matrix
+from ..evaluate import PplMatrix, perplexity_matrix, threshold_effect
 from ..generation import GenerationConfig
-from ..lape import control_sets
+from ..lape import control_sets, identify
 from ..models import LapeModel
+from ..selection import NeuronSelection
 from ..steering import PAPER_GENERATION, SteerResult, SteerSpec, steer, strength_sweep
+from .config import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,47 +52,31 @@ def selection_digest(selection) -> str:
 
 
 # ----------------------------------------------------------------------------- stages
-def detection_statistics(
-    model: LapeModel,
-    cache_dir: str | os.PathLike,
-    *,
-    corpus: str = "builtin",
-    languages: Sequence[str] | str | None = None,
-    tokens_per_language: int | None = None,
-    seq_len: int = 512,
-    batch_size: int = 4,
-    replicates: int = 16,
-    seed: int = 0,
-    take_all: bool = False,
-):
-    """Packs the detection corpus and captures (or loads) its activation statistics.
+def detection_statistics(model: LapeModel, cfg: JobConfig, cache_dir: str | os.PathLike):
+    """Packs the detection text of ``cfg`` and captures (or loads) its statistics.
 
     Returns:
         ``(packed, stats)``; the statistics live in ``cache_dir/stats``.
     """
-    text = load_corpus(corpus, languages, split="detect", tokenizer=model.tokenizer,
-                       tokens_per_language=tokens_per_language, seed=seed, take_all=take_all)
-    packed = pack(text, model.tokenizer, seq_len=seq_len, tokens_per_language=tokens_per_language,
-                  seed=seed, take_all=take_all)
-    stats = capture(model, packed, Path(cache_dir) / "stats", batch_size=batch_size,
-                    replicates=replicates, seed=seed)
+    text = load_corpus(cfg.corpus, list(cfg.languages), split="detect",
+                       filter_language=cfg.filter_language, tokenizer=model.tokenizer,
+                       tokens_per_language=cfg.tokens_per_language, seed=cfg.seed)
+    packed = pack(text, model.tokenizer, seq_len=cfg.seq_len,
+                  tokens_per_language=cfg.tokens_per_language, seed=cfg.seed)
+    stats = capture(model, packed, Path(cache_dir) / "stats", batch_size=cfg.batch_size,
+                    replicates=cfg.replicates, seed=cfg.seed)
     return packed, stats
 
 
 def heldout_text(
-    model: LapeModel,
-    *,
-    corpus: str = "builtin",
-    languages: Sequence[str] | str | None = None,
-    tokens_per_language: int | None = None,
-    seq_len: int = 256,
-    seed: int = 0,
+    model: LapeModel, cfg: JobConfig, languages: Sequence[str], tokens_per_language: int
 ):
-    """The packed held-out split used for perplexity."""
-    text = load_corpus(corpus, languages, split="heldout", tokenizer=model.tokenizer,
-                       tokens_per_language=tokens_per_language, seed=seed)
-    return pack(text, model.tokenizer, seq_len=seq_len, tokens_per_language=tokens_per_language,
-                seed=seed)
+    """The packed held-out split of ``cfg``'s corpus, in ``cfg.heldout_seq_len`` chunks."""
+    text = load_corpus(cfg.corpus, list(languages), split="heldout",
+                       filter_language=cfg.filter_language, tokenizer=model.tokenizer,
+                       tokens_per_language=tokens_per_language, seed=cfg.seed)
+    return pack(text, model.tokenizer, seq_len=cfg.heldout_seq_len,
+                tokens_per_language=tokens_per_language, seed=cfg.seed)
 
 
 def cached_ppl_matrix(
@@ -199,3 +188,77 @@ def steering_table(results: dict) -> pd.DataFrame:
         s.insert(0, "target", target)
         frames.append(s)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def cached_threshold_effect(
+    model: LapeModel,
+    stats,
+    heldout,
+    top_rates: Sequence[float],
+    cache_dir: str | os.PathLike,
+    *,
+    config: LapeConfig = LapeConfig(),
+    batch_size: int = 4,
+) -> pd.DataFrame:
+    """:func:`lape_utils.evaluate.threshold_effect`, cached as CSV under ``cache_dir/ppl``."""
+    key = _digest({
+        "model": model.fingerprint, "dtype": str(model.dtype),
+        "stats": stats.provenance.get("corpus_fingerprint"), "n": stats.n.tolist(),
+        "heldout": heldout.fingerprint, "rates": [float(r) for r in top_rates],
+        "config": config.to_dict(),
+    })
+    path = Path(cache_dir) / "ppl" / f"threshold_effect_{key}.csv"
+    if path.exists():
+        return pd.read_csv(path)
+    table = threshold_effect(model, stats, heldout, list(top_rates), config=config,
+                             batch_size=batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return table
+
+
+def detection(model: LapeModel, cfg: JobConfig, cache_dir: str | os.PathLike):
+    """What notebook 01 makes and 02–04 start from: statistics and the LAPE selection.
+
+    The statistics are captured (or loaded) by :func:`detection_statistics`; the selection
+    is read from ``cache_dir/neurons.pt`` when it was made from these statistics with these
+    thresholds, else identified and saved there.
+
+    Returns:
+        ``(packed, stats, selection)``.
+    """
+    packed, stats = detection_statistics(model, cfg, cache_dir)
+    path = Path(cache_dir) / "neurons.pt"
+    made_from = {"corpus_fingerprint": stats.provenance.get("corpus_fingerprint"),
+                 "model_fingerprint": stats.provenance.get("model_fingerprint"),
+                 "languages": list(stats.languages)}
+    if path.exists():
+        saved = NeuronSelection.load(path)
+        if saved.config == cfg.lape_config().to_dict() and all(
+            saved.provenance.get(k) == v for k, v in made_from.items()
+        ):
+            return packed, stats, saved
+        log.info("%s was made from other statistics or thresholds; identifying again", path)
+    selection = identify(stats.over_zero, stats.n, stats.languages, cfg.lape_config(),
+                         activation_sum=stats.activation_sum, provenance=stats.provenance)
+    selection.save(path, overwrite=True)
+    return packed, stats, selection
+
+
+def cached_top_contexts(
+    model: LapeModel, packed, layer: int, neuron: int, cache_dir: str | os.PathLike, *,
+    k: int = 3, max_chunks: int | None = None,
+) -> pd.DataFrame:
+    """:func:`lape_utils.capture.top_activating_contexts`, cached as JSON lines."""
+    key = _digest({"model": model.fingerprint, "dtype": str(model.dtype),
+                   "corpus": packed.fingerprint, "layer": layer, "neuron": neuron, "k": k,
+                   "max_chunks": max_chunks})
+    path = Path(cache_dir) / "contexts" / f"contexts_L{layer}_{neuron}_{key}.jsonl"
+    if path.exists():
+        df = pd.read_json(path, lines=True)
+    else:
+        df = top_activating_contexts(model, packed, layer, neuron, k=k, max_chunks=max_chunks)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    df.attrs.update(layer=int(layer), neuron=int(neuron))
+    return df
