@@ -445,7 +445,7 @@ def test_overview_lists_every_exercise():
 
 def test_no_package_module_imports_the_exercises():
     for path in (REPO / "lape_utils").rglob("*.py"):
-        if path.stem in ("exercises", "solutions"):
+        if path.stem == "solutions" or "exercises" in path.parts:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

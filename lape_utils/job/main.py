@@ -24,7 +24,8 @@ from ..lape import stability
 from ..models import load_model
 from ..steering import PAPER_GENERATION, SteerSpec
 from .config import JobConfig
-from .notebooks import execute_notebooks
+from .claims import check_claims
+from .notebooks import execute_notebooks, notebooks_dir
 from .report import render_summary
 from .stages import (
     cached_ppl_matrix,
@@ -53,6 +54,38 @@ class _Timer:
         yield
         self.seconds[name] = round(time.perf_counter() - t, 1)
         log.info("stage %s done in %.1f s", name, self.seconds[name])
+
+
+def _thresholds(selection) -> dict:
+    """The thresholds identification reached, and the entropy of the last neuron selected."""
+    ident = selection.provenance["identification"]
+    entropy = selection.selected_entropy
+    return {
+        "tau": float(ident["filter_threshold"]),
+        "bar": float(ident["activation_bar"]),
+        "n_candidates": int(ident["n_candidates"]),
+        "cutoff": float(entropy.max()) if entropy is not None and entropy.numel() else None,
+    }
+
+
+def _specificity(stats, selection) -> dict:
+    """Per language: neurons active above the bar, neurons selected, and the share selected."""
+    bar = selection.provenance["identification"]["activation_bar"]
+    active = (stats.probability() > bar).sum(dim=(0, 1))
+    chosen = selection.counts().sum()
+    return {lang: {"active": int(active[k]), "selected": int(chosen[lang]),
+                   "share": float(chosen[lang] / active[k]) if active[k] else None}
+            for k, lang in enumerate(stats.languages)}
+
+
+def _overlap_top(selection, n: int = 5) -> list[dict]:
+    """The pairs of languages that share the most neurons."""
+    shared = analysis.overlap(selection)[0]
+    langs = list(shared.index)
+    pairs = [(int(shared.iloc[i, j]), langs[i], langs[j])
+             for i in range(len(langs)) for j in range(i + 1, len(langs))]
+    pairs.sort(key=lambda t: -t[0])
+    return [{"pair": f"{a}-{b}", "shared": c} for c, a, b in pairs[:n]]
 
 
 def notebook_parameters(cfg: JobConfig, cache_dir: Path) -> dict:
@@ -120,8 +153,15 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         "per_language": {k: int(v) for k, v in counts.sum().items()},
         "regions": analysis.layer_region_shares(selection).to_dict(orient="index"),
     }
+    summary["thresholds"] = _thresholds(selection)
+    summary["specificity"] = _specificity(stats, selection)
+    summary["overlap_top"] = _overlap_top(selection)
     if stab is not None:
         summary["stability_mean_jaccard"] = {k: float(v) for k, v in stab.mean_jaccard.items()}
+        summary["stable_fraction"] = {
+            k: float(v) for k, v in
+            analysis.stability_table(stab)["stable_fraction"].dropna().items()
+        }
     if convergence is not None:
         convergence.to_csv(out / "convergence.csv", index=False)
         summary["convergence"] = convergence.round(4).to_dict(orient="records")
@@ -201,6 +241,8 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
                 out / "notebooks", parameters=notebook_parameters(cfg, cache)
             )
 
+    if cfg == JobConfig(notebooks=cfg.notebooks):  # the run the notebooks' text describes
+        summary["claims"] = check_claims(summary, notebooks_dir())
     summary["timings_s"] = timer.seconds
     summary["total_s"] = round(sum(timer.seconds.values()), 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

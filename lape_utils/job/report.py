@@ -171,6 +171,13 @@ def render_summary(summary: dict, matrix, steering: pd.DataFrame) -> str:
             "",
             _md_table(steering_evidence(steering), ".3f"),
         ]
+    if "claims" in summary:
+        claims = summary["claims"]
+        parts += ["", "## The notebooks' text against this run", "",
+                  "Every number the notebooks' “What you should see” text quotes holds in this "
+                  "run." if not claims else
+                  "These quoted numbers no longer hold (edit the notebooks' text, or find out "
+                  "what changed):\n\n" + "\n".join(f"* {c}" for c in claims)]
     parts += ["", "Figures are in `figures/`, tables next to this file, executed notebooks in "
               "`notebooks/`."]
     return "\n".join(parts) + "\n"
