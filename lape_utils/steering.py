@@ -59,6 +59,7 @@ from .intervene import (
     Intervention,
     InterventionError,
     _check_finite,
+    _resolve_remote,
     check_interventions,
     check_selection,
 )
@@ -447,6 +448,7 @@ def _check_setup(model, selection, stats, spec: SteerSpec, prompts) -> list[str]
             f"{selection.languages}"
         )
     check_interventions(model, steering_interventions(selection, stats, spec))
+    _resolve_remote(model, None)  # remote=True needs an NDIF key: refuse before any trace
     return prompts
 
 
