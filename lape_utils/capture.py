@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -45,6 +46,9 @@ from .stats import (
     now_utc,
     package_versions,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +219,11 @@ def budget_chunks(n_chunks: int) -> list[int]:
 
 
 def budget_weights(chunk_ids: list[int], thresholds: list[int]) -> torch.Tensor:
-    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff ``c <
-    thresholds[s]``. Global chunk indices, so snapshots are prefixes of the whole stream
-    whatever the batch size, the shard or a resume."""
+    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff ``c < thresholds[s]``.
+
+    Global chunk indices, so snapshots are prefixes of the whole stream whatever the batch
+    size, the shard or a resume.
+    """
     c = torch.tensor(chunk_ids, dtype=torch.int64)
     return (c[None, :] < torch.tensor(thresholds, dtype=torch.int64)[:, None]).long()
 
@@ -294,6 +300,7 @@ def capture_provenance(
         "tokens_per_language": {lang: int(packed.tokens[lang]) for lang in packed.languages},
         "seq_len": int(packed.seq_len),
         "bos_prepended_not_counted": bool(packed.bos),
+        **({"chat_content_only": True} if packed.content_mask is not None else {}),
         "batch_size": int(batch_size),
         "bootstrap_replicates": int(replicates),
         "bootstrap_seed": int(seed),
@@ -354,7 +361,9 @@ def capture(
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
         packed: A :class:`lape_utils.corpus.PackedCorpus` (fixed-length chunks per language).
-            When the chunks start with a BOS token, that position is not counted.
+            When the chunks start with a BOS token, that position is not counted; for chat
+            text (``pack(chat=True)``) only the message tokens are counted, not the chat
+            template's.
         out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints. If it
             already holds statistics with the same provenance they are returned without
             recomputation; different provenance is refused. ``None`` keeps everything in
@@ -486,9 +495,14 @@ def capture(
         if packed.bos:
             count_mask[:, 0] = False
         per_chunk_tokens = int(count_mask[0].sum())
+        total, done = (stop - first) * per_chunk_tokens, (state.next_chunk - first) * per_chunk_tokens
+        # chat text: only the messages' tokens (the mask is False at the BOS too)
+        content = None if packed.content_mask is None else packed.content_mask[lang]
+        if content is not None:
+            total, done = int(content[first:stop].sum()), int(content[first : state.next_chunk].sum())
         bar = tqdm(
-            total=(stop - first) * per_chunk_tokens,
-            initial=(state.next_chunk - first) * per_chunk_tokens,
+            total=total,
+            initial=done,
             desc=f"capture {lang}" + (f" (rank 0's shard of {world})" if world > 1 else ""),
             unit="tok",
             unit_scale=True,
@@ -503,9 +517,8 @@ def capture(
             weights = budget_weights(chunk_ids, prov["budget_chunks"][lang])
             if replicates:
                 weights = torch.cat([bootstrap_weights(seed, lang, chunk_ids, replicates), weights])
-            counts = count_batch(
-                model, ids, None, count_mask[:b], weights, backend=backend, remote=remote
-            )
+            mask = count_mask[:b] if content is None else count_mask[:b] & content[start : start + b]
+            counts = count_batch(model, ids, None, mask, weights, backend=backend, remote=remote)
             state.add(counts, b, replicates)
             bar.update(counts.n)
             batches_since += 1

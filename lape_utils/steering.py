@@ -51,7 +51,7 @@ import torch
 from sacrebleu.metrics import CHRF
 
 from ._files import refuse_overwrite
-from .corpus import load_corpus, tokenizer_identity
+from .corpus import chat_turn, load_corpus, tokenizer_identity
 from .evaluate import score_continuations
 from .generation import Generation, GenerationConfig, check_prompts, generate
 from .intervene import (
@@ -79,6 +79,7 @@ __all__ = [
     "SteerResult",
     "SteerSpec",
     "chrf",
+    "format_prompts",
     "language_token_ids",
     "output_ppl",
     "steer",
@@ -132,7 +133,14 @@ class SteerSpec:
     """Where to intervene (see :mod:`lape_utils.intervene`); default every position."""
 
     template: str = PAPER_TEMPLATE
-    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts."""
+    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts. In a chat
+    turn (``chat``) the paper's ``Q: ... A:`` format is left out (the template's user and
+    assistant turns replace it); another template formats the user's message."""
+
+    chat: bool | None = None
+    """Format each prompt as one user turn of the tokenizer's chat template (with the
+    assistant header), as instruction-tuned models expect: ``None`` when the tokenizer has
+    a template, ``True`` requires one, ``False`` never (plain ``template`` text)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -153,6 +161,11 @@ class SteerSpec:
             raise InterventionError("zero_source needs the source language (source=...)")
         if "{prompt}" not in self.template:
             raise InterventionError(f"template {self.template!r} has no '{{prompt}}' field")
+        if self.chat not in (None, True, False):
+            raise InterventionError(
+                f"chat must be None (use the tokenizer's chat template when it has one), True "
+                f"or False, got {self.chat!r}"
+            )
 
     def describe(self) -> str:
         """Short text, e.g. ``"set fr x1 (en zeroed)"``."""
@@ -290,6 +303,32 @@ def steering_interventions(
     else:
         out.append(Intervention.scale(selection, target, strength, positions=positions))
     return out
+
+
+def format_prompts(tokenizer, prompts: Sequence[str], spec: SteerSpec) -> list[str]:
+    """The prompts as the model sees them: chat turns, or ``spec.template`` text.
+
+    With a chat template (``spec.chat`` True, or None and ``tokenizer.chat_template`` set)
+    each prompt becomes one user turn followed by the assistant header
+    (``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``); the text may
+    begin with the BOS text, which :func:`~lape_utils.generation.generate` does not double.
+
+    Raises:
+        ChatTemplateError: a chat template is asked for and missing, or it fails to render
+            a user turn holding the prompt (before any generation).
+    """
+    text = [spec.template.format(prompt=p) for p in prompts]
+    if not _uses_chat(tokenizer, spec):
+        return text
+    log.info("prompts formatted as user turns of the tokenizer's chat template")
+    messages = list(prompts) if spec.template == PAPER_TEMPLATE else text
+    return [chat_turn(tokenizer, m, generation_prompt=True)[0] for m in messages]
+
+
+def _uses_chat(tokenizer, spec: SteerSpec) -> bool:
+    """Whether ``spec`` formats prompts with the chat template of this tokenizer."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    return has if spec.chat is None else spec.chat
 
 
 # ============================================================================ results
@@ -522,7 +561,7 @@ class _Runner:
     @classmethod
     def prepare(cls, model, selection, stats, prompts, spec, generation, controls):
         sets = [("lape", selection), *(controls or {}).items()]
-        formatted = [spec.template.format(prompt=p) for p in prompts]
+        formatted = format_prompts(model.tokenizer, prompts, spec)
         contrast = spec.source or "en"
         try:
             target_ids = language_token_ids(model.tokenizer, spec.target, contrast)
@@ -560,7 +599,8 @@ def steer(
         neurons: Language-specific neurons of this model.
         stats: Activation statistics of this model (mean activations; needed for ``set``
             and ``add``).
-        prompts: Questions (non-empty strings), formatted with ``spec.template``.
+        prompts: Questions (non-empty strings), formatted with ``spec.template`` or as chat
+            turns (:func:`format_prompts`).
         spec: The steering setting.
         generation: Decoding (default the paper's: greedy, repetition penalty 1.1, 64
             tokens).
@@ -575,6 +615,10 @@ def steer(
         InterventionError: bad input, all checked before generation: empty prompts, a
             language absent from the neuron set or statistics, a neuron set or statistics
             of another model.
+        ChatTemplateError: a chat template asked for (``spec.chat``) and missing, or one
+            that fails to render a prompt; before generation.
+        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key; before
+            any trace.
     """
     prompts = _check_setup(model, neurons, stats, spec, prompts)
     for sel in (controls or {}).values():
@@ -584,6 +628,8 @@ def steer(
         "model": model.name,
         "model_fingerprint": model.fingerprint,
         **dataclasses.asdict(spec),
+        "chat_template_used": _uses_chat(model.tokenizer, spec),
+        "remote": model.remote,
         "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
                      for name, sel in (controls or {}).items()},
         "seed": generation.seed,
