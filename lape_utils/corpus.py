@@ -15,7 +15,9 @@ language):
 :func:`pack` then follows the paper's protocol (§1 of ``lape-method.md``): tokenize with the
 model's own tokenizer, concatenate each language's documents into one stream, cut it into
 fixed-length chunks with no padding, with the same token budget for every language by
-default. :func:`load_prompts` reads the open questions used for steering.
+default. :func:`load_prompts` reads the open questions used for steering. For an
+instruction-tuned model, ``pack(..., chat=True)`` wraps each document in a user turn of its
+chat template and marks which tokens are the message's, so that only those are counted.
 """
 
 from __future__ import annotations

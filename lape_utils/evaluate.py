@@ -10,7 +10,10 @@ and measures the NLL of held-out text of every language (``lape-method.md`` §3)
 :func:`score_continuations` scores generated text given its prompt under the unmodified
 model (the fluency cost of steering).
 
-All model access goes through :mod:`lape_utils.intervene`.
+All model access goes through :mod:`lape_utils.intervene`. Every scoring pass reduces the
+logits inside its trace to per-sequence NLL sums and token counts (``[batch]`` each), so a
+model loaded with ``remote=True`` is scored on NDIF and only those numbers come back; local
+and remote runs share that code.
 """
 
 from __future__ import annotations

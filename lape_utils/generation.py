@@ -14,6 +14,9 @@ never ends normally (the model running out of steps leaves its last request dang
 which nnsight reports as a warning we silence), so the generated ids are read in a second,
 empty ``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step
 0 the loop breaks after step 0, otherwise it would spin forever without a request.
+
+A model loaded with ``remote=True`` (or ``"local"``) generates through ``model.nn.generate``
+with that setting, interventions or not; only the generated ids come back.
 """
 
 from __future__ import annotations

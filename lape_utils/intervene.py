@@ -20,7 +20,9 @@ cache: step 0 runs the whole (left-padded) prompt, every later step runs one new
   generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
   use ``"all"`` to steer every generated token.
 
-A single forward pass (:func:`forward_logits`) is step 0.
+A single forward pass (:func:`forward_logits`) is step 0. It runs where the model's
+``remote`` setting says (here, on NDIF, or nnsight's local dry run of the NDIF path) and
+can reduce the logits inside the trace (``reduce=``), so that only the reduction leaves it.
 
 Several interventions compose: per layer, in list order, on the output of the previous one
 (e.g. zero a source language's neurons, then set the target language's). Each layer's site

@@ -32,6 +32,12 @@ target) tell how much of the effect is specific to the language neurons: a rando
 the same size per layer (:func:`~lape_utils.lape.random_matched`), and one matched in
 activation probability (:func:`~lape_utils.lape.activity_matched`: neurons that fire as
 often on the target but are not specific to it). Rates come with 95% Wilson intervals.
+
+Instruction-tuned models (LLaMA-2-Chat, Qwen-Instruct) see each prompt as one user turn of
+their chat template, followed by the assistant header (:func:`format_prompts`; by default
+whenever the tokenizer has a template, see :attr:`SteerSpec.chat`). A model loaded with
+``remote=True`` generates and is scored on NDIF (:mod:`lape_utils.generation`,
+:mod:`lape_utils.evaluate`).
 """
 
 from __future__ import annotations
@@ -161,7 +167,7 @@ class SteerSpec:
             raise InterventionError("zero_source needs the source language (source=...)")
         if "{prompt}" not in self.template:
             raise InterventionError(f"template {self.template!r} has no '{{prompt}}' field")
-        if self.chat not in (None, True, False):
+        if self.chat is not None and not isinstance(self.chat, bool):
             raise InterventionError(
                 f"chat must be None (use the tokenizer's chat template when it has one), True "
                 f"or False, got {self.chat!r}"

@@ -135,6 +135,8 @@ def test_a_broken_template_fails_before_any_generation(chat_model, monkeypatch, 
 def test_chat_setting_is_validated():
     with pytest.raises(InterventionError, match="chat must be None.*True or False, got 'yes'"):
         SteerSpec("fr", chat="yes")
+    with pytest.raises(InterventionError, match="got 1"):
+        SteerSpec("fr", chat=1)
 
 
 def test_chat_turn_spans_and_whitespace_stripping_templates():
