@@ -297,6 +297,7 @@ def capture_provenance(
         "tokens_per_language": {lang: int(packed.tokens[lang]) for lang in packed.languages},
         "seq_len": int(packed.seq_len),
         "bos_prepended_not_counted": bool(packed.bos),
+        **({"chat_content_only": True} if packed.content_mask is not None else {}),
         "batch_size": int(batch_size),
         "bootstrap_replicates": int(replicates),
         "bootstrap_seed": int(seed),
@@ -357,7 +358,9 @@ def capture(
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
         packed: A :class:`lape_utils.corpus.PackedCorpus` (fixed-length chunks per language).
-            When the chunks start with a BOS token, that position is not counted.
+            When the chunks start with a BOS token, that position is not counted; for chat
+            text (``pack(chat=True)``) only the message tokens are counted, not the chat
+            template's.
         out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints. If it
             already holds statistics with the same provenance they are returned without
             recomputation; different provenance is refused. ``None`` keeps everything in
@@ -489,9 +492,14 @@ def capture(
         if packed.bos:
             count_mask[:, 0] = False
         per_chunk_tokens = int(count_mask[0].sum())
+        total, done = (stop - first) * per_chunk_tokens, (state.next_chunk - first) * per_chunk_tokens
+        # chat text: only the messages' tokens (the mask is False at the BOS too)
+        content = None if packed.content_mask is None else packed.content_mask[lang]
+        if content is not None:
+            total, done = int(content[first:stop].sum()), int(content[first : state.next_chunk].sum())
         bar = tqdm(
-            total=(stop - first) * per_chunk_tokens,
-            initial=(state.next_chunk - first) * per_chunk_tokens,
+            total=total,
+            initial=done,
             desc=f"capture {lang}" + (f" (rank 0's shard of {world})" if world > 1 else ""),
             unit="tok",
             unit_scale=True,
@@ -506,9 +514,8 @@ def capture(
             weights = budget_weights(chunk_ids, prov["budget_chunks"][lang])
             if replicates:
                 weights = torch.cat([bootstrap_weights(seed, lang, chunk_ids, replicates), weights])
-            counts = count_batch(
-                model, ids, None, count_mask[:b], weights, backend=backend, remote=remote
-            )
+            mask = count_mask[:b] if content is None else count_mask[:b] & content[start : start + b]
+            counts = count_batch(model, ids, None, mask, weights, backend=backend, remote=remote)
             state.add(counts, b, replicates)
             bar.update(counts.n)
             batches_since += 1

@@ -4,9 +4,9 @@ r"""The ``lape`` command line: one sub-command per stage of the workbook.
 (LAPE), ``ppl`` (the perplexity-change matrix), ``steer`` (steering and its measures) and
 ``run`` (the main job)::
 
-    lape ppl --model gemma-3-270m --neurons sel.pt --corpus builtin \\
+    lape ppl --model gemma-3-270m --neurons sel.pt --corpus builtin \
         --tokens-per-language 4096 --out results/ppl.csv
-    lape steer --model gemma-3-270m --neurons sel.pt --stats results/stats \\
+    lape steer --model gemma-3-270m --neurons sel.pt --stats results/stats \
         --prompts en --target fr --out results/steer-fr.jsonl
 """
 
@@ -86,7 +86,7 @@ def _packed(args, tokenizer):
     )
     return pack(
         corpus, tokenizer, seq_len=args.seq_len, tokens_per_language=args.tokens_per_language,
-        seed=args.seed, take_all=args.take_all,
+        seed=args.seed, take_all=args.take_all, chat=getattr(args, "chat", None) is True,
     )
 
 
@@ -218,7 +218,8 @@ def load_neurons(path: str | os.PathLike, model=None):
 def _model(args):
     from .models import load_model
 
-    return load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+    return load_model(args.model, dtype=args.dtype, device_map=args.device_map,
+                      remote=getattr(args, "remote", False))
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
@@ -278,7 +279,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     spec = SteerSpec(
         args.target, source=args.source or prompt_lang, zero_source=args.zero_source,
         mode=args.mode, strength=args.strength, positions=args.positions,
-        template=args.template.replace("\\n", "\n"),
+        template=args.template.replace("\\n", "\n"), chat=args.chat,
     )
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.sample,
@@ -381,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--replicates", type=int, default=16, help="bootstrap replicates (0: none)")
     p.add_argument("--remote", action="store_true", help="run the trace on NDIF (nnsight remote)")
+    p.add_argument("--chat", action="store_true",
+                   help="pack each document as a user turn of the tokenizer's chat template "
+                   "and count only the message tokens (instruction-tuned models)")
     p.add_argument("--overwrite", action="store_true", help="recompute even if DIR holds statistics")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/M",
                    help="count only shard K of M (0-based), for `lape merge` later")
@@ -423,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation statistics of this model (for --matched-control)")
     p.add_argument("--batch-size", type=int, default=4,
                    help="chunks per forward (default: %(default)s)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the forwards on NDIF (a hub id; needs NDIF_API_KEY); only NLL sums "
+                   "come back")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output CSV (tidy; meta in OUT.json)")
     p.set_defaults(func=cmd_ppl)
@@ -452,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.1, help="paper: 1.1")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--template", default="Q: {prompt}\nA:", help="prompt format (paper's default)")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="format prompts as user turns of the tokenizer's chat template "
+                   "(default: when the tokenizer has one)")
+    p.add_argument("--remote", action="store_true",
+                   help="generate and score on NDIF (a hub id; needs NDIF_API_KEY)")
     p.add_argument("--random-control", action="store_true",
                    help="also steer with same-size random neurons")
     p.add_argument("--matched-control", action="store_true",

@@ -15,7 +15,9 @@ language):
 :func:`pack` then follows the paper's protocol (§1 of ``lape-method.md``): tokenize with the
 model's own tokenizer, concatenate each language's documents into one stream, cut it into
 fixed-length chunks with no padding, with the same token budget for every language by
-default. :func:`load_prompts` reads the open questions used for steering.
+default. :func:`load_prompts` reads the open questions used for steering. For an
+instruction-tuned model, ``pack(..., chat=True)`` wraps each document in a user turn of its
+chat template and marks which tokens are the message's, so that only those are counted.
 """
 
 from __future__ import annotations
@@ -44,9 +46,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CHARS_PER_TOKEN_ESTIMATE",
     "SPLITS",
+    "ChatTemplateError",
     "Corpus",
     "CorpusError",
     "PackedCorpus",
+    "chat_turn",
     "data_dir",
     "load_corpus",
     "load_prompts",
@@ -83,6 +87,10 @@ _CODE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 
 class CorpusError(ValueError):
     """A corpus file or directory that cannot be used (names the file and what to do)."""
+
+
+class ChatTemplateError(ValueError):
+    """A tokenizer without a chat template, or one that cannot render a user turn."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -736,6 +744,102 @@ def load_prompts(
 # Packing
 
 
+_SENTINEL = "LAPE-USER-MESSAGE-7F3A"
+
+
+def chat_turn(tokenizer, content: str, *, generation_prompt: bool = False) -> tuple[str, int, int]:
+    """One user turn in the tokenizer's chat template, and where the message lies in it.
+
+    The template is rendered once around a sentinel message to find its text before and
+    after the message; the rendering of ``content`` must be exactly that text around the
+    message (or around the message stripped of surrounding whitespace, which templates such
+    as LLaMA-2-Chat's do), so that every character is known to be the message's or the
+    template's.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer with a ``chat_template``.
+        content: The user's message.
+        generation_prompt: Append the assistant header (``add_generation_prompt=True``), as
+            for a prompt the model should answer.
+
+    Returns:
+        ``(text, start, end)``: the rendered text (as the template writes it, BOS text
+        included) and the character span ``text[start:end]`` of the message.
+
+    Raises:
+        ChatTemplateError: the tokenizer has no chat template; the template raises; it
+            renders no user message; it changes the message beyond stripping whitespace.
+    """
+    name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"the tokenizer {name!r} has no chat template (tokenizer.chat_template is None); "
+            "use plain text (chat=False, --no-chat), or set tokenizer.chat_template to the "
+            "model's Jinja template"
+        )
+
+    def render(message: str) -> str:
+        try:
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": message}],
+                add_generation_prompt=generation_prompt, tokenize=False,
+            )
+        except Exception as err:  # jinja2 and the template's own raise_exception
+            raise ChatTemplateError(
+                f"the chat template of {name!r} cannot render one user turn "
+                f"({type(err).__name__}: {err}); fix tokenizer.chat_template, or use plain "
+                "text (chat=False, --no-chat)"
+            ) from err
+
+    frame = render(_SENTINEL)
+    if frame.count(_SENTINEL) != 1:
+        raise ChatTemplateError(
+            f"the chat template of {name!r} renders a user turn without the user's message "
+            f"(a message {_SENTINEL!r} gave {frame!r:.200}); fix tokenizer.chat_template, or "
+            "use plain text (chat=False, --no-chat)"
+        )
+    prefix, suffix = frame.split(_SENTINEL)
+    text = render(content)
+    for message in (content, content.strip()):
+        if text == prefix + message + suffix:
+            return text, len(prefix), len(prefix) + len(message)
+    raise ChatTemplateError(
+        f"the chat template of {name!r} changes the message beyond stripping whitespace "
+        f"({content!r:.80} became {text!r:.200}), so the message's tokens cannot be told "
+        "from the template's; use plain text (chat=False)"
+    )
+
+
+def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Token ids of each document as a user turn, and which of them hold the message.
+
+    A token belongs to the message when it holds at least one of its characters (its
+    offsets overlap the message's span): a word token that carries the template's space
+    before the message counts, the template's markers do not. The template's leading BOS
+    text is dropped: each chunk brings its own BOS (``pack(bos=...)``).
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    texts, spans = [], []
+    for doc in docs:
+        text, start, end = chat_turn(tokenizer, doc)
+        cut = len(bos) if bos and text.startswith(bos) else 0
+        texts.append(text[cut:])
+        spans.append((start - cut, end - cut))
+    try:
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)
+    except NotImplementedError as err:
+        raise ChatTemplateError(
+            f"chat packing needs a fast tokenizer (token offsets); {type(tokenizer).__name__} "
+            "has none. Load the model's fast tokenizer (use_fast=True)."
+        ) from err
+    content = [
+        np.array([s < end and e > start for s, e in offsets], dtype=bool)
+        for offsets, (start, end) in zip(enc["offset_mapping"], spans, strict=True)
+    ]
+    return enc["input_ids"], content
+
+
 def tokenizer_identity(tokenizer) -> dict:
     """What identifies a tokenizer in provenance records.
 
@@ -763,16 +867,22 @@ class PackedCorpus:
             BOS token and must not be counted as text (the capture code skips position 0).
         seq_len: Tokens per chunk, BOS included.
         tokens: Text tokens in the chunks per language (BOS excluded; document separators
-            included) = ``n_chunks * (seq_len - bos)``. This is the ``n[k]`` LAPE counts.
+            included) = ``n_chunks * (seq_len - bos)``; with ``content_mask``, the message
+            tokens only. This is the ``n[k]`` LAPE counts.
         fingerprint: sha256 over the corpus fingerprint, the tokenizer identity, seq_len,
-            budget, seed, take_all and bos.
+            budget, seed, take_all and bos (and the chat template, for chat text).
         source: Source of the corpus.
         bos: Whether each chunk starts with BOS.
         documents: Documents with at least one token in the chunks, per language.
         characters: Characters of document text in the chunks per language (the document
             cut by the end of the last chunk counted pro rata to its tokens kept).
         split: Split of the corpus.
-        provenance_extra: Tokenizer identity, budget asked, seed (for sidecars).
+        provenance_extra: Tokenizer identity, budget asked, seed (for sidecars); for chat
+            text the sha256 of the chat template (``chat_template_sha256``).
+        content_mask: ``None`` for plain text. For chat text (``pack(chat=True)``):
+            ``{code: BoolTensor[n_chunks, seq_len]}``, True where the token belongs to a
+            message, False for the template's tokens, separators and the BOS; capture
+            counts only the True positions.
     """
 
     languages: list[str]
@@ -786,6 +896,7 @@ class PackedCorpus:
     characters: dict[str, int]
     split: str = ""
     provenance_extra: dict = field(default_factory=dict)
+    content_mask: dict[str, torch.Tensor] | None = None
 
     def n_chunks(self, lang: str) -> int:
         """Chunks of ``lang``."""
@@ -862,9 +973,10 @@ class PackedCorpus:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={self.n_chunks(k)}" for k in self.languages)
+        chat = ", chat content only" if self.content_mask is not None else ""
         return (
-            f"PackedCorpus(source={self.source!r}, seq_len={self.seq_len}, bos={self.bos}, "
-            f"chunks: {sizes}, fingerprint={self.fingerprint[:12]})"
+            f"PackedCorpus(source={self.source!r}, seq_len={self.seq_len}, bos={self.bos}"
+            f"{chat}, chunks: {sizes}, fingerprint={self.fingerprint[:12]})"
         )
 
 
@@ -877,14 +989,19 @@ def _permutation(n: int, seed: int) -> np.ndarray:
 
 
 def _stream(
-    tokenizer, docs: list[str], order: np.ndarray, sep: list[int], need: int | None, lang: str
-) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    tokenizer, docs: list[str], order: np.ndarray, sep: list[int], need: int | None, lang: str,
+    chat: bool = False,
+) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray | None]:
     """Token stream of ``docs`` in ``order`` joined by ``sep``; stops once ``need`` is reached.
 
+    With ``chat``, each document is one user turn of the chat template (:func:`_chat_tokens`).
+
     Returns:
-        ``(ids [stream], [(tokens, characters) per document in stream order])``.
+        ``(ids [stream], [(tokens, characters) per document in stream order], content)``:
+        ``content`` is ``None``, or with ``chat`` ``[stream]`` bool, True for message tokens.
     """
     parts: list[np.ndarray] = []
+    flags: list[np.ndarray] = []
     spans: list[tuple[int, int]] = []
     sep_arr = np.asarray(sep, dtype=np.int64)
     total = 0
@@ -893,12 +1010,18 @@ def _stream(
     for i in range(0, len(order), batch):
         idx = order[i : i + batch]
         texts = [docs[j] for j in idx]
-        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        for text, row in zip(texts, ids, strict=True):
+        if chat:
+            ids, content = _chat_tokens(tokenizer, texts)
+        else:
+            ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            content = [None] * len(ids)
+        for text, row, inside in zip(texts, ids, content, strict=True):
             if parts:
                 parts.append(sep_arr)
+                flags.append(np.zeros(len(sep_arr), dtype=bool))
                 total += len(sep_arr)
             parts.append(np.asarray(row, dtype=np.int64))
+            flags.append(inside)
             total += len(row)
             spans.append((len(row), len(text)))
         bar.update(len(idx))
@@ -906,7 +1029,8 @@ def _stream(
             break
     bar.close()
     stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return stream, spans
+    mask = (np.concatenate(flags) if flags else np.zeros(0, dtype=bool)) if chat else None
+    return stream, spans, mask
 
 
 def pack(
@@ -918,6 +1042,7 @@ def pack(
     seed: int = 0,
     take_all: bool = False,
     bos: bool = True,
+    chat: bool = False,
 ) -> PackedCorpus:
     r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
@@ -929,6 +1054,13 @@ def pack(
     needs BOS at position 0; the capture code does not count position 0), or ``seq_len``
     text tokens with ``bos=False``. No padding: the incomplete tail is dropped, as in the
     reference code.
+
+    With ``chat=True`` (instruction-tuned models), each document becomes one user turn of
+    the tokenizer's chat template (:func:`chat_turn`; the template's own leading BOS text is
+    dropped, the chunk's BOS stands for it), and the packed corpus records per position
+    whether the token belongs to the message (:attr:`PackedCorpus.content_mask`), so that
+    capture counts the message tokens only, not the template's. The budget then counts
+    every token of the formatted stream; :attr:`PackedCorpus.tokens` the message tokens.
 
     Args:
         corpus: The documents.
@@ -942,6 +1074,9 @@ def pack(
             logged) instead of an error; with ``tokens_per_language=None``, every language
             gets all its text (unequal budgets).
         bos: Start each chunk with the BOS token.
+        chat: Format each document as a user turn of the tokenizer's chat template and
+            record which tokens are the message's. Off, packing (and its fingerprint) is
+            that of plain text.
 
     Returns:
         A :class:`PackedCorpus` (``chunks[lang]: LongTensor[n_chunks, seq_len]``).
@@ -950,6 +1085,8 @@ def pack(
         ValueError: bad ``seq_len``; a language with less text than the budget (names it,
             with the tokens found and asked) unless ``take_all``; a language with less than
             one chunk of text; ``bos=True`` with a tokenizer that has no BOS token.
+        ChatTemplateError: ``chat=True`` and the tokenizer has no chat template, or one
+            that cannot render a user turn around each document.
     """
     seq_len = int(seq_len)
     if seq_len < 2:
@@ -983,12 +1120,15 @@ def pack(
     need = asked_chunks * per_chunk if asked_chunks is not None else None
     streams: dict[str, np.ndarray] = {}
     spans: dict[str, list[tuple[int, int]]] = {}
+    flags: dict[str, np.ndarray | None] = {}
     for lang in corpus.languages:
         docs = corpus.documents[lang]
         if not docs:
             raise ValueError(f"language {lang!r} of {corpus.source} has no documents")
         order = _permutation(len(docs), seed)
-        streams[lang], spans[lang] = _stream(tokenizer, docs, order, sep, need, lang)
+        streams[lang], spans[lang], flags[lang] = _stream(
+            tokenizer, docs, order, sep, need, lang, chat
+        )
 
     available = {lang: int(s.shape[0]) for lang, s in streams.items()}
     n_chunks: dict[str, int] = {}
@@ -1024,7 +1164,7 @@ def pack(
                 f"than one chunk of {per_chunk} text tokens; use a smaller seq_len or more text"
             )
 
-    chunks, tokens, documents, characters = {}, {}, {}, {}
+    chunks, tokens, documents, characters, content = {}, {}, {}, {}, {}
     for lang in corpus.languages:
         k = n_chunks[lang]
         body = torch.from_numpy(streams[lang][: k * per_chunk].copy()).view(k, per_chunk)
@@ -1032,6 +1172,12 @@ def pack(
             body = torch.cat([torch.full((k, 1), int(bos_id), dtype=torch.long), body], dim=1)
         chunks[lang] = body.contiguous()
         tokens[lang] = k * per_chunk
+        if chat:
+            inside = torch.from_numpy(flags[lang][: k * per_chunk].copy()).view(k, per_chunk)
+            if bos:
+                inside = torch.cat([torch.zeros(k, 1, dtype=torch.bool), inside], dim=1)
+            content[lang] = inside.contiguous()
+            tokens[lang] = int(inside.sum())
         documents[lang], characters[lang] = _used(spans[lang], k * per_chunk, len(sep))
 
     identity = tokenizer_identity(tokenizer)
@@ -1042,6 +1188,10 @@ def pack(
         "take_all": take_all,
         "corpus_fingerprint": corpus.fingerprint,
     }
+    if chat:  # only then: plain text keeps its fingerprint
+        extra["chat_template_sha256"] = hashlib.sha256(
+            str(tokenizer.chat_template).encode()
+        ).hexdigest()
     key = {"corpus": corpus.fingerprint, "seq_len": seq_len, "bos": bos, **extra}
     key.pop("corpus_fingerprint")
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -1049,6 +1199,7 @@ def pack(
         languages=list(corpus.languages), chunks=chunks, seq_len=seq_len, tokens=tokens,
         fingerprint=fingerprint, source=corpus.source, bos=bos, documents=documents,
         characters=characters, split=corpus.split, provenance_extra=extra,
+        content_mask=content if chat else None,
     )
     log.info("packed %r", packed)
     return packed

@@ -10,7 +10,10 @@ and measures the NLL of held-out text of every language (``lape-method.md`` §3)
 :func:`score_continuations` scores generated text given its prompt under the unmodified
 model (the fluency cost of steering).
 
-All model access goes through :mod:`lape_utils.intervene`.
+All model access goes through :mod:`lape_utils.intervene`. Every scoring pass reduces the
+logits inside its trace to per-sequence NLL sums and token counts (``[batch]`` each), so a
+model loaded with ``remote=True`` is scored on NDIF and only those numbers come back; local
+and remote runs share that code.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,52 +65,67 @@ __all__ = [
 NONE_ROW = "none"
 
 
+_IGNORE = -100  # target id that F.cross_entropy leaves out
+
+
 def _token_nll(
-    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[float, int]:
-    """Summed next-token NLL of one batch, row by row (bounds the log-softmax memory).
+    logits: torch.Tensor, ids: torch.Tensor, predict: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token NLL of each sequence of a batch, row by row (bounds the memory).
+
+    Runs where the model runs, inside the trace (on NDIF for a remote model), so only two
+    ``[batch]`` vectors leave it, never the logits. Positions not scored get the target
+    ``-100`` that ``cross_entropy`` ignores: no shape depends on the data.
 
     Args:
         logits: ``[batch, pos, vocab]``.
         ids: ``[batch, pos]``.
-        mask: ``[batch, pos]`` bool of real tokens, or ``None``.
+        predict: ``[batch, pos - 1]`` bool: the prediction made at position ``t`` (of token
+            ``t + 1``) is scored; ``None`` scores all.
 
     Returns:
-        ``(sum of NLL over predicted positions, number of predicted positions)``.
+        ``(nll_sum [batch] float64, tokens [batch] int64)``: summed NLL (nats) and number of
+        scored predictions per sequence.
     """
-    total, count = 0.0, 0
     targets = ids[:, 1:].to(logits.device)
-    valid = None
-    if mask is not None:
-        m = mask.to(logits.device).bool()
-        valid = m[:, 1:] & m[:, :-1]
-    for row in range(ids.shape[0]):
-        lp = logits[row, :-1].float()
-        t = targets[row]
-        if valid is not None:
-            keep = valid[row]
-            lp, t = lp[keep], t[keep]
-        if t.numel() == 0:
-            continue
-        total += float(F.cross_entropy(lp, t, reduction="sum").double())
-        count += int(t.numel())
-    return total, count
+    if predict is None:
+        predict = torch.ones_like(targets, dtype=torch.bool)
+    predict = predict.to(logits.device).bool()
+    targets = torch.where(predict, targets, _IGNORE)
+    sums = torch.stack([
+        F.cross_entropy(logits[row, :-1].float(), targets[row], reduction="sum",
+                        ignore_index=_IGNORE).double()
+        for row in range(ids.shape[0])
+    ])
+    return sums, predict.sum(-1).long()
 
 
-def _chunk_nll(model, chunks, ivs, batch_size, bar=None):
-    """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``."""
-    sums = torch.zeros(chunks.shape[0], dtype=torch.float64)
-    counts = torch.zeros(chunks.shape[0], dtype=torch.int64)
+def _batch_nll(model, ids, attention_mask, predict, ivs):
+    """One scoring pass: ``_token_nll`` of the batch, reduced inside the trace."""
+    return forward_logits(
+        model, ids, attention_mask, ivs, reduce=partial(_token_nll, ids=ids, predict=predict)
+    )
+
+
+def _chunk_nll(model, chunks, ivs, batch_size, bar=None, attention_mask=None):
+    """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``.
+
+    With an ``attention_mask`` (``[n, seq]``, left padding), position ``t`` predicts token
+    ``t + 1`` only when both are real tokens.
+    """
+    sums, counts = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.int64)]
     for start in range(0, chunks.shape[0], int(batch_size)):
         ids = chunks[start : start + int(batch_size)]
-        logits = forward_logits(model, ids, None, ivs)
-        for row in range(ids.shape[0]):
-            s, c = _token_nll(logits[row : row + 1], ids[row : row + 1], None)
-            sums[start + row], counts[start + row] = s, c
-        del logits
+        mask = predict = None
+        if attention_mask is not None:
+            mask = attention_mask[start : start + int(batch_size)]
+            predict = mask[:, 1:].bool() & mask[:, :-1].bool()
+        s, c = _batch_nll(model, ids, mask, predict, ivs)
+        sums.append(s.cpu())
+        counts.append(c.cpu())
         if bar is not None:
             bar.update(int(ids.shape[0]))
-    return sums, counts
+    return torch.cat(sums), torch.cat(counts)
 
 
 def nll(
@@ -156,19 +175,11 @@ def nll(
         )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    total, count = 0.0, 0
-    n = chunks.shape[0]
-    bar = tqdm(total=n, desc="nll", unit="chunk", disable=not progress, leave=False)
-    for start in range(0, n, int(batch_size)):
-        ids = chunks[start : start + int(batch_size)]
-        mask = None if attention_mask is None else attention_mask[start : start + int(batch_size)]
-        logits = forward_logits(model, ids, mask, ivs)
-        s, c = _token_nll(logits, ids, mask)
-        del logits
-        total += s
-        count += c
-        bar.update(ids.shape[0])
+    bar = tqdm(total=chunks.shape[0], desc="nll", unit="chunk", disable=not progress,
+               leave=False)
+    sums, counts = _chunk_nll(model, chunks, ivs, batch_size, bar, attention_mask)
     bar.close()
+    total, count = float(sums.sum()), int(counts.sum())
     if count == 0:
         raise ValueError("no token to predict in these chunks (all padding?)")
     return total / count, count
@@ -217,13 +228,9 @@ def score_continuations(
                 ids[r, width - len(s) :] = s
                 mask[r, width - len(s) :] = 1
                 target[r, width - len(cs[i]) :] = True
-            logits = forward_logits(model, ids, mask)
+            sums, counts = _batch_nll(model, ids, mask, target[:, 1:], [])
             for r, i in enumerate(todo):
-                keep = target[r, 1:].to(logits.device)
-                lp = logits[r, :-1][keep].float()
-                value = F.cross_entropy(lp, ids[r, 1:].to(lp.device)[keep], reduction="sum")
-                scored[i] = (float(value.double()), int(keep.sum()))
-            del logits
+                scored[i] = (float(sums[r]), int(counts[r]))
         for i in range(len(ps)):
             s, c = scored.get(i, (0.0, 0))
             rows.append({"nll_sum": s, "tokens": c, "nll": s / c if c else math.nan})

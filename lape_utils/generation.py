@@ -14,6 +14,9 @@ never ends normally (the model running out of steps leaves its last request dang
 which nnsight reports as a warning we silence), so the generated ids are read in a second,
 empty ``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step
 0 the loop breaks after step 0, otherwise it would spin forever without a request.
+
+A model loaded with ``remote=True`` (or ``"local"``) generates through ``model.nn.generate``
+with that setting, interventions or not; only the generated ids come back.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ from tqdm.auto import tqdm
 from .intervene import (
     Intervention,
     InterventionError,
-    _check_backend,
     _edit_step_nnsight,
     _hooks,
     _plan,
+    _resolve_remote,
     check_interventions,
     forward_logits,
 )
@@ -161,26 +164,58 @@ def _eos_ids(model: LapeModel) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
 
 
-def _generate_batch(model: LapeModel, plan, inputs: dict, kwargs: dict, backend: str):
-    """One batch of ``model.hf.generate`` with the plan applied at every step it covers."""
-    if plan.empty:
+def _generate_batch(model: LapeModel, plan, inputs: dict, kwargs: dict, backend: str, remote):
+    """One batch of generation with the plan applied at every step it covers.
+
+    Locally without intervention it is ``model.hf.generate``; a remote setting always goes
+    through ``model.nn.generate`` (the model may have no local weights).
+    """
+    if plan.empty and not remote:
         return model.hf.generate(**inputs, **kwargs)
     if backend == "hooks":
         with _hooks(model, plan):
             return model.hf.generate(**inputs, **kwargs)
     batch = int(inputs["input_ids"].shape[0])
     later = plan.after_prompt
+    if remote:
+        kwargs = kwargs | {"remote": remote}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DANGLING)
         with model.nn.generate(**kwargs) as tracer:
             with tracer.invoke(inputs):
-                for step in tracer.all():
-                    _edit_step_nnsight(model, plan, step, batch)
-                    if not later:
-                        break
+                if not plan.empty:
+                    for step in tracer.all():
+                        _edit_step_nnsight(model, plan, step, batch)
+                        if not later:
+                            break
             with tracer.invoke():
                 out = tracer.result.save()
     return out
+
+
+def _encode_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Token ids of prompts, left padded, with the BOS token exactly once.
+
+    A prompt that already starts with the BOS text (a chat template's output, e.g.
+    ``"<s>[INST] ..."``) is tokenized without special tokens, so the tokenizer does not add
+    a second BOS; other prompts get the tokenizer's special tokens as usual.
+
+    Returns:
+        ``{"input_ids": [batch, pos], "attention_mask": [batch, pos]}`` (int64, left padded
+        with the pad token).
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    rows = [
+        tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"]
+        for p in prompts
+    ]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _new_tokens(row: torch.Tensor, eos: set[int], pad: int | None) -> torch.Tensor:
@@ -203,6 +238,7 @@ def generate(
     first_step_probs: bool = False,
     backend: str = "nnsight",
     progress: bool = True,
+    remote: bool | str | None = None,
 ) -> Generation:
     """Generates a continuation of each prompt with interventions on every step.
 
@@ -220,15 +256,20 @@ def generate(
         backend: ``"nnsight"`` or ``"hooks"`` (same semantics, same tokens; the hook path
             is the tests' reference for nnsight).
         progress: Show a progress bar over batches.
+        remote: ``True`` generates on NDIF, ``"local"`` dry-runs the serialisation here
+            (both through ``model.nn.generate``); default (``None``) the model's own
+            setting.
 
     Returns:
         A :class:`Generation`.
 
     Raises:
         InterventionError: empty prompts, an intervention that does not fit the model, an
-            unknown backend; all before any generation.
+            unknown backend, ``backend="hooks"`` with a remote setting; all before any
+            generation.
+        MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
     """
-    _check_backend(backend)
+    remote = _resolve_remote(model, remote, backend)
     if not isinstance(config, GenerationConfig):
         raise InterventionError(
             f"config must be a GenerationConfig, got {type(config).__name__}"
@@ -245,11 +286,11 @@ def generate(
     bar = tqdm(starts, desc="generate", unit="batch", disable=not progress or len(starts) < 2)
     for b, start in enumerate(bar):
         chunk = prompts[start : start + config.batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True)
-        inputs = {k: enc[k].to(model.device) for k in ("input_ids", "attention_mask")}
+        enc = _encode_prompts(tok, chunk)
+        inputs = {k: v.to(model.device) for k, v in enc.items()}
         torch.manual_seed(config.seed + b)
         with torch.inference_mode():
-            result = _generate_batch(model, plan, inputs, kwargs, backend)
+            result = _generate_batch(model, plan, inputs, kwargs, backend, remote)
         seqs = result.sequences if hasattr(result, "sequences") else result
         n_prompt = inputs["input_ids"].shape[1]
         for row in range(len(chunk)):
@@ -260,7 +301,7 @@ def generate(
         if first_step_probs:
             logits = forward_logits(
                 model, inputs["input_ids"], inputs["attention_mask"], ivs,
-                last_only=True, backend=backend,
+                last_only=True, backend=backend, remote=remote,
             )
             probs.append(torch.softmax(logits[:, -1].float(), dim=-1).cpu())
     if first_step_probs:

@@ -20,7 +20,9 @@ cache: step 0 runs the whole (left-padded) prompt, every later step runs one new
   generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
   use ``"all"`` to steer every generated token.
 
-A single forward pass (:func:`forward_logits`) is step 0.
+A single forward pass (:func:`forward_logits`) is step 0. It runs where the model's
+``remote`` setting says (here, on NDIF, or nnsight's local dry run of the NDIF path) and
+can reduce the logits inside the trace (``reduce=``), so that only the reduction leaves it.
 
 Several interventions compose: per layer, in list order, on the output of the previous one
 (e.g. zero a source language's neurons, then set the target language's). Each layer's site
@@ -34,7 +36,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -662,6 +664,36 @@ def _check_backend(backend: str) -> None:
         raise InterventionError(f"unknown backend {backend!r}; use one of {BACKENDS}")
 
 
+def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = "nnsight"):
+    """The ``remote`` setting a call runs with, checked and readied before its first trace.
+
+    Args:
+        model: The loaded model.
+        remote: ``None`` (the model's own ``model.remote``), ``False``, ``True`` (NDIF) or
+            ``"local"`` (nnsight's local dry run of the NDIF serialisation).
+        backend: ``"nnsight"`` or ``"hooks"``.
+
+    Returns:
+        ``False``, ``True`` or ``"local"``.
+
+    Raises:
+        InterventionError: an unknown backend, or ``backend="hooks"`` with a remote setting
+            (plain hooks need local weights and cannot travel to NDIF).
+        MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
+    """
+    from .models import prepare_remote
+
+    _check_backend(backend)
+    remote = model.remote if remote is None else remote
+    if remote and backend == "hooks":
+        raise InterventionError(
+            f"backend='hooks' runs plain forward hooks on local weights, but remote={remote!r}: "
+            "remote runs go through nnsight. Use backend='nnsight', or remote=False with "
+            "local weights."
+        )
+    return prepare_remote(remote, name=model.name) if remote else remote
+
+
 def forward_logits(
     model: LapeModel,
     input_ids: torch.Tensor,
@@ -670,11 +702,16 @@ def forward_logits(
     *,
     last_only: bool = False,
     backend: str = "nnsight",
-) -> torch.Tensor:
-    """One forward pass with interventions; returns the logits.
+    remote: bool | str | None = None,
+    reduce: Callable[[torch.Tensor], object] | None = None,
+):
+    """One forward pass with interventions; returns the logits, or ``reduce`` of them.
 
     The pass is step 0 of a generation: ``"all"``/``"prompt"`` interventions apply to every
-    position, ``"last_prompt"`` to the last one, ``"generated"`` to none.
+    position, ``"last_prompt"`` to the last one, ``"generated"`` to none. With the nnsight
+    backend the pass is one ``model.nn.trace`` (also without interventions, so that a model
+    loaded with ``remote=True`` runs on NDIF); ``reduce`` runs inside it, so only its result
+    is saved and, remotely, sent back.
 
     Args:
         model: The loaded model.
@@ -683,27 +720,40 @@ def forward_logits(
         interventions: Applied in list order.
         last_only: Compute the logits of the last position only (``logits_to_keep=1``).
         backend: ``"nnsight"`` or ``"hooks"``.
+        remote: ``True`` runs the trace on NDIF, ``"local"`` dry-runs its serialisation
+            here; default (``None``) the model's own setting.
+        reduce: Function of the ``[batch, pos, vocab]`` logits (any tensors or tuples of
+            them) applied where the model runs; e.g. per-sequence NLL sums instead of
+            logits (:mod:`lape_utils.evaluate`). It must reach only what it is given and
+            this package (which travels with an NDIF request).
 
     Returns:
         ``[batch, pos, vocab]`` logits (``[batch, 1, vocab]`` with ``last_only``), on the
-        model's device, in the model's dtype.
+        model's device, in the model's dtype; or what ``reduce`` returns.
+
+    Raises:
+        InterventionError: bad inputs or interventions, ``backend="hooks"`` with a remote
+            setting.
+        MissingNDIFKeyError: ``remote=True`` without an NDIF key.
     """
-    _check_backend(backend)
+    import nnsight
+
+    remote = _resolve_remote(model, remote, backend)
     plan = _plan(model, interventions)
     inputs = _model_inputs(model, input_ids, attention_mask)
     if last_only and _accepts(model, "logits_to_keep"):
         inputs["logits_to_keep"] = 1
     batch = int(input_ids.shape[0])
+    kwargs = {"remote": remote} if remote else {}
     with torch.inference_mode():
-        if plan.empty:
-            logits = model.hf(**inputs).logits
-        elif backend == "hooks":
+        if backend == "hooks":
             with _hooks(model, plan):
                 logits = model.hf(**inputs).logits
-        else:
-            with model.nn.trace(inputs) as tracer:
-                _edit_step_nnsight(model, plan, 0, batch)
-                logits = tracer.result.logits.save()
-    if last_only:
-        logits = logits[:, -1:]
-    return logits
+            logits = logits[:, -1:] if last_only else logits
+            return logits if reduce is None else reduce(logits)
+        with model.nn.trace(inputs, **kwargs) as tracer:
+            _edit_step_nnsight(model, plan, 0, batch)
+            logits = tracer.result.logits
+            logits = logits[:, -1:] if last_only else logits
+            out = nnsight.save(logits if reduce is None else reduce(logits))
+    return out

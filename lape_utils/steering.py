@@ -32,6 +32,12 @@ target) tell how much of the effect is specific to the language neurons: a rando
 the same size per layer (:func:`~lape_utils.lape.random_matched`), and one matched in
 activation probability (:func:`~lape_utils.lape.activity_matched`: neurons that fire as
 often on the target but are not specific to it). Rates come with 95% Wilson intervals.
+
+Instruction-tuned models (LLaMA-2-Chat, Qwen-Instruct) see each prompt as one user turn of
+their chat template, followed by the assistant header (:func:`format_prompts`; by default
+whenever the tokenizer has a template, see :attr:`SteerSpec.chat`). A model loaded with
+``remote=True`` generates and is scored on NDIF (:mod:`lape_utils.generation`,
+:mod:`lape_utils.evaluate`).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ import torch
 from sacrebleu.metrics import CHRF
 
 from ._files import refuse_overwrite
-from .corpus import load_corpus, tokenizer_identity
+from .corpus import chat_turn, load_corpus, tokenizer_identity
 from .evaluate import score_continuations
 from .generation import Generation, GenerationConfig, check_prompts, generate
 from .intervene import (
@@ -59,6 +65,7 @@ from .intervene import (
     Intervention,
     InterventionError,
     _check_finite,
+    _resolve_remote,
     check_interventions,
     check_selection,
 )
@@ -78,6 +85,7 @@ __all__ = [
     "SteerResult",
     "SteerSpec",
     "chrf",
+    "format_prompts",
     "language_token_ids",
     "output_ppl",
     "steer",
@@ -131,7 +139,14 @@ class SteerSpec:
     """Where to intervene (see :mod:`lape_utils.intervene`); default every position."""
 
     template: str = PAPER_TEMPLATE
-    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts."""
+    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts. In a chat
+    turn (``chat``) the paper's ``Q: ... A:`` format is left out (the template's user and
+    assistant turns replace it); another template formats the user's message."""
+
+    chat: bool | None = None
+    """Format each prompt as one user turn of the tokenizer's chat template (with the
+    assistant header), as instruction-tuned models expect: ``None`` when the tokenizer has
+    a template, ``True`` requires one, ``False`` never (plain ``template`` text)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -152,6 +167,11 @@ class SteerSpec:
             raise InterventionError("zero_source needs the source language (source=...)")
         if "{prompt}" not in self.template:
             raise InterventionError(f"template {self.template!r} has no '{{prompt}}' field")
+        if self.chat is not None and not isinstance(self.chat, bool):
+            raise InterventionError(
+                f"chat must be None (use the tokenizer's chat template when it has one), True "
+                f"or False, got {self.chat!r}"
+            )
 
     def describe(self) -> str:
         """Short text, e.g. ``"set fr x1 (en zeroed)"``."""
@@ -289,6 +309,32 @@ def steering_interventions(
     else:
         out.append(Intervention.scale(selection, target, strength, positions=positions))
     return out
+
+
+def format_prompts(tokenizer, prompts: Sequence[str], spec: SteerSpec) -> list[str]:
+    """The prompts as the model sees them: chat turns, or ``spec.template`` text.
+
+    With a chat template (``spec.chat`` True, or None and ``tokenizer.chat_template`` set)
+    each prompt becomes one user turn followed by the assistant header
+    (``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``); the text may
+    begin with the BOS text, which :func:`~lape_utils.generation.generate` does not double.
+
+    Raises:
+        ChatTemplateError: a chat template is asked for and missing, or it fails to render
+            a user turn holding the prompt (before any generation).
+    """
+    text = [spec.template.format(prompt=p) for p in prompts]
+    if not _uses_chat(tokenizer, spec):
+        return text
+    log.info("prompts formatted as user turns of the tokenizer's chat template")
+    messages = list(prompts) if spec.template == PAPER_TEMPLATE else text
+    return [chat_turn(tokenizer, m, generation_prompt=True)[0] for m in messages]
+
+
+def _uses_chat(tokenizer, spec: SteerSpec) -> bool:
+    """Whether ``spec`` formats prompts with the chat template of this tokenizer."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    return has if spec.chat is None else spec.chat
 
 
 # ============================================================================ results
@@ -447,6 +493,7 @@ def _check_setup(model, selection, stats, spec: SteerSpec, prompts) -> list[str]
             f"{selection.languages}"
         )
     check_interventions(model, steering_interventions(selection, stats, spec))
+    _resolve_remote(model, None)  # remote=True needs an NDIF key: refuse before any trace
     return prompts
 
 
@@ -520,7 +567,7 @@ class _Runner:
     @classmethod
     def prepare(cls, model, selection, stats, prompts, spec, generation, controls):
         sets = [("lape", selection), *(controls or {}).items()]
-        formatted = [spec.template.format(prompt=p) for p in prompts]
+        formatted = format_prompts(model.tokenizer, prompts, spec)
         contrast = spec.source or "en"
         try:
             target_ids = language_token_ids(model.tokenizer, spec.target, contrast)
@@ -558,7 +605,8 @@ def steer(
         neurons: Language-specific neurons of this model.
         stats: Activation statistics of this model (mean activations; needed for ``set``
             and ``add``).
-        prompts: Questions (non-empty strings), formatted with ``spec.template``.
+        prompts: Questions (non-empty strings), formatted with ``spec.template`` or as chat
+            turns (:func:`format_prompts`).
         spec: The steering setting.
         generation: Decoding (default the paper's: greedy, repetition penalty 1.1, 64
             tokens).
@@ -573,6 +621,10 @@ def steer(
         InterventionError: bad input, all checked before generation: empty prompts, a
             language absent from the neuron set or statistics, a neuron set or statistics
             of another model.
+        ChatTemplateError: a chat template asked for (``spec.chat``) and missing, or one
+            that fails to render a prompt; before generation.
+        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key; before
+            any trace.
     """
     prompts = _check_setup(model, neurons, stats, spec, prompts)
     for sel in (controls or {}).values():
@@ -582,6 +634,8 @@ def steer(
         "model": model.name,
         "model_fingerprint": model.fingerprint,
         **dataclasses.asdict(spec),
+        "chat_template_used": _uses_chat(model.tokenizer, spec),
+        "remote": model.remote,
         "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
                      for name, sel in (controls or {}).items()},
         "seed": generation.seed,

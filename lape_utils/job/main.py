@@ -23,8 +23,8 @@ from ..corpus import load_prompts
 from ..lape import stability
 from ..models import load_model
 from ..steering import PAPER_GENERATION, SteerSpec
-from .config import JobConfig
 from .claims import check_claims
+from .config import JobConfig
 from .notebooks import execute_notebooks, notebooks_dir
 from .report import render_summary
 from .stages import (
