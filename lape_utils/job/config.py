@@ -17,6 +17,13 @@ from ..models import DEFAULT_MODEL
 
 __all__ = ["PRESETS", "SMOKE", "JobConfig"]
 
+# settings whose default is a list of languages, cut to those captured when not given
+_ADAPTIVE = {
+    "ppl_languages": PAPER_LANGUAGES,
+    "threshold_languages": ("zh", "fr", "ja"),
+    "steer_targets": ("fr", "zh", "ru"),
+}
+
 
 @dataclass(frozen=True)
 class JobConfig:
@@ -54,8 +61,9 @@ class JobConfig:
     """LAPE: quantile of the filter threshold."""
     activation_bar_ratio: float = 0.95
     """LAPE: quantile of the assignment bar."""
-    ppl_languages: tuple[str, ...] = tuple(PAPER_LANGUAGES)
-    """Rows and columns of the perplexity matrix."""
+    ppl_languages: tuple[str, ...] | None = None
+    """Rows and columns of the perplexity matrix (default: the paper's seven, those that
+    are captured)."""
     heldout_tokens: int = 378
     """Held-out tokens per language for perplexity (6 chunks of 64: enough chunks for a
     paired bootstrap, at a cost that keeps the job in budget)."""
@@ -63,14 +71,15 @@ class JobConfig:
     """Tokens per held-out chunk; chunks are the bootstrap's resampling unit."""
     threshold_rates: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.02, 0.04)
     """``top_rate`` values of the threshold → effect stage (empty: skip it)."""
-    threshold_languages: tuple[str, ...] = ("zh", "fr", "ja")
-    """Languages of the threshold → effect stage (rows and columns)."""
+    threshold_languages: tuple[str, ...] | None = None
+    """Languages of the threshold → effect stage (default: zh, fr, ja, those captured)."""
     threshold_tokens: int = 189
     """Held-out tokens per language of the threshold → effect stage."""
     steer_source: str = "en"
     """Language of the steering questions."""
-    steer_targets: tuple[str, ...] = ("fr", "zh", "ru")
-    """Target languages of steering (the first also gets the strength sweep)."""
+    steer_targets: tuple[str, ...] | None = None
+    """Target languages of steering; the first also gets the strength sweep (default: fr,
+    zh, ru, those captured)."""
     steer_prompts: int = 12
     """Questions per steering run (Wilson intervals need more than a handful)."""
     steer_max_new_tokens: int = 24
@@ -85,6 +94,10 @@ class JobConfig:
     """Seed of packing, bootstrap, controls and sampling."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "languages", tuple(parse_languages(self.languages)))
+        for name, default in _ADAPTIVE.items():  # unset: the defaults that were captured
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, tuple(x for x in default if x in self.languages))
         for f in fields(self):
             if f.name.endswith(("languages", "targets")):
                 value = getattr(self, f.name)

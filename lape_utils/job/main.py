@@ -221,14 +221,16 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
                 PAPER_GENERATION, max_new_tokens=cfg.steer_max_new_tokens, seed=cfg.seed
             )
             results = cached_steering(model, selection, stats, prompts, cfg.steer_targets,
-                                      cache, source=cfg.steer_source, generation=generation)
+                                      cache, source=cfg.steer_source, generation=generation,
+                                      chat=cfg.chat)
             table = steering_table(results)
             table.to_csv(out / "steering_summary.csv", index=False)
             for target, result in results.items():
                 result.to_jsonl(out / f"steering_{target}.jsonl", overwrite=True)
             if cfg.sweep_strengths:
                 sweep = cached_sweep(model, selection, stats, prompts,
-                                     SteerSpec(cfg.steer_targets[0], source=cfg.steer_source),
+                                     SteerSpec(cfg.steer_targets[0], source=cfg.steer_source,
+                                               chat=cfg.chat),
                                      cfg.sweep_strengths, cache, generation=generation)
                 sweep.to_csv(out / "steering_sweep.csv", index=False)
                 figure(plots.plot_steering_sweep(sweep), "steering_sweep.png")

@@ -121,6 +121,7 @@ def cached_steering(
     *,
     source: str | None = "en",
     generation: GenerationConfig = PAPER_GENERATION,
+    chat: bool | None = None,
 ) -> dict:
     """:func:`lape_utils.steering.steer` towards each target, cached as JSONL per target.
 
@@ -133,7 +134,7 @@ def cached_steering(
     out = {}
     controls = control_sets(selection, stats, generation.seed)
     for target in targets:
-        spec = SteerSpec(target, source=source)
+        spec = SteerSpec(target, source=source, chat=chat)
         key = _digest({
             "model": model.fingerprint, "dtype": str(model.dtype),
             "neurons": selection_digest(selection), "prompts": list(prompts),
