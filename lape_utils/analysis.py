@@ -214,10 +214,10 @@ def layer_region_shares(
         no neurons).
     """
     counts = layer_counts(selection)
-    total = counts.sum()
     regions = region_layers(len(counts), bottom, top)
-    shares = pd.DataFrame({name: counts.iloc[list(r)].sum() for name, r in regions.items()})
-    shares = shares.div(total.where(total > 0), axis=0).astype(float)
+    sums = pd.DataFrame({name: counts.iloc[list(r)].sum() for name, r in regions.items()})
+    total = sums.sum(axis=1)  # the regions cover every layer once
+    shares = sums.div(total.where(total > 0), axis=0).astype(float)
     return shares.assign(count=total.astype(int))[["count", *REGIONS]]
 
 
