@@ -8,23 +8,11 @@ module-level order of :data:`lape_utils.languages.LANGUAGE_ORDER` (via
 :func:`~lape_utils.languages.sort_languages`), with ``"all"`` (distinct neurons of any
 language) last; :mod:`lape_utils.plots` draws these tables.
 
-Layer regions (:func:`region_layers`): with ``L`` layers, the *bottom* region is the first
-``round(bottom·L)`` layers and the *top* region the last ``round(top·L)`` layers (halves
-round up), the *middle* region the rest. With the defaults (bottom 10%, top 25%):
-
-=====  ===========  ==========
-L      bottom       top
-=====  ===========  ==========
-30     0-2          22-29
-32     0-2          24-31
-40     0-3          30-39
-80     0-7          60-79
-=====  ===========  ==========
-
 The paper (``lape-method.md`` §5) says the LLaMA-2 sets sit mostly in the bottom
 (layers 0-1) and top layers and the BLOOM, Mistral, OPT and Phi-2 sets mostly in the top
-quarter; :func:`lape_utils.published.compare_with_published` measures this on the files
-themselves (what they really show is written down in its docstring).
+quarter: :func:`layer_region_shares` measures this, and
+:func:`lape_utils.published.compare_with_published` on the paper's own files (what they
+really show is written down in its docstring).
 """
 
 from __future__ import annotations
@@ -168,8 +156,18 @@ def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict
     """The layers of the bottom, middle and top regions of a network.
 
     ``bottom`` region = the first ``round(bottom·L)`` layers, ``top`` = the last
-    ``round(top·L)`` layers (halves round up), ``middle`` = the rest. A region can be
-    empty on a very shallow network (e.g. ``L = 4``: no bottom layer at 10%).
+    ``round(top·L)`` layers (halves round up), ``middle`` = the rest. With the defaults:
+
+    =====  ======  =====
+    L      bottom  top
+    =====  ======  =====
+    30     0-2     22-29
+    32     0-2     24-31
+    40     0-3     30-39
+    80     0-7     60-79
+    =====  ======  =====
+
+    A region can be empty on a very shallow network (``L = 4``: no bottom layer at 10%).
 
     Args:
         n_layers: Number of layers ``L``.
@@ -200,8 +198,7 @@ def layer_region_shares(
 ) -> pd.DataFrame:
     """Share of each language's neurons in the bottom, middle and top layers.
 
-    Regions as in :func:`region_layers` (defaults: bottom = first 10% of layers, top = last
-    25%; for 32 layers, layers 0-2 and 24-31).
+    Regions as in :func:`region_layers` (by default the first 10% and the last 25%).
 
     Args:
         selection: The selection, or a count table (see :func:`layer_counts`).
@@ -503,12 +500,12 @@ def _convergence_rows(sel, full, snapshot, fraction: float, n: torch.Tensor) -> 
     })
 
 
-def convergence_verdict(table: pd.DataFrame, at: float = CONVERGED_AT) -> pd.Series:
+def convergence_verdict(table: pd.DataFrame) -> pd.Series:
     """Per language: has the selection converged at the budget used?
 
     Reads the largest budget below the full one (half the chunks): a language whose
-    Jaccard to the full selection is at least ``at`` there counts as converged, i.e.
-    doubling the text changed its set little.
+    Jaccard to the full selection is at least :data:`CONVERGED_AT` there counts as
+    converged, i.e. doubling the text changed its set little.
 
     Returns:
         Series indexed by language (and ``"all"``), ``True``/``False``.
@@ -517,4 +514,4 @@ def convergence_verdict(table: pd.DataFrame, at: float = CONVERGED_AT) -> pd.Ser
     if partial.empty:
         return pd.Series(dtype=bool)
     last = partial[partial["tokens"] == partial["tokens"].max()]
-    return (last.set_index("language")["jaccard"] >= at).rename("converged")
+    return (last.set_index("language")["jaccard"] >= CONVERGED_AT).rename("converged")

@@ -117,9 +117,15 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
+def _axes_array(axes: Any, n: int, figsize: tuple[float, float], ncols: int = 0) -> np.ndarray:
+    """``n`` Axes: the given ones, or a new figure's (in a row, or ``ncols`` to a row)."""
     if axes is None:
-        return plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)[1][0]
+        ncols = ncols or n
+        _, grid = plt.subplots(math.ceil(n / ncols), ncols, figsize=figsize,
+                               layout="constrained", squeeze=False)
+        for spare in grid.ravel()[n:]:
+            spare.set_visible(False)
+        return grid.ravel()[:n]
     arr = np.asarray(axes, dtype=object).ravel()
     if arr.size != n:
         raise ValueError(f"need {n} axes for this figure, got {arr.size}.")
@@ -129,26 +135,19 @@ def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
 def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
     """Set ``title`` if given, else ``base`` with the config's label on a second line.
 
-    ``config`` is a LapeConfig, a dict of its fields, a label string, a selection (its
-    config is used), a table (it carries none) or ``None`` (no label).
+    ``config`` is a LapeConfig, a dict of its fields, a label string or a selection (its
+    config is used); anything else (``None``, a table) adds no label.
     """
     if title is not None:
         ax.set_title(title)
         return
     if isinstance(config, NeuronSelection):
         config = config.config or None
-    if isinstance(config, (pd.DataFrame, pd.Series)):
-        config = None
     if isinstance(config, Mapping):
         config = LapeConfig.from_dict(config)
-    if isinstance(config, LapeConfig):
-        config = config.label()
-    if config is not None and not isinstance(config, str):
-        raise TypeError(
-            f"config must be a LapeConfig, a dict of its fields or a label string, got "
-            f"{type(config).__name__}."
-        )
-    ax.set_title("\n".join(p for p in (base, config) if p), fontsize="medium")
+    label = config.label() if isinstance(config, LapeConfig) else config
+    ax.set_title("\n".join(p for p in (base, label) if isinstance(p, str) and p),
+                 fontsize="medium")
 
 
 def _language_order(labels: Iterable[Any]) -> list[str]:
@@ -166,16 +165,6 @@ def _ordered(table: Any, *, index: bool = False, columns: bool = False) -> Any:
         table = table.rename(columns=str)
         table = table.reindex(columns=_language_order(table.columns))
     return table
-
-
-def _palette(langs: Iterable[str]) -> dict[str, str]:
-    return {lang: language_color(lang) for lang in langs}
-
-
-def _by_language(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
-    """``df`` with its ``language`` column as text, and the palette of those languages."""
-    df = df.assign(language=df["language"].astype(str))
-    return df, _palette(_language_order(df["language"].unique()))
 
 
 def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -235,25 +224,16 @@ def _norm(
     return mcolors.Normalize(vmin=-m, vmax=m)
 
 
-def _heatmap(
-    ax: Axes | None,
-    table: pd.DataFrame,
-    norm: mcolors.Normalize,
-    cmap: str,
-    label: str,
-    mask: np.ndarray | None = None,
-    row_height: float = 0.5,
-    **kws: Any,
-) -> Axes:
+def _heatmap(ax: Axes | None, table: pd.DataFrame, norm: mcolors.Normalize, cmap: str,
+             label: str, mask: np.ndarray | None = None, row_height: float = 0.5,
+             **kws: Any) -> Axes:
     """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
 
     A new figure, ``row_height`` inches a row, when ``ax`` is ``None``. NaN cells are
-    neither coloured nor written. Cells in ``mask`` are left uncoloured (the axes
-    background shows) but still written: by hand, since seaborn skips masked cells.
-    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``. Tick
-    labels are given explicitly (every one, or every ``yticklabels``-th row): seaborn's
-    automatic choice draws the whole figure once to measure them, which costs more than
-    the heatmap.
+    neither coloured nor written; cells in ``mask`` are left uncoloured but still written
+    (by hand: seaborn skips masked cells). ``kws`` go to ``sns.heatmap``. Tick labels are
+    explicit (every one, or every ``yticklabels``-th row): seaborn's automatic choice
+    draws the whole figure once to measure them, which costs more than the heatmap.
     """
     n_rows, n_cols = table.shape
     ax = _axes(ax, (1.6 + 0.65 * max(n_cols, 3), max(2.8, 1.2 + row_height * max(n_rows, 3))))
@@ -271,14 +251,17 @@ def _heatmap(
     return ax
 
 
-def _lines(
-    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, palette: Mapping, **kws: Any
-) -> list[Line2D]:
+def _lines(ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str = "language",
+           palette: Mapping | None = None, **kws: Any) -> list[Line2D]:
     """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
 
+    Without a ``palette`` the levels are languages: module order, their own colours.
     Repeated ``x`` values are averaged. Each line is labelled by its level, so that
     ``ax.get_lines()`` and ``ax.legend()`` name them (seaborn leaves them unnamed).
     """
+    if palette is None:
+        data = data.assign(**{hue: data[hue].astype(str)})
+        palette = {lang: language_color(lang) for lang in _language_order(data[hue].unique())}
     start = len(ax.get_lines())
     sns.lineplot(
         data, x=x, y=y, hue=hue, hue_order=list(palette), palette=dict(palette),
@@ -291,10 +274,10 @@ def _lines(
     return lines
 
 
-def _bands(ax: Axes, data: pd.DataFrame, x: str, lo: str, hi: str, hue: str, palette: Mapping):
-    """Shade each ``hue`` level's interval ``lo``..``hi`` along ``x``, in its colour."""
-    for level, part in data.sort_values(x).groupby(hue, sort=False):
-        ax.fill_between(part[x], part[lo], part[hi], color=palette[level], alpha=0.15, lw=0)
+def _band(ax: Axes, data: pd.DataFrame, x: str, lo: str, hi: str, color: str) -> None:
+    """Shade the interval ``lo``..``hi`` along ``x`` (the averages of repeated ``x``)."""
+    part = data.groupby(x)[[lo, hi]].mean()
+    ax.fill_between(part.index, part[lo], part[hi], color=color, alpha=0.15, lw=0)
 
 
 def _log_x(ax: Axes, values: Iterable[float], label: str) -> None:
@@ -311,7 +294,8 @@ def _bars(ax: Axes | None, labels: Iterable[str], values: np.ndarray) -> Axes:
     labels = list(labels)
     ax = _axes(ax, (1.5 + 0.6 * max(len(labels), 3), 3.5))
     sns.barplot(
-        x=labels, y=values, hue=labels, palette=_palette(labels), saturation=1,
+        x=labels, y=values, hue=labels, palette=[language_color(x) for x in labels],
+        saturation=1,
         errorbar=None, legend=False, ax=ax,
     )
     ax.set_xlabel("language")
@@ -340,14 +324,13 @@ def plot_layer_distribution(
             returns them (index ``layer``, one column per language).
         ax: Axes to draw on (a new figure if ``None``).
         kind: ``"heatmap"``: layers on the y axis (layer 0 at the bottom), languages on the x
-            axis, colour = count (sequential). ``"lines"``: x = layer, y = count, one line
-            per language in its colour. ``"share"``: the same lines as percent of the
-            layer's FFN neurons (of a selection, or of a table carrying
-            ``attrs["n_neurons"]`` like :func:`lape_utils.analysis.layer_counts`).
+            axis, colour = count. ``"lines"``: x = layer, y = count, one line per language.
+            ``"share"``: the same lines as percent of the layer's FFN neurons (needs a
+            selection, or a table with ``attrs["n_neurons"]`` like
+            :func:`lape_utils.analysis.layer_counts` makes).
         config: LapeConfig (or dict) for the title; by default the selection's own.
         vmin: Lower colour limit of the heatmap (default 0).
-        vmax: Upper colour limit of the heatmap (default the largest count). Fix both so
-            that redraws keep one scale.
+        vmax: Upper colour limit of the heatmap (default the largest count).
         annot: Write the counts in the cells (default: when there are at most 200 cells).
         colorbar: Add a colour bar to the heatmap.
         title: Replace the default title.
@@ -380,8 +363,7 @@ def plot_layer_distribution(
                 )
             counts, ylabel = counts * (100.0 / width), "% of the layer's neurons"
         ax = _axes(ax, (7.0, 3.5))
-        _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", "language",
-               _palette(counts.columns), lw=1.6)
+        _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", lw=1.6)
         ax.set(xlabel="layer", ylabel=ylabel, ylim=(0, None))
         ax.legend(title="language", fontsize="small", ncols=2 if counts.shape[1] > 5 else 1)
     else:
@@ -393,41 +375,31 @@ def plot_layer_distribution(
 def plot_layer_distribution_grid(
     selections: Mapping[str, NeuronSelection],
     *,
-    kind: Literal["heatmap", "lines", "share"] = "lines",
     ncols: int = 4,
     axes: Sequence[Axes] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`plot_layer_distribution` of several selections, one panel each, titled by name.
+    """Neurons per layer of several selections (``kind="lines"``), one panel each, titled.
 
     Args:
         selections: ``{name: selection}``, e.g. the paper's seven sets from
             :func:`lape_utils.published.published_sets`.
-        kind: As in :func:`plot_layer_distribution`.
         ncols: Panels per row.
-        axes: Axes to draw on (at least ``len(selections)``); a new figure if ``None``.
+        axes: One Axes per selection; a new figure if ``None`` (its spare panels hidden).
 
     Returns:
-        Flat array of the Axes drawn on (one per selection, in the mapping's order); unused
-        panels of a new grid are hidden. Only the first panel keeps its legend.
+        Flat array of the Axes (one per selection, in the mapping's order). Only the first
+        panel keeps its legend.
     """
-    n = len(selections)
-    if n == 0:
+    if not selections:
         raise ValueError("no selections to draw.")
-    if axes is None:
-        ncols = max(1, min(ncols, n))
-        nrows = math.ceil(n / ncols)
-        axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows),
-                            layout="constrained", squeeze=False)[1]
-        for extra in axes.ravel()[n:]:
-            extra.set_visible(False)
-    axes = np.asarray(axes, dtype=object).ravel()
-    if axes.size < n:
-        raise ValueError(f"need {n} axes, got {axes.size}.")
+    ncols = max(1, min(ncols, len(selections)))
+    nrows = math.ceil(len(selections) / ncols)
+    axes = _axes_array(axes, len(selections), (4.2 * ncols, 3.2 * nrows), ncols)
     for i, (ax, (name, sel)) in enumerate(zip(axes, selections.items())):
-        plot_layer_distribution(sel, ax=ax, kind=kind, title=name, annot=False)
-        if kind != "heatmap" and i > 0:
+        plot_layer_distribution(sel, ax=ax, kind="lines", title=name)
+        if i > 0:
             ax.get_legend().remove()
-    return axes[:n]
+    return axes
 
 
 def plot_language_counts(
@@ -435,7 +407,6 @@ def plot_language_counts(
     ax: Axes | None = None,
     *,
     percent: bool = False,
-    n_total: int | None = None,
     config: Any = None,
     annotate: bool = True,
     title: str | None = None,
@@ -446,9 +417,9 @@ def plot_language_counts(
         data: A selection; per-layer counts (index layer, columns language; summed over
             layers); or a Series indexed by language.
         ax: Axes to draw on.
-        percent: Show percent of all FFN neurons (``L·D``) instead of counts.
-        n_total: ``L·D``, needed for ``percent`` when ``data`` is not a selection.
-        config: LapeConfig (or dict) for the title; by default the selection's.
+        percent: Show percent of all FFN neurons (``L·D``) instead of counts (of a
+            selection: a table does not know ``L·D``).
+        config: LapeConfig (or dict) for the title; by default the selection's own.
         annotate: Write the value above each bar.
         title: Replace the default title.
 
@@ -456,18 +427,17 @@ def plot_language_counts(
         The Axes (one bar patch per language, in the module order).
 
     Raises:
-        ValueError: ``percent`` without ``n_total`` for a table.
+        ValueError: ``percent`` for a table.
     """
     if isinstance(data, pd.Series):
         counts = _ordered(data, index=True)
     else:
         counts = _counts(data).sum(axis=0)
-    if isinstance(data, NeuronSelection):
-        n_total = data.n_layers * data.n_neurons
     values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
-        if not n_total:
-            raise ValueError("percent=True needs n_total= (L·D) unless data is a selection.")
+        if not isinstance(data, NeuronSelection):
+            raise ValueError("percent=True needs a selection, to know n_total = L·D neurons.")
+        n_total = data.n_layers * data.n_neurons
         values, ylabel, fmt = values * 100.0 / n_total, "% of all FFN neurons", "{:.3f}"
     ax = _bars(ax, counts.index, values)
     if annotate:
@@ -505,7 +475,7 @@ def plot_overlap(
         ax: Axes to draw on.
         metric: ``"count"`` (``|A ∩ B|``, diagonal = set sizes) or ``"jaccard"``
             (``|A ∩ B| / |A ∪ B|``). Picks the table of a selection; labels either way.
-        config: LapeConfig (or dict) for the title; by default the selection's.
+        config: LapeConfig (or dict) for the title; by default the selection's own.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest coloured value).
         annot: Write the values in the cells.
@@ -547,16 +517,12 @@ def plot_entropy_distribution(
     which: Literal["entropy", "probability", "both"] = "entropy",
     bins: int = 60,
 ) -> Axes | np.ndarray:
-    """Show how the thresholds cut.
+    """Show how the thresholds cut: histograms (log counts) with the thresholds marked.
 
-    Histograms (``ax.containers``, count axis logarithmic) and marked lines
-    (``ax.get_lines()``, each with a ``label``):
-
-    * entropy panel: the neurons passing the filter (grey) and the selected ones (red) over
-      the same ``bins``; lines ``"selection cut-off H = …"`` at
-      :attr:`EntropyTable.cutoff` and ``"log K = …"`` (the entropy of a neuron equally
-      active in all languages);
-    * probability panel: all ``P`` values; lines ``"filter tau = …"`` and ``"bar = …"``.
+    * entropy panel: the neurons passing the filter (grey) and the selected ones (red);
+      lines at the selection cut-off (:attr:`EntropyTable.cutoff`) and at ``log K`` (the
+      entropy of a neuron equally active in all languages);
+    * probability panel: all ``P`` values; lines at the filter ``tau`` and the ``bar``.
 
     Args:
         table: From :func:`lape_utils.analysis.entropy_table`.
@@ -575,36 +541,35 @@ def plot_entropy_distribution(
         return axes
     if which not in ("entropy", "probability"):
         raise ValueError(f"which must be 'entropy', 'probability' or 'both', got {which!r}.")
-    ax = _axes(ax, (6.0, 3.8))
+    cfg = table.config
     if which == "entropy":
         passing = table.passing()
         h = passing["entropy"].to_numpy()
-        edges = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
-        for values, colour, label in ((h, "#bbbbbb", "passing the filter"),
-                                      (h[passing["selected"].to_numpy()], "#d62728", "selected")):
-            sns.histplot(x=values, bins=edges, color=colour, alpha=1, ax=ax,
-                         label=f"{label} ({len(values):,})")
-        if math.isfinite(table.cutoff):
-            ax.axvline(table.cutoff, color="black", ls="--", lw=1.2,
-                       label=f"selection cut-off H = {table.cutoff:.3g}")
-        ax.axvline(table.max_entropy, color="grey", ls=":", lw=1.2,
-                   label=f"log K = {table.max_entropy:.3g}")
-        ax.set(xlabel="LAPE entropy H (nats)", ylabel="neurons")
-        base = f"Entropy of the {table.n_candidates:,} neurons passing the filter"
+        bins = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
+        hists = [(h, "#bbbbbb", "passing the filter"),
+                 (h[passing["selected"].to_numpy()], "#d62728", "selected")]
+        marks = [(table.cutoff, "black", "--", f"selection cut-off H = {table.cutoff:.3g}"),
+                 (table.max_entropy, "grey", ":", f"log K = {table.max_entropy:.3g}")]
+        labels = ("LAPE entropy H (nats)", "neurons",
+                  f"Entropy of the {table.n_candidates:,} neurons passing the filter")
     else:
-        p, cfg = table.probabilities(), table.config
-        sns.histplot(x=p, bins=bins, color="#7f7f7f", alpha=1, ax=ax,
-                     label=f"all P ({p.size:,} values)")
-        ax.axvline(table.tau, color="#1f77b4", ls="--", lw=1.4,
-                   label=f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})")
-        ax.axvline(table.bar, color="#d62728", ls=":", lw=1.6,
-                   label=f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")
-        ax.set(xlabel="activation probability P (pooled over layers, neurons, languages)",
-               ylabel="values")
-        base = "Activation probability and thresholds"
-    ax.set_yscale("log")
+        hists = [(table.probabilities(), "#7f7f7f", "all P values")]
+        marks = [(table.tau, "#1f77b4", "--",
+                  f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})"),
+                 (table.bar, "#d62728", ":",
+                  f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")]
+        labels = ("activation probability P (pooled over layers, neurons, languages)",
+                  "values", "Activation probability and thresholds")
+    ax = _axes(ax, (6.0, 3.8))
+    for values, colour, label in hists:
+        sns.histplot(x=values, bins=bins, color=colour, alpha=1, ax=ax,
+                     label=f"{label} ({len(values):,})")
+    for x, colour, ls, label in marks:
+        if math.isfinite(x):
+            ax.axvline(x, color=colour, ls=ls, lw=1.4, label=label)
+    ax.set(xlabel=labels[0], ylabel=labels[1], yscale="log")
     ax.legend(fontsize="small")
-    _title(ax, base, table.config)
+    _title(ax, labels[2], cfg)
     return ax
 
 
@@ -632,7 +597,7 @@ def plot_probability_profiles(
         language: The language whose neurons these are (title; line colour).
         bar: Draw the assignment threshold (``EntropyTable.bar``): a horizontal line in
             ``"lines"``, a mark on the colour bar in ``"heatmap"``.
-        config: LapeConfig (or dict) for the title.
+        config: LapeConfig (or dict, or selection) for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest P).
 
@@ -694,15 +659,14 @@ def plot_stability(
             ``frequency``).
         ax: Axes to draw on.
         kind: ``"frequency"``: per language, how many neurons were selected in what fraction
-            of the replicates (one line per language, a point per possible fraction
-            ``k / n_replicates``; neurons never selected are not counted; a stable
-            selection piles up at 1). ``"jaccard"``: one bar per language
-            (then ``"all"``, grey) of the mean Jaccard of the replicates' sets with the
-            reference set, error bar = standard deviation (drawn by hand: seaborn's
-            ``barplot`` only draws error bars it computes itself); y from 0 to 1.
+            ``k / n_replicates`` of the replicates (never selected: not counted; a stable
+            selection piles up at 1). ``"jaccard"``: one bar per language (then
+            ``"all"``) of the mean Jaccard of the replicates' sets with the reference set,
+            error bar = standard deviation (by hand: seaborn's ``barplot`` only draws
+            error bars it computes itself).
         n_replicates: Number of replicates, for a frequency table (default: read from the
             result, or taken as ``1 / smallest frequency`` of a table).
-        config: LapeConfig (or dict) for the title.
+        config: LapeConfig (or dict, or selection) for the title.
 
     Returns:
         The Axes.
@@ -741,7 +705,7 @@ def plot_stability(
     )
     ax = _axes(ax, (6.0, 3.5))
     _lines(ax, _long(hist, "frequency", "language", "neurons"), "frequency", "neurons",
-           "language", _palette(hist.columns), marker="o", ms=4, lw=1.4)
+           marker="o", ms=4, lw=1.4)
     ax.set(xlim=(0, 1.02), ylim=(0, None), xlabel="selection frequency over bootstrap replicates",
            ylabel="neurons (selected at least once)")
     ax.legend(title="language", fontsize="small", ncols=2)
@@ -758,7 +722,7 @@ def plot_convergence(
         table: :func:`lape_utils.analysis.convergence` (columns ``tokens``, ``language``,
             ``count``, ``jaccard``).
         axes: Two Axes; new figure if ``None``.
-        config: LapeConfig (or dict) for the titles.
+        config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
         ``[jaccard, counts]``: per language (and ``"all"``, grey) the Jaccard of the
@@ -767,13 +731,12 @@ def plot_convergence(
         language; x = tokens per language (log scale, ticked at the budgets).
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
-    df, palette = _by_language(table)
     panels = (("jaccard", "Jaccard to the full-budget selection", 1.05,
                "Convergence of the selection with the budget"),
               ("count", "neurons selected", None, "Selection size with the budget"))
     for ax, (y, label, top, base) in zip(axes, panels):
-        _lines(ax, df, "tokens", y, "language", palette, marker="o", ms=4, lw=1.4)
-        _log_x(ax, df["tokens"], "tokens per language")
+        _lines(ax, table, "tokens", y, marker="o", ms=4, lw=1.4)
+        _log_x(ax, table["tokens"], "tokens per language")
         ax.set(ylabel=label, ylim=(0, top))
         ax.legend(title="language", fontsize="small", ncols=2)
         _title(ax, base, config)
@@ -800,15 +763,15 @@ def plot_threshold_effect(
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
     effect, size = axes
-    df, palette = _by_language(table.assign(pct=table["top_rate"] * 100))
-    _lines(effect, df, "pct", "diag_delta", "language", palette, marker="o", ms=4, lw=1.6)
-    for line in _lines(effect, df, "pct", "offdiag_mean_delta", "language", palette, ls="--",
-                       lw=1, marker="."):
+    df = table.assign(pct=table["top_rate"] * 100, language=table["language"].astype(str))
+    for line in _lines(effect, df, "pct", "diag_delta", marker="o", ms=4, lw=1.6):
+        _band(effect, df[df["language"] == line.get_label()], "pct", "diag_lo", "diag_hi",
+               line.get_color())
+    for line in _lines(effect, df, "pct", "offdiag_mean_delta", ls="--", lw=1, marker="."):
         line.set_label(f"{line.get_label()} (others)")
-    _bands(effect, df, "pct", "diag_lo", "diag_hi", "language", palette)
     effect.axhline(0, color="black", lw=0.8)
     effect.set_ylabel("ΔNLL (nats) when zeroed")
-    _lines(size, df, "pct", "n_neurons", "language", palette, marker="o", ms=4, lw=1.4)
+    _lines(size, df, "pct", "n_neurons", marker="o", ms=4, lw=1.4)
     size.set(ylim=(0, None), ylabel="neurons of the language")
     for ax, base in zip(axes, ("Own language (solid) and the others (dashed)", "Selection size")):
         _log_x(ax, df["pct"], "top_rate (% of all neurons selected)")
@@ -966,11 +929,9 @@ def plot_ppl_heatmap(
       ``"lape:zh"`` are LAPE rows, ``"zh (random)"`` or ``"random:zh"`` random-control rows,
       ``"none"`` the baseline.
 
-    Values whose name starts with ``delta`` use the diverging colormap centred at 0
-    (symmetric limits ``±max|value|`` unless ``vmin``/``vmax`` are given; asymmetric given
-    limits keep 0 at the centre colour with a ``TwoSlopeNorm``); other values (``nll``,
-    ``ppl``) the sequential one. The values are written in the cells; diagonal cells
-    (deactivated = evaluated) are outlined.
+    Differences (``delta_*``) use the diverging colormap centred at 0 (limits ``±max|value|``
+    unless given), other values (``nll``, ``ppl``) the sequential one. The values are
+    written in the cells; diagonal cells (deactivated = evaluated) are outlined.
 
     Args:
         df: The table.
@@ -980,7 +941,8 @@ def plot_ppl_heatmap(
             kind there).
         include_baseline: Add the ``"none"`` row on top (useful for ``nll``/``ppl``).
         vmin: Lower colour limit.
-        vmax: Upper colour limit.
+        vmax: Upper colour limit (asymmetric limits of a difference keep 0 at the centre
+            colour).
         fmt: Format of the written values.
         config: LapeConfig (or dict, or selection) for the title.
 
@@ -1069,19 +1031,20 @@ def plot_steering_sweep(
     sets = [n for n in SET_COLORS if n in present] + [n for n in present if n not in SET_COLORS]
     others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
     palette = {n: SET_COLORS.get(n) or next(others) for n in sets}
-    mean = data.groupby(["neurons", "strength"], sort=False).mean(numeric_only=True).reset_index()
     target = str(data["target"].iloc[0]) if "target" in data else None
     sources = data["source"].dropna() if "source" in data else []
     source = str(sources.iloc[0]) if len(sources) else None
     rate, cost = axes = _axes_array(axes, 2, (12.0, 3.8))
-    _lines(rate, mean, "strength", "target_rate", "neurons", palette, marker="o", lw=1.8)
-    if {"target_rate_lo", "target_rate_hi"} <= set(mean.columns):
-        _bands(rate, mean, "strength", "target_rate_lo", "target_rate_hi", "neurons", palette)
+    for line in _lines(rate, data, "strength", "target_rate", "neurons", palette, marker="o",
+                       lw=1.8):
+        if {"target_rate_lo", "target_rate_hi"} <= set(data.columns):
+            _band(rate, data[data["neurons"] == line.get_label()], "strength",
+                  "target_rate_lo", "target_rate_hi", line.get_color())
     rate.set(ylim=(0, 1.02),
              ylabel=f"share of answers in {language_name(target) if target else 'the target'}")
-    _lines(cost, mean, "strength", "output_ppl", "neurons", palette, marker="s", lw=1.6)
-    if "output_ppl_unsteered" in mean:
-        base = float(mean["output_ppl_unsteered"].mean())
+    _lines(cost, data, "strength", "output_ppl", "neurons", palette, marker="s", lw=1.6)
+    if "output_ppl_unsteered" in data:
+        base = float(data["output_ppl_unsteered"].mean())
         cost.axhline(base, color="grey", ls="--", lw=1, label=f"unsteered ({base:.3g})")
     cost.set(ylim=(0, None), ylabel="perplexity of the answers (unmodified model)")
     route = f" {source} → {target}" if source and target else f" {target}" if target else ""
