@@ -285,10 +285,7 @@ class EntropyTable:
     n_selected: int
 
     def probabilities(self) -> np.ndarray:
-        """Every ``P`` value pooled over layers, neurons and languages: ``float [L·D·K]``.
-
-        These are the values the two quantiles are taken of.
-        """
+        """``float [L·D·K]``: every ``P`` value, pooled (what the two quantiles are of)."""
         return self.frame[[f"prob_{lang}" for lang in self.languages]].to_numpy().ravel()
 
     def passing(self) -> pd.DataFrame:
@@ -487,17 +484,12 @@ def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
         seen.add(tuple(sub.n.tolist()))
         sel = identify(sub.over_zero, sub.n, sub.languages, config)
         fraction = fractions[s] if s < len(fractions) else math.nan
-        frames.append(_convergence_rows(sel, full, s, fraction, sub.n))
-    frames.append(_convergence_rows(full, full, "full", 1.0, stats.n))
-    return pd.concat(frames, ignore_index=True)
-
-
-def _convergence_rows(sel, full, snapshot, fraction: float, n: torch.Tensor) -> pd.DataFrame:
-    ag = agreement(sel, full).reset_index()
-    return pd.DataFrame({
-        "snapshot": snapshot, "fraction": fraction, "tokens": float(n.double().mean()),
-        "language": ag["language"], "count": ag["count_a"], "jaccard": ag["jaccard"],
-    })
+        frames.append(agreement(sel, full).assign(snapshot=s, fraction=fraction,
+                                                  tokens=float(sub.n.double().mean())))
+    frames.append(agreement(full, full).assign(snapshot="full", fraction=1.0,
+                                               tokens=float(stats.n.double().mean())))
+    table = pd.concat(frames).reset_index().rename(columns={"count_a": "count"})
+    return table[["snapshot", "fraction", "tokens", "language", "count", "jaccard"]]
 
 
 def convergence_verdict(table: pd.DataFrame) -> pd.Series:

@@ -156,14 +156,11 @@ def _language_order(labels: Iterable[Any]) -> list[str]:
     return sort_languages(c for c in labels if c != _ALL) + [_ALL] * (_ALL in labels)
 
 
-def _ordered(table: Any, *, index: bool = False, columns: bool = False) -> Any:
-    """``table`` with its language ``index`` and/or ``columns`` in :func:`_language_order`."""
-    if index:
-        table = table.rename(index=str)
-        table = table.reindex(index=_language_order(table.index))
-    if columns:
-        table = table.rename(columns=str)
-        table = table.reindex(columns=_language_order(table.columns))
+def _ordered(table: Any, *axes: str) -> Any:
+    """``table`` with its language ``axes`` (``"index"``, ``"columns"``) in language order."""
+    for axis in axes:
+        table = table.rename(**{axis: str})
+        table = table.reindex(**{axis: _language_order(getattr(table, axis))})
     return table
 
 
@@ -181,11 +178,9 @@ def _counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     if isinstance(data, NeuronSelection):
         return analysis.layer_distribution(data)
     if isinstance(data, pd.DataFrame):
-        return _ordered(data, columns=True)
-    raise TypeError(
-        f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
-        f"{type(data).__name__}."
-    )
+        return _ordered(data, "columns")
+    raise TypeError(f"expected a NeuronSelection or a DataFrame (index layer, columns "
+                    f"language), got {type(data).__name__}.")
 
 
 def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
@@ -295,8 +290,7 @@ def _bars(ax: Axes | None, labels: Iterable[str], values: np.ndarray) -> Axes:
     ax = _axes(ax, (1.5 + 0.6 * max(len(labels), 3), 3.5))
     sns.barplot(
         x=labels, y=values, hue=labels, palette=[language_color(x) for x in labels],
-        saturation=1,
-        errorbar=None, legend=False, ax=ax,
+        saturation=1, errorbar=None, legend=False, ax=ax,
     )
     ax.set_xlabel("language")
     return ax
@@ -339,8 +333,7 @@ def plot_layer_distribution(
         The Axes.
 
     Raises:
-        ValueError: ``kind`` is unknown, or ``"share"`` of a table without
-            ``attrs["n_neurons"]``.
+        ValueError: ``kind`` is unknown, or ``"share"`` without the layer width.
     """
     counts = _counts(data)
     if kind == "heatmap":
@@ -417,8 +410,7 @@ def plot_language_counts(
         data: A selection; per-layer counts (index layer, columns language; summed over
             layers); or a Series indexed by language.
         ax: Axes to draw on.
-        percent: Show percent of all FFN neurons (``L·D``) instead of counts (of a
-            selection: a table does not know ``L·D``).
+        percent: Show percent of all FFN neurons (``L·D``; needs a selection), not counts.
         config: LapeConfig (or dict) for the title; by default the selection's own.
         annotate: Write the value above each bar.
         title: Replace the default title.
@@ -429,10 +421,7 @@ def plot_language_counts(
     Raises:
         ValueError: ``percent`` for a table.
     """
-    if isinstance(data, pd.Series):
-        counts = _ordered(data, index=True)
-    else:
-        counts = _counts(data).sum(axis=0)
+    counts = _ordered(data, "index") if isinstance(data, pd.Series) else _counts(data).sum()
     values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
         if not isinstance(data, NeuronSelection):
@@ -492,7 +481,7 @@ def plot_overlap(
     if isinstance(data, NeuronSelection):
         table = analysis.overlap(data)[int(jaccard)]
     else:
-        table = _ordered(data, index=True, columns=True)
+        table = _ordered(data, "index", "columns")
     values = table.to_numpy(dtype=float)
     mask = None if colour_diagonal else table.index.to_numpy()[:, None] == table.columns.to_numpy()
     ax = _heatmap(
@@ -604,7 +593,7 @@ def plot_probability_profiles(
     Returns:
         The Axes.
     """
-    df = _ordered(profiles, columns=True)
+    df = _ordered(profiles, "columns")
     if isinstance(df.index, pd.MultiIndex) and df.index.nlevels == 2:
         df.index = [f"L{a}.{b}" for a, b in df.index]
     label = "activation probability P"
@@ -675,7 +664,7 @@ def plot_stability(
     if kind == "jaccard":
         table = analysis.stability_table(result) if own else result
         _require(table, ["mean_jaccard"], "a stability table")
-        table = _ordered(table, index=True)
+        table = _ordered(table, "index")
         mean = table["mean_jaccard"].to_numpy(dtype=float)
         ax = _bars(ax, table.index, mean)
         if "std_jaccard" in table:
@@ -696,13 +685,9 @@ def plot_stability(
         vals = freq["frequency"].to_numpy(dtype=float)
         n_replicates = int(round(1.0 / vals[vals > 0].min())) if (vals > 0).any() else 1
     n_rep = int(n_replicates)
-    edges = (np.arange(n_rep + 1) + 0.5) / n_rep  # one bin per possible k/n_rep, k=1..n_rep
-    langs = freq["language"].astype(str)
-    hist = pd.DataFrame(
-        {lang: np.histogram(freq["frequency"][langs == lang], bins=edges)[0]
-         for lang in _language_order(langs.unique())},
-        index=np.arange(1, n_rep + 1) / n_rep,
-    )
+    k = (freq["frequency"].to_numpy(dtype=float) * n_rep).round().astype(int)  # k/n_rep
+    hist = pd.crosstab(k, freq["language"].astype(str)).reindex(range(1, n_rep + 1), fill_value=0)
+    hist.index = hist.index / n_rep
     ax = _axes(ax, (6.0, 3.5))
     _lines(ax, _long(hist, "frequency", "language", "neurons"), "frequency", "neurons",
            marker="o", ms=4, lw=1.4)
@@ -788,11 +773,7 @@ _KIND_LABELS = {"lape": "LAPE neurons", "random": "random control",
 
 
 def _parse_row(label: str) -> tuple[str, str]:
-    """Split a row label (``"none"``, ``"zh"``, ``"zh (random)"``, ``"random:zh"``, ...).
-
-    Returns:
-        ``(kind, language)``.
-    """
+    """``(kind, language)`` of a row label: ``"none"``, ``"zh"``, ``"zh (random)"``, ..."""
     s = str(label).strip()
     if s.lower() in _NONE_LABELS:
         return "none", ""
@@ -831,10 +812,9 @@ def _ppl_long(df: pd.DataFrame, value: str) -> pd.DataFrame:
 def _kind(long: pd.DataFrame, kind: str | None) -> str:
     """Check ``kind`` against the table's row kinds; default ``"lape"`` or the only kind."""
     kinds = [k for k in dict.fromkeys(long["kind"]) if k != "none"]
-    if kind is None:
-        kind = "lape" if "lape" in kinds else (kinds[0] if len(kinds) == 1 else None)
-        if kind is None:
-            raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
+    if kind is None and "lape" not in kinds and len(kinds) != 1:
+        raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
+    kind = kind or ("lape" if "lape" in kinds else kinds[0])
     if kind not in kinds:
         raise ValueError(f"no rows of kind {kind!r} in the table; it has {kinds}.")
     return kind
@@ -917,17 +897,14 @@ def plot_ppl_heatmap(
 
     Accepted tables:
 
-    * tidy, one row per (deactivated set, evaluated language), as
-      :meth:`lape_utils.evaluate.PplMatrix.tidy` returns it: columns ``deactivated``
-      (language code; ``""``/``"none"``/NaN for the no-intervention baseline),
-      ``evaluated``, the ``value`` column (``delta_nll``, ``nll``, ``ppl``, ...),
-      ``kind`` (``"lape"``, ``"random"``, ``"matched"``, ``"none"``) or a ``row`` label to
-      read it from, and optionally ``excludes_zero`` (the cell's 95% interval excludes 0:
-      written in bold). Several rows for one cell (e.g. random seeds) are averaged.
-    * pivoted: index = row label, columns = evaluated language, as
-      :meth:`~lape_utils.evaluate.PplMatrix.table` returns it. Row labels ``"zh"`` or
-      ``"lape:zh"`` are LAPE rows, ``"zh (random)"`` or ``"random:zh"`` random-control rows,
-      ``"none"`` the baseline.
+    * tidy (:meth:`lape_utils.evaluate.PplMatrix.tidy`): columns ``deactivated`` (``""``,
+      ``"none"`` or NaN for the baseline), ``evaluated``, the ``value`` column, ``kind``
+      (``"lape"``, ``"random"``, ``"matched"``, ``"none"``) or a ``row`` label to read it
+      from, optionally ``excludes_zero`` (the 95% interval excludes 0: written in bold).
+      Several rows for one cell (e.g. random seeds) are averaged.
+    * pivoted (:meth:`~lape_utils.evaluate.PplMatrix.table`): index = row label
+      (``"zh"``/``"lape:zh"``, ``"zh (random)"``/``"random:zh"``, ``"none"``), columns =
+      evaluated language.
 
     Differences (``delta_*``) use the diverging colormap centred at 0 (limits ``±max|value|``
     unless given), other values (``nll``, ``ppl``) the sequential one. The values are
@@ -972,18 +949,17 @@ def plot_ppl_comparison(
     """Draw LAPE deactivation next to its controls, on one shared colour scale.
 
     Args:
-        df: A table with LAPE and control rows (as for :func:`plot_ppl_heatmap`), or
-            ``{"lape": table, "random": table, ...}`` with one (pivoted or tidy) table per
-            kind.
+        df: A table with LAPE and control rows (see :func:`plot_ppl_heatmap`), or
+            ``{"lape": table, "random": table, ...}``, one table per kind.
         value: Quantity shown.
-        axes: One Axes per kind (LAPE, then each control); new figure if ``None``.
+        axes: One Axes per kind; new figure if ``None``.
         vmin: Lower colour limit (default from all matrices, symmetric for deltas).
         vmax: Upper colour limit.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        Array of the Axes (LAPE, then the controls in table order, e.g. ``random``,
-        ``matched``); every mesh has the same colour limits and they share one colour bar.
+        Array of the Axes: LAPE, then the controls in table order (e.g. ``random``,
+        ``matched``), sharing one colour scale and colour bar.
     """
     if isinstance(df, Mapping):  # one table per kind: its rows take the key as their kind
         parts = {name: _ppl_long(table, value) for name, table in df.items()}
@@ -1013,24 +989,23 @@ def plot_steering_sweep(
 
     Args:
         df: :func:`lape_utils.steering.strength_sweep` (columns ``strength``, ``neurons``,
-            ``target_rate`` with optional ``target_rate_lo``/``_hi``, ``output_ppl``,
-            ``output_ppl_unsteered``, and ``target``/``source``, which name the languages
-            in the titles). Several rows per (set, strength) are averaged.
+            ``target_rate`` (optional ``target_rate_lo``/``_hi``), ``output_ppl``, optional
+            ``output_ppl_unsteered``, ``target`` and ``source``). Rows of one (set,
+            strength) are averaged.
         axes: Two Axes; new figure if ``None``.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        ``[rate, cost]``: the share of answers in the target language per neuron set (one
-        distinct colour each, LAPE first; the 95% Wilson interval as a band; y from 0 to
-        1), and the perplexity of the answers under the unmodified model (y from 0; the
-        unsteered answers' as a dashed grey line).
+        ``[rate, cost]``: per neuron set (LAPE first, :data:`SET_COLORS`), the share of
+        answers in the target language (its 95% Wilson interval as a band), and the
+        perplexity of the answers under the unmodified model (the unsteered answers' as a
+        dashed grey line); both y axes from 0.
     """
     _require(df, ["strength", "target_rate", "output_ppl"], "the sweep")
     data = df.assign(neurons=df["neurons"].astype(str) if "neurons" in df else "lape")
-    present = list(dict.fromkeys(data["neurons"]))
-    sets = [n for n in SET_COLORS if n in present] + [n for n in present if n not in SET_COLORS]
-    others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
-    palette = {n: SET_COLORS.get(n) or next(others) for n in sets}
+    present = list(dict.fromkeys(data["neurons"]))  # known sets first, in SET_COLORS order
+    palette = {n: c for n, c in SET_COLORS.items() if n in present} | {
+        n: language_color(n) for n in present if n not in SET_COLORS}
     target = str(data["target"].iloc[0]) if "target" in data else None
     sources = data["source"].dropna() if "source" in data else []
     source = str(sources.iloc[0]) if len(sources) else None
@@ -1086,9 +1061,8 @@ def top_contexts_html(
         n_per_language: Contexts shown per language (highest activation first).
 
     Returns:
-        IPython ``HTML`` (``.data`` is the markup), titled with the layer, neuron and
-        language: the browser draws text of any script, so CJK, Cyrillic or Korean
-        contexts are readable where a matplotlib font would show empty boxes.
+        IPython ``HTML`` (``.data`` is the markup) titled with the layer, neuron and
+        language: the browser draws any script (CJK, Cyrillic), matplotlib's font cannot.
     """
     _require(df, ["language", "activation", "tokens", "activations", "center"], "the table")
     layer, neuron = df.attrs.get("layer"), df.attrs.get("neuron")
@@ -1120,19 +1094,17 @@ def save_figure(
     path: str | os.PathLike,
     *,
     close: bool = False,
-    **savefig_kwargs: Any,
 ) -> Path:
     """Write the figure holding ``obj`` to ``path`` (the one place that saves figures).
 
-    The format follows the suffix (``.png``, ``.svg``, ``.pdf``); parent folders are made;
-    an existing file is replaced (figures are products of a run, re-made by re-running).
+    The format follows the suffix (``.png``, ``.svg``, ``.pdf``; 150 dpi, tight bounding
+    box); parent folders are made; an existing file is replaced (figures are products of a
+    run, re-made by re-running).
 
     Args:
         obj: An Axes, an array/list of Axes (of one figure), or a Figure.
         path: Target file.
         close: Close the figure afterwards (frees memory in long pipelines).
-        **savefig_kwargs: Passed to ``Figure.savefig`` (defaults ``dpi=150``,
-            ``bbox_inches="tight"``).
 
     Returns:
         The path written.
@@ -1151,7 +1123,7 @@ def save_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         logger.info("replacing %s", path)
-    fig.savefig(path, **{"dpi": 150, "bbox_inches": "tight", **savefig_kwargs})
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     logger.info("saved figure %s", path)
     if close:
         plt.close(fig)
