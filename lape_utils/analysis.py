@@ -146,8 +146,13 @@ def depth_profile(
     n_layers, total = len(count), count.sum()
     fraction = count / total if total else np.full(n_layers, np.nan)
     return pd.DataFrame(
-        {"relative_depth": relative_depth(n_layers), "count": count, "fraction": fraction,
-         "density": fraction * n_layers, "cumulative": np.cumsum(fraction)},
+        {
+            "relative_depth": relative_depth(n_layers),
+            "count": count,
+            "fraction": fraction,
+            "density": fraction * n_layers,
+            "cumulative": np.cumsum(fraction),
+        },
         index=pd.RangeIndex(n_layers, name="layer"),
     )
 
@@ -337,10 +342,15 @@ def entropy_table(stats: Any, config: LapeConfig = LapeConfig()) -> EntropyTable
     for lang in ordered:
         df[f"prob_{lang}"] = rows[:, languages.index(lang)].double().numpy()
     return EntropyTable(
-        frame=df, languages=ordered, config=config, tau=tau, bar=bar,
+        frame=df,
+        languages=ordered,
+        config=config,
+        tau=tau,
+        bar=bar,
         cutoff=float(h[selected].max()) if bool(selected.any()) else math.nan,
         max_entropy=math.log(n_lang),
-        n_candidates=int(info["n_candidates"]), n_selected=int(info["n_selected"]),
+        n_candidates=int(info["n_candidates"]),
+        n_selected=int(info["n_selected"]),
     )
 
 
@@ -433,9 +443,12 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
     for lang in sort_languages(result.frequency):
         f = result.frequency[lang]
         layer, neuron = (f > 0).nonzero(as_tuple=True)
-        frames.append(pd.DataFrame({"language": lang, "layer": layer.numpy(),
-                                    "neuron": neuron.numpy(),
-                                    "frequency": f[layer, neuron].double().numpy()}))
+        frames.append(pd.DataFrame({
+            "language": lang,
+            "layer": layer.numpy(),
+            "neuron": neuron.numpy(),
+            "frequency": f[layer, neuron].double().numpy(),
+        }))
     if not frames:
         return pd.DataFrame(columns=["language", "layer", "neuron", "frequency"])
     return pd.concat(frames, ignore_index=True)

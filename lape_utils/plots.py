@@ -20,8 +20,8 @@ Conventions (``shared/docs/style.md``):
   at 0. Fixed ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
 * Titles: ``config`` (a :class:`~lape_utils.lape.LapeConfig`, a dict of its fields, or a
   selection; by default the selection drawn) adds its
-  :meth:`~lape_utils.lape.LapeConfig.label` on a second line; ``title`` replaces the
-  whole title.
+  :meth:`~lape_utils.lape.LapeConfig.label` on a second line; ``title`` (where taken)
+  replaces the whole title.
 """
 
 from __future__ import annotations
@@ -179,8 +179,10 @@ def _counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
         return analysis.layer_distribution(data)
     if isinstance(data, pd.DataFrame):
         return _ordered(data, "columns")
-    raise TypeError(f"expected a NeuronSelection or a DataFrame (index layer, columns "
-                    f"language), got {type(data).__name__}.")
+    raise TypeError(
+        f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
+        f"{type(data).__name__}."
+    )
 
 
 def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
@@ -192,12 +194,11 @@ def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFr
 def _norm(
     values: np.ndarray, vmin: float | None, vmax: float | None, diverging: bool = False
 ) -> mcolors.Normalize:
-    """Colour scale of a heatmap.
+    """Colour scale: ``vmin`` (default ``min(0, smallest)``) to ``vmax`` (default largest).
 
-    Sequential: ``vmin`` (default ``min(0, smallest value)``) to ``vmax`` (default the
-    largest value). Diverging, centred at 0: ``±max|value|``, or ``±`` the one limit given;
-    two given limits must straddle 0, and asymmetric ones keep 0 at the centre colour with a
-    ``TwoSlopeNorm`` (seaborn's ``center=`` would crop the colormap instead).
+    Diverging: centred at 0, ``±max|value|`` or ``±`` the one limit given; two given limits
+    must straddle 0, and asymmetric ones get a ``TwoSlopeNorm`` that keeps 0 at the centre
+    colour (seaborn's ``center=`` would crop the colormap instead).
     """
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -219,9 +220,16 @@ def _norm(
     return mcolors.Normalize(vmin=-m, vmax=m)
 
 
-def _heatmap(ax: Axes | None, table: pd.DataFrame, norm: mcolors.Normalize, cmap: str,
-             label: str, mask: np.ndarray | None = None, row_height: float = 0.5,
-             **kws: Any) -> Axes:
+def _heatmap(
+    ax: Axes | None,
+    table: pd.DataFrame,
+    norm: mcolors.Normalize,
+    cmap: str,
+    label: str,
+    mask: np.ndarray | None = None,
+    row_height: float = 0.5,
+    **kws: Any,
+) -> Axes:
     """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
 
     A new figure, ``row_height`` inches a row, when ``ax`` is ``None``. NaN cells are
@@ -246,8 +254,10 @@ def _heatmap(ax: Axes | None, table: pd.DataFrame, norm: mcolors.Normalize, cmap
     return ax
 
 
-def _lines(ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str = "language",
-           palette: Mapping | None = None, **kws: Any) -> list[Line2D]:
+def _lines(
+    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str = "language",
+    palette: Mapping | None = None, **kws: Any,
+) -> list[Line2D]:
     """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
 
     Without a ``palette`` the levels are languages: module order, their own colours.
@@ -421,7 +431,10 @@ def plot_language_counts(
     Raises:
         ValueError: ``percent`` for a table.
     """
-    counts = _ordered(data, "index") if isinstance(data, pd.Series) else _counts(data).sum()
+    if isinstance(data, pd.Series):
+        counts = _ordered(data, "index")
+    else:
+        counts = _counts(data).sum(axis=0)
     values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
         if not isinstance(data, NeuronSelection):
@@ -609,7 +622,6 @@ def plot_probability_profiles(
     elif kind == "lines":
         ax = _axes(ax, (1.5 + 0.7 * max(df.shape[1], 3), 3.8))
         long = _long(df, "neuron", "language", "p")
-        long["language"] = pd.Categorical(long["language"], categories=list(df.columns))
         if len(df):  # seaborn fails on an empty table with units
             sns.lineplot(
                 long, x="language", y="p", units="neuron", estimator=None, ax=ax,
@@ -699,7 +711,8 @@ def plot_stability(
 
 
 def plot_convergence(
-    table: pd.DataFrame, axes: Sequence[Axes] | np.ndarray | None = None, *, config: Any = None
+    table: pd.DataFrame, axes: Sequence[Axes] | np.ndarray | None = None, *,
+    config: Any = None,
 ) -> np.ndarray:
     """How the selection changes with the token budget (from budget snapshots).
 
@@ -841,12 +854,10 @@ def _ppl_matrix(
     return wide.rename_axis(index="deactivated", columns="evaluated")
 
 
-def _is_delta(value: str) -> bool:
-    return value.startswith("delta") or value.startswith("Δ")
-
-
-def _value_label(value: str) -> str:
-    return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+def _value_style(value: str) -> tuple[str, bool]:
+    """Label of a quantity (``delta_nll`` -> ``ΔNLL``) and whether it is a difference."""
+    label = value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+    return label, value.startswith(("delta", "Δ"))
 
 
 def _ppl_panel(
@@ -855,19 +866,19 @@ def _ppl_panel(
 ) -> Axes:
     """Draw one kind's matrix; outline its diagonal cells by hand (seaborn cannot).
 
-    Where a tidy table of differences says which 95% intervals exclude 0
-    (``excludes_zero``), those values are written in bold and the others in grey, and the
-    title says so.
+    Differences whose 95% interval excludes 0 (``excludes_zero`` of a tidy table) are
+    written in bold, the others in grey.
     """
-    cmap = DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP
-    ax = _heatmap(ax, wide, norm, cmap, _value_label(value), annot=True, fmt=fmt, cbar=cbar)
+    label, delta = _value_style(value)
+    cmap = DIVERGING_CMAP if delta else SEQUENTIAL_CMAP
+    ax = _heatmap(ax, wide, norm, cmap, label, annot=True, fmt=fmt, cbar=cbar)
     cols = list(wide.columns)
     for i, lang in enumerate(wide.index):
         if lang in cols:
             ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
                                    clip_on=False))
-    base = f"{_value_label(value)} after deactivation ({_KIND_LABELS.get(kind, kind)})"
-    if _is_delta(value) and "excludes_zero" in long and "none" not in wide.index:
+    base = f"{label} after deactivation ({_KIND_LABELS.get(kind, kind)})"
+    if delta and "excludes_zero" in long and "none" not in wide.index:
         sig = _ppl_matrix(long, kind, "excludes_zero").reindex_like(wide).fillna(0) > 0.5
         for text in ax.texts:
             x, y = text.get_position()
@@ -933,25 +944,23 @@ def plot_ppl_heatmap(
     long = _ppl_long(df, value)
     kind = _kind(long, kind)
     wide = _ppl_matrix(long, kind, include_baseline=include_baseline)
-    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _is_delta(value))
+    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _value_style(value)[1])
     return _ppl_panel(ax, long, wide, kind, value, norm, fmt=fmt, config=config)
 
 
 def plot_ppl_comparison(
     df: pd.DataFrame | Mapping[str, pd.DataFrame],
-    value: str = "delta_nll",
     axes: Sequence[Axes] | np.ndarray | None = None,
     *,
     vmin: float | None = None,
     vmax: float | None = None,
     config: Any = None,
 ) -> np.ndarray:
-    """Draw LAPE deactivation next to its controls, on one shared colour scale.
+    """Draw the ΔNLL of LAPE deactivation next to its controls, on one colour scale.
 
     Args:
-        df: A table with LAPE and control rows (see :func:`plot_ppl_heatmap`), or
-            ``{"lape": table, "random": table, ...}``, one table per kind.
-        value: Quantity shown.
+        df: A table with LAPE and control rows and a ``delta_nll`` value (see
+            :func:`plot_ppl_heatmap`), or ``{"lape": table, "random": table, ...}``.
         axes: One Axes per kind; new figure if ``None``.
         vmin: Lower colour limit (default from all matrices, symmetric for deltas).
         vmax: Upper colour limit.
@@ -961,6 +970,7 @@ def plot_ppl_comparison(
         Array of the Axes: LAPE, then the controls in table order (e.g. ``random``,
         ``matched``), sharing one colour scale and colour bar.
     """
+    value = "delta_nll"
     if isinstance(df, Mapping):  # one table per kind: its rows take the key as their kind
         parts = {name: _ppl_long(table, value) for name, table in df.items()}
         long = pd.concat([p[p["kind"] == _kind(p, None)].assign(kind=name)
@@ -970,12 +980,12 @@ def plot_ppl_comparison(
     kinds = sorted(dict.fromkeys(k for k in long["kind"] if k != "none"), key=lambda k: k != "lape")
     wides = [_ppl_matrix(long, k) for k in kinds]
     norm = _norm(np.concatenate([w.to_numpy(dtype=float).ravel() for w in wides]), vmin, vmax,
-                 _is_delta(value))
+                 diverging=True)
     width = (1.5 + 0.7 * max(wides[0].shape[1], 3)) * len(kinds) + 1.0
     axes = _axes_array(axes, len(kinds), (width, 4.2))
     for ax, kind, wide in zip(axes, kinds, wides):
         _ppl_panel(ax, long, wide, kind, value, norm, cbar=False, config=config)
-    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
+    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label="ΔNLL")
     return axes
 
 
@@ -983,7 +993,10 @@ def plot_ppl_comparison(
 
 
 def plot_steering_sweep(
-    df: pd.DataFrame, axes: Sequence[Axes] | np.ndarray | None = None, *, config: Any = None
+    df: pd.DataFrame,
+    axes: Sequence[Axes] | np.ndarray | None = None,
+    *,
+    config: Any = None,
 ) -> np.ndarray:
     """Steering strength against the target-language rate and against the fluency cost.
 
