@@ -878,7 +878,7 @@ def _ppl_panel(
             ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
                                    clip_on=False))
     base = f"{label} after deactivation ({_KIND_LABELS.get(kind, kind)})"
-    if delta and "excludes_zero" in long and "none" not in wide.index:
+    if delta and "excludes_zero" in long and "none" not in wide.index:  # not with a baseline
         sig = _ppl_matrix(long, kind, "excludes_zero").reindex_like(wide).fillna(0) > 0.5
         for text in ax.texts:
             x, y = text.get_position()
