@@ -1,36 +1,24 @@
-"""Tables that describe a neuron selection: where its neurons sit, overlaps, thresholds.
+"""Tables that describe a neuron selection.
 
-How languages overlap, how the thresholds cut the entropy distribution and how stable the
-selection is, too.
+Where its neurons sit, how languages overlap, how the thresholds cut the entropy
+distribution, how stable the selection is and how it converges with the token budget.
 
 Pure pandas/torch: no plotting and no model. Every table puts languages in the one
 module-level order of :data:`lape_utils.languages.LANGUAGE_ORDER` (via
-:func:`~lape_utils.languages.sort_languages`); :mod:`lape_utils.plots` draws these tables.
-
-Layer regions (:func:`region_layers`): with ``L`` layers, the *bottom* region is the first
-``round(bottom·L)`` layers and the *top* region the last ``round(top·L)`` layers (halves
-round up), the *middle* region the rest. With the defaults (bottom 10%, top 25%):
-
-=====  ===========  ==========
-L      bottom       top
-=====  ===========  ==========
-30     0-2          22-29
-32     0-2          24-31
-40     0-3          30-39
-80     0-7          60-79
-=====  ===========  ==========
+:func:`~lape_utils.languages.sort_languages`), with ``"all"`` (distinct neurons of any
+language) last; :mod:`lape_utils.plots` draws these tables.
 
 The paper (``lape-method.md`` §5) says the LLaMA-2 sets sit mostly in the bottom
 (layers 0-1) and top layers and the BLOOM, Mistral, OPT and Phi-2 sets mostly in the top
-quarter; :func:`lape_utils.published.compare_with_published` measures this on the files
-themselves (what they really show is written down in its docstring).
+quarter: :func:`layer_region_shares` measures this, and
+:func:`lape_utils.published.compare_with_published` on the paper's own files (what they
+really show is written down in its docstring).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +28,7 @@ import torch
 
 from lape_utils.config import LapeConfig
 from lape_utils.languages import sort_languages
-from lape_utils.lape import activation_probability, identify, lape_entropy
+from lape_utils.lape import activation_probability, agreement, identify, lape_entropy
 from lape_utils.selection import NeuronSelection
 
 logger = logging.getLogger(__name__)
@@ -69,14 +57,6 @@ REGIONS: tuple[str, ...] = ("bottom", "middle", "top")
 ALL = "all"
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def _ordered(languages: Iterable[str]) -> list[str]:
-    return sort_languages(languages)
-
-
 # ============================================================================ layers
 
 
@@ -92,22 +72,33 @@ def layer_distribution(selection: NeuronSelection, *, union: bool = False) -> pd
         DataFrame, index ``layer`` (0..L-1), one int column per language in the module
         order (then ``"all"``); ``columns.name == "language"``.
     """
-    counts = selection.counts()[_ordered(selection.languages)]
+    counts = selection.counts()[sort_languages(selection.languages)]
     if union:
         counts[ALL] = selection.union().sum(dim=1).numpy().astype(int)
     counts.columns.name = "language"
     return counts
 
 
+def layer_share(selection: NeuronSelection, *, union: bool = False) -> pd.DataFrame:
+    """:func:`layer_distribution` as a share of the layer's FFN neurons.
+
+    Returns:
+        Floats in [0, 1] (0.07 = 7% of the layer's ``n_neurons``), shaped like
+        :func:`layer_distribution` (``union`` adds ``"all"``).
+    """
+    return layer_distribution(selection, union=union) / float(selection.n_neurons)
+
+
 def layer_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     """Neurons per layer and language with the ``"all"`` column, from a selection or a table.
 
-    The common input of the depth and region tables: a selection, or a count table as
-    :func:`lape_utils.published.published_counts` reads it (the paper's sets without their
-    indices), which must carry ``attrs["n_neurons"]`` and an ``"all"`` column.
+    The common input of :func:`depth_profile` and :func:`layer_region_shares`: a selection,
+    or a count table as :func:`lape_utils.published.published_counts` reads it (the paper's
+    sets without their indices), which must carry ``attrs["n_neurons"]`` and an ``"all"``
+    column.
 
     Returns:
-        :func:`layer_distribution` with ``union=True``, ``attrs["n_neurons"]`` set.
+        :func:`layer_distribution` with ``union=True`` and ``attrs["n_neurons"]`` set.
     """
     if isinstance(data, NeuronSelection):
         counts = layer_distribution(data, union=True)
@@ -121,25 +112,8 @@ def layer_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def layer_share(selection: NeuronSelection, *, union: bool = False) -> pd.DataFrame:
-    """Share of each layer's FFN neurons that belong to each language.
-
-    Args:
-        selection: The selection.
-        union: Add the column ``"all"`` (distinct neurons in any language).
-
-    Returns:
-        :func:`layer_distribution` divided by ``n_neurons``: floats in [0, 1]
-        (e.g. 0.07 = 7% of the layer's neurons).
-    """
-    return layer_distribution(selection, union=union) / float(selection.n_neurons)
-
-
 def relative_depth(n_layers: int) -> np.ndarray:
-    """Relative position of each layer in the network, for comparing models of any depth.
-
-    Args:
-        n_layers: Number of layers ``L``.
+    """Relative position of each layer, for comparing models of any depth.
 
     Returns:
         ``float [L]``: ``l / (L - 1)``, 0 for the first layer and 1 for the last (0 when
@@ -147,9 +121,7 @@ def relative_depth(n_layers: int) -> np.ndarray:
     """
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}.")
-    if n_layers == 1:
-        return np.zeros(1)
-    return np.arange(n_layers) / (n_layers - 1)
+    return np.arange(n_layers) / max(n_layers - 1, 1)
 
 
 def depth_profile(
@@ -170,12 +142,10 @@ def depth_profile(
         selection's neurons; sums to 1, or NaN when the selection is empty), ``density``
         (``fraction · L``) and ``cumulative`` (running sum of ``fraction``).
     """
-    table = layer_counts(selection)
-    count = table[ALL if language is None else language].to_numpy()
-    n_layers = len(table)
-    total = count.sum()
-    fraction = count / total if total else np.full(len(count), np.nan)
-    df = pd.DataFrame(
+    count = layer_counts(selection)[language or ALL].to_numpy()
+    n_layers, total = len(count), count.sum()
+    fraction = count / total if total else np.full(n_layers, np.nan)
+    return pd.DataFrame(
         {
             "relative_depth": relative_depth(n_layers),
             "count": count,
@@ -185,15 +155,24 @@ def depth_profile(
         },
         index=pd.RangeIndex(n_layers, name="layer"),
     )
-    return df
 
 
 def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict[str, range]:
     """The layers of the bottom, middle and top regions of a network.
 
     ``bottom`` region = the first ``round(bottom·L)`` layers, ``top`` = the last
-    ``round(top·L)`` layers (halves round up), ``middle`` = the rest. A region can be
-    empty on a very shallow network (e.g. ``L = 4``: no bottom layer at 10%).
+    ``round(top·L)`` layers (halves round up), ``middle`` = the rest. With the defaults:
+
+    =====  ======  =====
+    L      bottom  top
+    =====  ======  =====
+    30     0-2     22-29
+    32     0-2     24-31
+    40     0-3     30-39
+    80     0-7     60-79
+    =====  ======  =====
+
+    A region can be empty on a very shallow network (``L = 4``: no bottom layer at 10%).
 
     Args:
         n_layers: Number of layers ``L``.
@@ -210,8 +189,8 @@ def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict
             f"bottom={bottom!r} and top={top!r} must be fractions in [0, 1) with "
             "bottom + top <= 1 (e.g. bottom=0.1, top=0.25)."
         )
-    n_bottom = _round_half_up(bottom * n_layers)
-    n_top = min(_round_half_up(top * n_layers), n_layers - n_bottom)
+    n_bottom = math.floor(bottom * n_layers + 0.5)  # round half up, unlike round()
+    n_top = min(math.floor(top * n_layers + 0.5), n_layers - n_bottom)
     return {
         "bottom": range(0, n_bottom),
         "middle": range(n_bottom, n_layers - n_top),
@@ -224,9 +203,7 @@ def layer_region_shares(
 ) -> pd.DataFrame:
     """Share of each language's neurons in the bottom, middle and top layers.
 
-    Regions as in :func:`region_layers` (defaults: bottom = first 10% of layers, top = last
-    25%; for 32 layers, layers 0-2 and 24-31). The paper's claim (§5 of ``lape-method.md``):
-    LLaMA-2's sets sit mostly in bottom + top, the other models' in the top quarter.
+    Regions as in :func:`region_layers` (by default the first 10% and the last 25%).
 
     Args:
         selection: The selection, or a count table (see :func:`layer_counts`).
@@ -234,23 +211,16 @@ def layer_region_shares(
         top: Fraction of layers counted as top.
 
     Returns:
-        DataFrame indexed by ``language`` (module order, then ``"all"`` = distinct neurons
-        of any language): ``count`` and the shares ``bottom``, ``middle``, ``top`` (each row
-        sums to 1; NaN for a language with no neurons).
+        DataFrame indexed by ``language`` (module order, then ``"all"``): ``count`` and the
+        shares ``bottom``, ``middle``, ``top`` (each row sums to 1; NaN for a language with
+        no neurons).
     """
     counts = layer_counts(selection)
     regions = region_layers(len(counts), bottom, top)
-    rows = {}
-    for lang in counts.columns:
-        col = counts[lang].to_numpy()
-        total = int(col.sum())
-        rows[lang] = {"count": total} | {
-            name: (col[list(r)].sum() / total if total else math.nan)
-            for name, r in regions.items()
-        }
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "language"
-    return df.astype({"count": int, "bottom": float, "middle": float, "top": float})
+    sums = pd.DataFrame({name: counts.iloc[list(r)].sum() for name, r in regions.items()})
+    total = sums.sum(axis=1)  # the regions cover every layer once
+    shares = sums.div(total.where(total > 0), axis=0).astype(float)
+    return shares.assign(count=total.astype(int))[["count", *REGIONS]]
 
 
 # ============================================================================ overlap
@@ -267,25 +237,20 @@ def overlap(selection: NeuronSelection) -> tuple[pd.DataFrame, pd.DataFrame]:
         ``counts[a][b] = |A ∩ B|`` (diagonal = each language's size);
         ``jaccard[a][b] = |A ∩ B| / |A ∪ B|`` (diagonal 1; NaN when both are empty).
     """
-    langs = _ordered(selection.languages)
-    flats = {lang: selection.flat(lang) for lang in langs}
+    langs = sort_languages(selection.languages)
+    flats = [selection.flat(lang) for lang in langs]
     k = len(langs)
-    inter = np.zeros((k, k), dtype=np.int64)
-    for i, a in enumerate(langs):
-        for j in range(i, k):
-            b = langs[j]
-            n = int(torch.isin(flats[a], flats[b]).sum()) if i != j else flats[a].numel()
-            inter[i, j] = inter[j, i] = n
+    inter = np.array([[int(torch.isin(a, b).sum()) for b in flats] for a in flats],
+                     dtype=np.int64).reshape(k, k)
     sizes = np.diag(inter)
     union = sizes[:, None] + sizes[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        jac = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    index = pd.Index(langs, name="language")
-    columns = pd.Index(langs, name="language")
-    return (
-        pd.DataFrame(inter, index=index, columns=columns),
-        pd.DataFrame(jac, index=index.copy(), columns=columns.copy()),
-    )
+    jaccard = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
+
+    def frame(values: np.ndarray) -> pd.DataFrame:
+        names = pd.Index(langs, name="language")
+        return pd.DataFrame(values, index=names, columns=names.copy())
+
+    return frame(inter), frame(jaccard)
 
 
 # ============================================================================ entropy
@@ -325,10 +290,7 @@ class EntropyTable:
     n_selected: int
 
     def probabilities(self) -> np.ndarray:
-        """Every ``P`` value pooled over layers, neurons and languages: ``float [L·D·K]``.
-
-        These are the values the two quantiles are taken of.
-        """
+        """``float [L·D·K]``: every ``P`` value, pooled (what the two quantiles are of)."""
         return self.frame[[f"prob_{lang}" for lang in self.languages]].to_numpy().ravel()
 
     def passing(self) -> pd.DataFrame:
@@ -354,44 +316,38 @@ def entropy_table(stats: Any, config: LapeConfig = LapeConfig()) -> EntropyTable
     languages = list(stats.languages)
     sel = identify(stats.over_zero, stats.n, languages, config)
     info = sel.provenance["identification"]
+    tau, bar = float(info["filter_threshold"]), float(info["activation_bar"])
     p = activation_probability(stats.over_zero, stats.n)
     n_layers, n_neurons, n_lang = p.shape
-    rows = p.reshape(-1, n_lang)
+    rows = p.reshape(-1, n_lang)  # [layer·neuron, lang]
     h = lape_entropy(rows)
     pmax, arg = rows.max(dim=1)
-    tau, bar = float(info["filter_threshold"]), float(info["activation_bar"])
-    passes = pmax > tau
     selected = torch.zeros(rows.shape[0], dtype=torch.bool)
     assigned = torch.zeros(rows.shape[0], dtype=torch.int64)
     if sel.selected is not None and sel.selected.numel():
         flat = sel.selected[:, 0] * n_neurons + sel.selected[:, 1]
         selected[flat] = True
         assigned[flat] = (rows[flat] > bar).sum(dim=1)
-    layer = torch.arange(n_layers).repeat_interleave(n_neurons)
-    neuron = torch.arange(n_neurons).repeat(n_layers)
-    ordered = _ordered(languages)
-    df = pd.DataFrame(
-        {
-            "layer": layer.numpy(),
-            "neuron": neuron.numpy(),
-            "entropy": (h.double() + 0.0).numpy(),
-            "max_prob": pmax.double().numpy(),
-            "top_language": pd.Categorical.from_codes(arg.numpy(), categories=languages),
-            "passes_filter": passes.numpy(),
-            "selected": selected.numpy(),
-            "n_languages": assigned.numpy(),
-        }
-    )
+    df = pd.DataFrame({
+        "layer": np.repeat(np.arange(n_layers), n_neurons),
+        "neuron": np.tile(np.arange(n_neurons), n_layers),
+        "entropy": (h.double() + 0.0).numpy(),  # + 0.0 turns -0.0 into 0.0
+        "max_prob": pmax.double().numpy(),
+        "top_language": pd.Categorical.from_codes(arg.numpy(), categories=languages),
+        "passes_filter": (pmax > tau).numpy(),
+        "selected": selected.numpy(),
+        "n_languages": assigned.numpy(),
+    })
+    ordered = sort_languages(languages)
     for lang in ordered:
         df[f"prob_{lang}"] = rows[:, languages.index(lang)].double().numpy()
-    cutoff = float(h[selected].max()) if bool(selected.any()) else math.nan
     return EntropyTable(
         frame=df,
         languages=ordered,
         config=config,
         tau=tau,
         bar=bar,
-        cutoff=cutoff,
+        cutoff=float(h[selected].max()) if bool(selected.any()) else math.nan,
         max_entropy=math.log(n_lang),
         n_candidates=int(info["n_candidates"]),
         n_selected=int(info["n_selected"]),
@@ -418,38 +374,28 @@ def probability_profiles(
         (module order); ``columns.name == "language"``. Empty (with the columns) when the
         language has no neurons.
     """
-    if lang not in selection.languages:
-        raise KeyError(f"language {lang!r} not in the selection; it has {selection.languages}.")
     languages = list(stats.languages)
-    if (stats.over_zero.shape[0], stats.over_zero.shape[1]) != (
-        selection.n_layers,
-        selection.n_neurons,
-    ):
+    for name, have in (("selection", selection.languages), ("statistics", languages)):
+        if lang not in have:
+            raise KeyError(f"language {lang!r} not in the {name}; it has {list(have)}.")
+    shape = tuple(stats.over_zero.shape[:2])
+    if shape != (selection.n_layers, selection.n_neurons):
         raise ValueError(
-            f"statistics are {tuple(stats.over_zero.shape[:2])} (layers, neurons) but the "
-            f"selection is ({selection.n_layers}, {selection.n_neurons}); use the statistics "
-            "of the model the selection was made on."
-        )
-    if lang not in languages:
-        raise KeyError(
-            f"language {lang!r} not in the statistics; they hold {languages}."
+            f"statistics are {shape} (layers, neurons) but the selection is "
+            f"({selection.n_layers}, {selection.n_neurons}); use the statistics of the model "
+            "the selection was made on."
         )
     if k is not None and k < 0:
         raise ValueError(f"k must be >= 0 or None, got {k}.")
-    p = activation_probability(stats.over_zero, stats.n).reshape(-1, len(languages))
     flat = selection.flat(lang)
-    probs = p[flat].double()
-    h = lape_entropy(probs)
-    layer = (flat // selection.n_neurons).numpy()
-    neuron = (flat % selection.n_neurons).numpy()
-    ordered = _ordered(languages)
-    df = pd.DataFrame(probs.numpy(), columns=languages)[ordered]
-    own = probs[:, languages.index(lang)].numpy()
-    order = np.lexsort((np.arange(len(df)), -own, h.numpy()))
-    if k is not None:
-        order = order[:k]
-    df = df.iloc[order]
-    df.index = pd.MultiIndex.from_arrays([layer[order], neuron[order]], names=["layer", "neuron"])
+    probs = activation_probability(stats.over_zero, stats.n).reshape(-1, len(languages))[flat]
+    own = probs[:, languages.index(lang)].double().numpy()
+    order = np.lexsort((np.arange(len(flat)), -own, lape_entropy(probs.double()).numpy()))[:k]
+    df = pd.DataFrame(probs.double().numpy()[order], columns=languages)[sort_languages(languages)]
+    flat = flat.numpy()[order]
+    df.index = pd.MultiIndex.from_arrays(
+        [flat // selection.n_neurons, flat % selection.n_neurons], names=["layer", "neuron"]
+    )
     df.columns.name = "language"
     return df
 
@@ -476,14 +422,10 @@ def stability_table(result: Any, stable_at: float = 0.9) -> pd.DataFrame:
     summ = result.summary(stable_at=stable_at)
     ever = {lang: int((f > 0).sum()) for lang, f in result.frequency.items()}
     summ["n_ever"] = pd.Series(ever, dtype="Int64")
-    summ["stable_fraction"] = summ["n_stable"].astype("Float64") / summ[
-        "count_reference"
-    ].replace(0, np.nan).astype("Float64")
-    langs = [x for x in summ.index if x != ALL]
-    order = _ordered(langs) + ([ALL] if ALL in summ.index else [])
-    summ = summ.loc[order]
-    summ.index.name = "language"
-    return summ
+    reference = summ["count_reference"].replace(0, np.nan).astype("Float64")
+    summ["stable_fraction"] = summ["n_stable"].astype("Float64") / reference
+    order = sort_languages(x for x in summ.index if x != ALL) + [ALL] * (ALL in summ.index)
+    return summ.loc[order].rename_axis("language")
 
 
 def selection_frequencies(result: Any) -> pd.DataFrame:
@@ -498,19 +440,15 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
         language).
     """
     frames = []
-    for lang in _ordered(result.frequency):
+    for lang in sort_languages(result.frequency):
         f = result.frequency[lang]
-        idx = (f > 0).nonzero()
-        frames.append(
-            pd.DataFrame(
-                {
-                    "language": lang,
-                    "layer": idx[:, 0].numpy(),
-                    "neuron": idx[:, 1].numpy(),
-                    "frequency": f[idx[:, 0], idx[:, 1]].double().numpy(),
-                }
-            )
-        )
+        layer, neuron = (f > 0).nonzero(as_tuple=True)
+        frames.append(pd.DataFrame({
+            "language": lang,
+            "layer": layer.numpy(),
+            "neuron": neuron.numpy(),
+            "frequency": f[layer, neuron].double().numpy(),
+        }))
     if not frames:
         return pd.DataFrame(columns=["language", "layer", "neuron", "frequency"])
     return pd.concat(frames, ignore_index=True)
@@ -544,8 +482,6 @@ def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
     Raises:
         ValueError: the statistics hold no budget snapshots.
     """
-    from lape_utils.lape import agreement
-
     if getattr(stats, "n_budgets", 0) == 0:
         raise ValueError(
             "these statistics hold no budget snapshots (captured before they were recorded, "
@@ -553,34 +489,28 @@ def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
         )
     full = identify(stats.over_zero, stats.n, stats.languages, config)
     fractions = list(stats.provenance.get("budget_fractions", []))
-    frames, seen = [], set()
+    frames, seen = [], {tuple(stats.n.tolist())}
     for s in range(stats.n_budgets):
         sub = stats.at_budget(s)
-        key = tuple(sub.n.tolist())
-        if key in seen or key == tuple(stats.n.tolist()):
+        if tuple(sub.n.tolist()) in seen:  # few chunks: this budget holds the same ones
             continue
-        seen.add(key)
+        seen.add(tuple(sub.n.tolist()))
         sel = identify(sub.over_zero, sub.n, sub.languages, config)
-        frames.append(_convergence_rows(agreement(sel, full), s,
-                                        fractions[s] if s < len(fractions) else math.nan, sub.n))
-    frames.append(_convergence_rows(agreement(full, full), "full", 1.0, stats.n))
-    return pd.concat(frames, ignore_index=True)
+        fraction = fractions[s] if s < len(fractions) else math.nan
+        frames.append(agreement(sel, full).assign(snapshot=s, fraction=fraction,
+                                                  tokens=float(sub.n.double().mean())))
+    frames.append(agreement(full, full).assign(snapshot="full", fraction=1.0,
+                                               tokens=float(stats.n.double().mean())))
+    table = pd.concat(frames).reset_index().rename(columns={"count_a": "count"})
+    return table[["snapshot", "fraction", "tokens", "language", "count", "jaccard"]]
 
 
-def _convergence_rows(ag: pd.DataFrame, snapshot, fraction: float, n) -> pd.DataFrame:
-    df = ag.reset_index()[["language", "count_a", "jaccard"]].rename(columns={"count_a": "count"})
-    df.insert(0, "tokens", float(torch.as_tensor(n).double().mean()))
-    df.insert(0, "fraction", fraction)
-    df.insert(0, "snapshot", snapshot)
-    return df
-
-
-def convergence_verdict(table: pd.DataFrame, at: float = CONVERGED_AT) -> pd.Series:
+def convergence_verdict(table: pd.DataFrame) -> pd.Series:
     """Per language: has the selection converged at the budget used?
 
     Reads the largest budget below the full one (half the chunks): a language whose
-    Jaccard to the full selection is at least ``at`` there counts as converged, i.e.
-    doubling the text changed its set little.
+    Jaccard to the full selection is at least :data:`CONVERGED_AT` there counts as
+    converged, i.e. doubling the text changed its set little.
 
     Returns:
         Series indexed by language (and ``"all"``), ``True``/``False``.
@@ -589,4 +519,4 @@ def convergence_verdict(table: pd.DataFrame, at: float = CONVERGED_AT) -> pd.Ser
     if partial.empty:
         return pd.Series(dtype=bool)
     last = partial[partial["tokens"] == partial["tokens"].max()]
-    return (last.set_index("language")["jaccard"] >= at).rename("converged")
+    return (last.set_index("language")["jaccard"] >= CONVERGED_AT).rename("converged")

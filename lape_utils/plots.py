@@ -6,19 +6,22 @@ they are, what deactivating and steering them does.
 Conventions (``shared/docs/style.md``):
 
 * Every ``plot_*`` function takes ``ax=None`` (a new figure is made when ``None``) and
-  returns the ``Axes`` it drew on; multi-panel functions return a NumPy array of ``Axes``.
-  Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is the one place that
-  writes a file.
+  returns the ``Axes`` it drew on; multi-panel functions take ``axes`` and return a NumPy
+  array of ``Axes``. Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is
+  the one place that writes a file.
 * Inputs are selections or labelled DataFrames (index = layer, columns = language, or
-  tidy). Languages appear in the module order :data:`~lape_utils.languages.LANGUAGE_ORDER`,
-  each in its fixed colour (:data:`LANGUAGE_COLORS`, :func:`language_color`).
+  tidy). Languages appear in the module order :data:`~lape_utils.languages.LANGUAGE_ORDER`
+  (``"all"`` last), each in its fixed colour (:data:`LANGUAGE_COLORS`,
+  :func:`language_color`).
 * The statistics plots are seaborn's (``heatmap``, ``histplot``, ``barplot``,
   ``lineplot``). A heatmap's mesh is ``ax.collections[0]`` (``get_array()`` holds the
   cells, ``get_clim()`` the colour limits). Counts use the sequential
   :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) the diverging :data:`DIVERGING_CMAP` centred
   at 0. Fixed ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
-* When a :class:`~lape_utils.lape.LapeConfig` is known (passed, or carried by the
-  selection) its :meth:`~lape_utils.lape.LapeConfig.label` is part of the title.
+* Titles: ``config`` (a :class:`~lape_utils.lape.LapeConfig`, a dict of its fields, or a
+  selection; by default the selection drawn) adds its
+  :meth:`~lape_utils.lape.LapeConfig.label` on a second line; ``title`` (where taken)
+  replaces the whole title.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from IPython.display import HTML
 from matplotlib import colors as mcolors
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
@@ -80,6 +84,8 @@ DIVERGING_CMAP = "RdBu_r"
 LANGUAGE_COLORS: dict[str, str] = {
     lang: mcolors.to_hex(plt.get_cmap("tab10")(i)) for i, lang in enumerate(LANGUAGE_ORDER)
 }
+#: Colours of the neuron sets in steering figures (LAPE first, then the controls).
+SET_COLORS: dict[str, str] = {"lape": "#1f4e9c", "random": "#e07b39", "matched": "#3a923a"}
 
 _OTHER_COLORS = [mcolors.to_hex(c) for c in plt.get_cmap("tab20b").colors]
 _ALL = "all"
@@ -94,7 +100,6 @@ def language_color(lang: str) -> str:
     Returns:
         Its colour in :data:`LANGUAGE_COLORS`; dark grey for ``"all"``; for any other code a
         colour of ``tab20b`` chosen by a hash of the code (the same in every session).
-
     """
     if lang in LANGUAGE_COLORS:
         return LANGUAGE_COLORS[lang]
@@ -112,9 +117,15 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
+def _axes_array(axes: Any, n: int, figsize: tuple[float, float], ncols: int = 0) -> np.ndarray:
+    """``n`` Axes: the given ones, or a new figure's (in a row, or ``ncols`` to a row)."""
     if axes is None:
-        return plt.subplots(1, n, figsize=figsize, layout="constrained", squeeze=False)[1][0]
+        ncols = ncols or n
+        _, grid = plt.subplots(math.ceil(n / ncols), ncols, figsize=figsize,
+                               layout="constrained", squeeze=False)
+        for spare in grid.ravel()[n:]:
+            spare.set_visible(False)
+        return grid.ravel()[:n]
     arr = np.asarray(axes, dtype=object).ravel()
     if arr.size != n:
         raise ValueError(f"need {n} axes for this figure, got {arr.size}.")
@@ -124,8 +135,8 @@ def _axes_array(axes: Any, n: int, figsize: tuple[float, float]) -> np.ndarray:
 def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
     """Set ``title`` if given, else ``base`` with the config's label on a second line.
 
-    ``config`` is a LapeConfig, a dict of its fields, a label string, a selection (its
-    config is used) or ``None`` (no label).
+    ``config`` is a LapeConfig, a dict of its fields, a label string or a selection (its
+    config is used); anything else (``None``, a table) adds no label.
     """
     if title is not None:
         ax.set_title(title)
@@ -134,35 +145,60 @@ def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
         config = config.config or None
     if isinstance(config, Mapping):
         config = LapeConfig.from_dict(config)
-    if isinstance(config, LapeConfig):
-        config = config.label()
-    if config is not None and not isinstance(config, str):
-        raise TypeError(
-            f"config must be a LapeConfig, a dict of its fields or a label string, got "
-            f"{type(config).__name__}."
+    label = config.label() if isinstance(config, LapeConfig) else config
+    ax.set_title("\n".join(p for p in (base, label) if isinstance(p, str) and p),
+                 fontsize="medium")
+
+
+def _language_order(labels: Iterable[Any]) -> list[str]:
+    """Language labels as text in the module order, ``"all"`` last."""
+    labels = [str(c) for c in labels]
+    return sort_languages(c for c in labels if c != _ALL) + [_ALL] * (_ALL in labels)
+
+
+def _ordered(table: Any, *axes: str) -> Any:
+    """``table`` with its language ``axes`` (``"index"``, ``"columns"``) in language order."""
+    for axis in axes:
+        table = table.rename(**{axis: str})
+        table = table.reindex(**{axis: _language_order(getattr(table, axis))})
+    return table
+
+
+def _require(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{', '.join(map(repr, missing))}: not a column of {what}, which has "
+            f"{list(df.columns)}."
         )
-    ax.set_title("\n".join(p for p in (base, config) if p), fontsize="medium")
 
 
-def _language_columns(columns: Sequence[str]) -> list[str]:
-    """Sort language labels in the module order, ``"all"`` last."""
-    cols = [str(c) for c in columns]
-    return sort_languages(c for c in cols if c != _ALL) + ([_ALL] if _ALL in cols else [])
+def _counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
+    """Neurons per layer and language of a selection, or a count table in language order."""
+    if isinstance(data, NeuronSelection):
+        return analysis.layer_distribution(data)
+    if isinstance(data, pd.DataFrame):
+        return _ordered(data, "columns")
+    raise TypeError(
+        f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
+        f"{type(data).__name__}."
+    )
 
 
-def _palette(langs: Sequence[str]) -> dict[str, str]:
-    return {lang: language_color(lang) for lang in langs}
+def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
+    """Melt a wide table into tidy rows (``index``, ``columns``, ``value``)."""
+    wide = wide.rename_axis(index=index).reset_index()
+    return wide.melt(id_vars=index, var_name=columns, value_name=value)
 
 
 def _norm(
     values: np.ndarray, vmin: float | None, vmax: float | None, diverging: bool = False
 ) -> mcolors.Normalize:
-    """Colour scale of a heatmap.
+    """Colour scale: ``vmin`` (default ``min(0, smallest)``) to ``vmax`` (default largest).
 
-    Sequential: ``vmin`` (default ``min(0, smallest value)``) to ``vmax`` (default the
-    largest value). Diverging, centred at 0: ``±max|value|``, or ``±`` the one limit given;
-    two given limits must straddle 0, and asymmetric ones keep 0 at the centre colour with a
-    ``TwoSlopeNorm`` (seaborn's ``center=`` would crop the colormap instead).
+    Diverging: centred at 0, ``±max|value|`` or ``±`` the one limit given; two given limits
+    must straddle 0, and asymmetric ones get a ``TwoSlopeNorm`` that keeps 0 at the centre
+    colour (seaborn's ``center=`` would crop the colormap instead).
     """
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -185,23 +221,25 @@ def _norm(
 
 
 def _heatmap(
-    ax: Axes,
+    ax: Axes | None,
     table: pd.DataFrame,
     norm: mcolors.Normalize,
     cmap: str,
     label: str,
     mask: np.ndarray | None = None,
+    row_height: float = 0.5,
     **kws: Any,
-) -> None:
+) -> Axes:
     """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
 
-    NaN cells are neither coloured nor written. Cells in ``mask`` are left uncoloured (the
-    axes background shows) but still written: by hand, since seaborn skips masked cells.
-    ``kws`` (``annot``, ``fmt``, ``cbar``, ``yticklabels``) go to ``sns.heatmap``. Tick
-    labels are given explicitly (every one, or every ``yticklabels``-th row): seaborn's
-    automatic choice draws the whole figure once to measure them, which costs more than
-    the heatmap.
+    A new figure, ``row_height`` inches a row, when ``ax`` is ``None``. NaN cells are
+    neither coloured nor written; cells in ``mask`` are left uncoloured but still written
+    (by hand: seaborn skips masked cells). ``kws`` go to ``sns.heatmap``. Tick labels are
+    explicit (every one, or every ``yticklabels``-th row): seaborn's automatic choice
+    draws the whole figure once to measure them, which costs more than the heatmap.
     """
+    n_rows, n_cols = table.shape
+    ax = _axes(ax, (1.6 + 0.65 * max(n_cols, 3), max(2.8, 1.2 + row_height * max(n_rows, 3))))
     kws.setdefault("yticklabels", True)
     sns.heatmap(
         table, ax=ax, cmap=cmap, norm=norm, vmin=norm.vmin, vmax=norm.vmax, mask=mask,
@@ -213,16 +251,22 @@ def _heatmap(
         for i, j in zip(*np.nonzero(mask & np.isfinite(values))):
             ax.text(j + 0.5, i + 0.5, format(values[i, j], kws["fmt"]), ha="center",
                     va="center", fontsize="small", color=".15")
+    return ax
 
 
 def _lines(
-    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str, palette: Mapping, **kws: Any
+    ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str = "language",
+    palette: Mapping | None = None, **kws: Any,
 ) -> list[Line2D]:
     """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
 
+    Without a ``palette`` the levels are languages: module order, their own colours.
     Repeated ``x`` values are averaged. Each line is labelled by its level, so that
     ``ax.get_lines()`` and ``ax.legend()`` name them (seaborn leaves them unnamed).
     """
+    if palette is None:
+        data = data.assign(**{hue: data[hue].astype(str)})
+        palette = {lang: language_color(lang) for lang in _language_order(data[hue].unique())}
     start = len(ax.get_lines())
     sns.lineplot(
         data, x=x, y=y, hue=hue, hue_order=list(palette), palette=dict(palette),
@@ -235,31 +279,31 @@ def _lines(
     return lines
 
 
-def _long(wide: pd.DataFrame, index: str, columns: str, value: str) -> pd.DataFrame:
-    """Melt a wide table into tidy rows (``index``, ``columns``, ``value``)."""
-    wide = wide.rename_axis(index=index).reset_index()
-    return wide.melt(id_vars=index, var_name=columns, value_name=value)
+def _band(ax: Axes, data: pd.DataFrame, x: str, lo: str, hi: str, color: str) -> None:
+    """Shade the interval ``lo``..``hi`` along ``x`` (the averages of repeated ``x``)."""
+    part = data.groupby(x)[[lo, hi]].mean()
+    ax.fill_between(part.index, part[lo], part[hi], color=color, alpha=0.15, lw=0)
 
 
-def _bars(ax: Axes, langs: Sequence[str], values: np.ndarray) -> None:
+def _log_x(ax: Axes, values: Iterable[float], label: str) -> None:
+    """Log-scaled x axis ticked at the data's values, written plainly (1,000, not 10³)."""
+    ticks = sorted(set(values))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{v:,.0f}" if v >= 100 else f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(label)
+
+
+def _bars(ax: Axes | None, labels: Iterable[str], values: np.ndarray) -> Axes:
     """Draw one ``sns.barplot`` bar per language, in this order and its exact colour."""
+    labels = list(labels)
+    ax = _axes(ax, (1.5 + 0.6 * max(len(labels), 3), 3.5))
     sns.barplot(
-        x=list(langs), y=values, hue=list(langs), palette=_palette(langs), saturation=1,
-        errorbar=None, legend=False, ax=ax,
+        x=labels, y=values, hue=labels, palette=[language_color(x) for x in labels],
+        saturation=1, errorbar=None, legend=False, ax=ax,
     )
     ax.set_xlabel("language")
-
-
-def _selection_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
-    if isinstance(data, NeuronSelection):
-        return analysis.layer_distribution(data)
-    if isinstance(data, pd.DataFrame):
-        df = data.rename(columns=str)
-        return df[_language_columns(df.columns)]
-    raise TypeError(
-        f"expected a NeuronSelection or a DataFrame (index layer, columns language), got "
-        f"{type(data).__name__}."
-    )
+    return ax
 
 
 # ============================================================================ layers
@@ -270,7 +314,6 @@ def plot_layer_distribution(
     ax: Axes | None = None,
     *,
     kind: Literal["heatmap", "lines", "share"] = "heatmap",
-    n_neurons: int | None = None,
     config: Any = None,
     vmin: float | None = None,
     vmax: float | None = None,
@@ -285,16 +328,13 @@ def plot_layer_distribution(
             returns them (index ``layer``, one column per language).
         ax: Axes to draw on (a new figure if ``None``).
         kind: ``"heatmap"``: layers on the y axis (layer 0 at the bottom), languages on the x
-            axis, colour = count (sequential). ``"lines"``: x = layer, y = count, one line
-            per language in its colour. ``"share"``: the same lines as percent of the
-            layer's FFN neurons.
-        n_neurons: FFN neurons per layer, needed for ``"share"`` when ``data`` is a
-            DataFrame.
-        config: A :class:`~lape_utils.lape.LapeConfig` (or dict) for the title; by default
-            the selection's own.
+            axis, colour = count. ``"lines"``: x = layer, y = count, one line per language.
+            ``"share"``: the same lines as percent of the layer's FFN neurons (needs a
+            selection, or a table with ``attrs["n_neurons"]`` like
+            :func:`lape_utils.analysis.layer_counts` makes).
+        config: LapeConfig (or dict) for the title; by default the selection's own.
         vmin: Lower colour limit of the heatmap (default 0).
-        vmax: Upper colour limit of the heatmap (default the largest count). Fix both so
-            that redraws keep one scale.
+        vmax: Upper colour limit of the heatmap (default the largest count).
         annot: Write the counts in the cells (default: when there are at most 200 cells).
         colorbar: Add a colour bar to the heatmap.
         title: Replace the default title.
@@ -303,88 +343,66 @@ def plot_layer_distribution(
         The Axes.
 
     Raises:
-        ValueError: ``kind`` is unknown, or ``"share"`` of a DataFrame without
-            ``n_neurons``.
-
+        ValueError: ``kind`` is unknown, or ``"share"`` without the layer width.
     """
-    counts = _selection_counts(data)
-    if config is None and isinstance(data, NeuronSelection):
-        config = data
-    langs = list(counts.columns)
-    base = "Language-specific neurons per layer"
+    counts = _counts(data)
     if kind == "heatmap":
-        ax = _axes(ax, (1.0 + 0.65 * max(len(langs), 2), max(3.0, 1.0 + 0.17 * len(counts))))
-        _heatmap(
+        ax = _heatmap(
             ax, counts, _norm(counts.to_numpy(), vmin, vmax), SEQUENTIAL_CMAP, "neurons",
-            annot=counts.size <= 200 if annot is None else annot, cbar=colorbar,
+            row_height=0.17, annot=counts.size <= 200 if annot is None else annot,
             fmt=".0f" if pd.api.types.is_integer_dtype(counts.to_numpy()) else ".2g",
-            yticklabels=math.ceil(len(counts) / 20) or 1,
+            cbar=colorbar, yticklabels=math.ceil(len(counts) / 20) or 1,
         )
         ax.invert_yaxis()  # layer 0 at the bottom
         ax.set(xlabel="language", ylabel="layer")
-        _title(ax, base, config, title)
-        return ax
-    if kind not in ("lines", "share"):
+    elif kind in ("lines", "share"):
+        ylabel = "neurons"
+        if kind == "share":
+            width = getattr(data, "n_neurons", None) or data.attrs.get("n_neurons")
+            if not width:
+                raise ValueError(
+                    "kind='share' needs the layer width n_neurons: pass a selection, or a "
+                    "table with attrs['n_neurons'] (lape_utils.analysis.layer_counts)."
+                )
+            counts, ylabel = counts * (100.0 / width), "% of the layer's neurons"
+        ax = _axes(ax, (7.0, 3.5))
+        _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", lw=1.6)
+        ax.set(xlabel="layer", ylabel=ylabel, ylim=(0, None))
+        ax.legend(title="language", fontsize="small", ncols=2 if counts.shape[1] > 5 else 1)
+    else:
         raise ValueError(f"kind must be 'heatmap', 'lines' or 'share', got {kind!r}.")
-    ylabel = "neurons"
-    if kind == "share":
-        if n_neurons is None and not isinstance(data, NeuronSelection):
-            raise ValueError(
-                "kind='share' with a DataFrame needs n_neurons= (FFN neurons per layer)."
-            )
-        counts = counts * (100.0 / (n_neurons or data.n_neurons))
-        ylabel = "% of the layer's neurons"
-    ax = _axes(ax, (7.0, 3.5))
-    _lines(ax, _long(counts, "layer", "language", "n"), "layer", "n", "language",
-           _palette(langs), lw=1.6)
-    ax.set(xlabel="layer", ylabel=ylabel, ylim=(0, None))
-    ax.legend(title="language", fontsize="small", ncols=2 if len(langs) > 5 else 1)
-    _title(ax, base, config, title)
+    _title(ax, "Language-specific neurons per layer", data if config is None else config, title)
     return ax
 
 
 def plot_layer_distribution_grid(
     selections: Mapping[str, NeuronSelection],
     *,
-    kind: Literal["heatmap", "lines", "share"] = "lines",
     ncols: int = 4,
     axes: Sequence[Axes] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`plot_layer_distribution` of several selections, one panel each, titled by name.
+    """Neurons per layer of several selections (``kind="lines"``), one panel each, titled.
 
     Args:
         selections: ``{name: selection}``, e.g. the paper's seven sets from
-            :func:`lape_utils.analysis.published_sets`.
-        kind: As in :func:`plot_layer_distribution`.
+            :func:`lape_utils.published.published_sets`.
         ncols: Panels per row.
-        axes: Axes to draw on (at least ``len(selections)``); a new figure if ``None``.
+        axes: One Axes per selection; a new figure if ``None`` (its spare panels hidden).
 
     Returns:
-        Flat array of the Axes drawn on (one per selection, in the mapping's order); unused
-        panels of a new grid are hidden. Only the first panel keeps its legend.
-
+        Flat array of the Axes (one per selection, in the mapping's order). Only the first
+        panel keeps its legend.
     """
-    n = len(selections)
-    if n == 0:
+    if not selections:
         raise ValueError("no selections to draw.")
-    if axes is None:
-        ncols = max(1, min(ncols, n))
-        nrows = math.ceil(n / ncols)
-        _, grid = plt.subplots(
-            nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), layout="constrained", squeeze=False
-        )
-        flat = grid.ravel()
-        for extra in flat[n:]:
-            extra.set_visible(False)
-    else:
-        flat = np.asarray(axes, dtype=object).ravel()
-        if flat.size < n:
-            raise ValueError(f"need {n} axes, got {flat.size}.")
-    for ax, (name, sel) in zip(flat, selections.items()):
-        plot_layer_distribution(sel, ax=ax, kind=kind, title=name, annot=False)
-        if kind != "heatmap" and ax is not flat[0]:
+    ncols = max(1, min(ncols, len(selections)))
+    nrows = math.ceil(len(selections) / ncols)
+    axes = _axes_array(axes, len(selections), (4.2 * ncols, 3.2 * nrows), ncols)
+    for i, (ax, (name, sel)) in enumerate(zip(axes, selections.items())):
+        plot_layer_distribution(sel, ax=ax, kind="lines", title=name)
+        if i > 0:
             ax.get_legend().remove()
-    return flat[:n]
+    return axes
 
 
 def plot_language_counts(
@@ -392,7 +410,6 @@ def plot_language_counts(
     ax: Axes | None = None,
     *,
     percent: bool = False,
-    n_total: int | None = None,
     config: Any = None,
     annotate: bool = True,
     title: str | None = None,
@@ -403,9 +420,8 @@ def plot_language_counts(
         data: A selection; per-layer counts (index layer, columns language; summed over
             layers); or a Series indexed by language.
         ax: Axes to draw on.
-        percent: Show percent of all FFN neurons (``L·D``) instead of counts.
-        n_total: ``L·D``, needed for ``percent`` when ``data`` is not a selection.
-        config: LapeConfig (or dict) for the title; by default the selection's.
+        percent: Show percent of all FFN neurons (``L·D``; needs a selection), not counts.
+        config: LapeConfig (or dict) for the title; by default the selection's own.
         annotate: Write the value above each bar.
         title: Replace the default title.
 
@@ -413,35 +429,26 @@ def plot_language_counts(
         The Axes (one bar patch per language, in the module order).
 
     Raises:
-        ValueError: ``percent`` without ``n_total`` for a table.
-
+        ValueError: ``percent`` for a table.
     """
-    if isinstance(data, NeuronSelection):
-        counts = analysis.layer_distribution(data).sum(axis=0)
-        n_total = data.n_layers * data.n_neurons
-        config = data if config is None else config
-    elif isinstance(data, pd.DataFrame):
-        counts = _selection_counts(data).sum(axis=0)
-    elif isinstance(data, pd.Series):
-        counts = data.rename(index=str)
-        counts = counts[_language_columns(counts.index)]
+    if isinstance(data, pd.Series):
+        counts = _ordered(data, "index")
     else:
-        raise TypeError(f"expected a selection, DataFrame or Series, got {type(data).__name__}.")
-    values = counts.to_numpy(dtype=float)
-    ylabel, fmt = "neurons", "{:,.0f}"
+        counts = _counts(data).sum(axis=0)
+    values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
-        if not n_total:
-            raise ValueError("percent=True needs n_total= (L·D) unless data is a selection.")
-        values = values * 100.0 / n_total
-        ylabel, fmt = "% of all FFN neurons", "{:.3f}"
-    ax = _axes(ax, (1.2 + 0.6 * max(len(counts), 3), 3.5))
-    _bars(ax, list(counts.index), values)
+        if not isinstance(data, NeuronSelection):
+            raise ValueError("percent=True needs a selection, to know n_total = L·D neurons.")
+        n_total = data.n_layers * data.n_neurons
+        values, ylabel, fmt = values * 100.0 / n_total, "% of all FFN neurons", "{:.3f}"
+    ax = _bars(ax, counts.index, values)
     if annotate:
         for bars in ax.containers:
             ax.bar_label(bars, fmt=fmt, fontsize="small", padding=2)
         ax.margins(y=0.12)
     ax.set_ylabel(ylabel)
-    _title(ax, "Language-specific neurons per language", config, title)
+    _title(ax, "Language-specific neurons per language", data if config is None else config,
+           title)
     return ax
 
 
@@ -470,7 +477,7 @@ def plot_overlap(
         ax: Axes to draw on.
         metric: ``"count"`` (``|A ∩ B|``, diagonal = set sizes) or ``"jaccard"``
             (``|A ∩ B| / |A ∪ B|``). Picks the table of a selection; labels either way.
-        config: LapeConfig (or dict) for the title; by default the selection's.
+        config: LapeConfig (or dict) for the title; by default the selection's own.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest coloured value).
         annot: Write the values in the cells.
@@ -480,30 +487,25 @@ def plot_overlap(
 
     Returns:
         The Axes; rows top to bottom and columns left to right in the module order.
-
     """
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
+    jaccard = metric == "jaccard"
     if isinstance(data, NeuronSelection):
-        table = analysis.overlap(data)[0 if metric == "count" else 1]
-        config = data if config is None else config
+        table = analysis.overlap(data)[int(jaccard)]
     else:
-        table = data.rename(index=str, columns=str)
-        table = table.reindex(
-            index=_language_columns(table.index), columns=_language_columns(table.columns)
-        )
+        table = _ordered(data, "index", "columns")
     values = table.to_numpy(dtype=float)
-    diag = table.index.to_numpy()[:, None] == table.columns.to_numpy()[None, :]
-    mask = None if colour_diagonal else diag
-    ax = _axes(ax, (1.5 + 0.6 * max(len(table.columns), 3), 1.0 + 0.55 * max(len(table), 3)))
-    ax.set_facecolor("#e6e6e6")
-    _heatmap(
+    mask = None if colour_diagonal else table.index.to_numpy()[:, None] == table.columns.to_numpy()
+    ax = _heatmap(
         ax, table, _norm(values if mask is None else values[~mask], vmin, vmax),
-        SEQUENTIAL_CMAP, "shared neurons" if metric == "count" else "Jaccard", mask,
-        annot=annot, fmt=".2f" if metric == "jaccard" else ".0f", cbar=colorbar,
+        SEQUENTIAL_CMAP, "Jaccard" if jaccard else "shared neurons", mask, row_height=0.55,
+        annot=annot, fmt=".2f" if jaccard else ".0f", cbar=colorbar,
     )
+    ax.set_facecolor("#e6e6e6")  # the uncoloured diagonal
     ax.set(xlabel="language", ylabel="language")
-    _title(ax, "Shared neurons" if metric == "count" else "Overlap (Jaccard)", config, title)
+    base = "Overlap (Jaccard)" if jaccard else "Shared neurons"
+    _title(ax, base, data if config is None else config, title)
     return ax
 
 
@@ -516,73 +518,60 @@ def plot_entropy_distribution(
     *,
     which: Literal["entropy", "probability", "both"] = "entropy",
     bins: int = 60,
-    title: str | None = None,
 ) -> Axes | np.ndarray:
-    """Show how the thresholds cut.
+    """Show how the thresholds cut: histograms (log counts) with the thresholds marked.
 
-    The entropy of the neurons passing the filter with the selection cut-off, and/or the
-    pooled activation probabilities with ``tau`` and ``bar``.
-
-    Histograms (``ax.containers``) and marked lines (``ax.get_lines()``, each with a
-    ``label``):
-
-    * entropy panel: the neurons passing the filter (grey) and the selected ones (red) over
-      the same ``bins``; lines ``"selection cut-off H = …"`` at
-      :attr:`EntropyTable.cutoff` and ``"log K = …"`` (the entropy of a neuron equally
-      active in all languages);
-    * probability panel: all ``P`` values; lines ``"filter tau = …"`` and ``"bar = …"``.
+    * entropy panel: the neurons passing the filter (grey) and the selected ones (red);
+      lines at the selection cut-off (:attr:`EntropyTable.cutoff`) and at ``log K`` (the
+      entropy of a neuron equally active in all languages);
+    * probability panel: all ``P`` values; lines at the filter ``tau`` and the ``bar``.
 
     Args:
         table: From :func:`lape_utils.analysis.entropy_table`.
         ax: One Axes (``which`` = ``"entropy"`` or ``"probability"``) or two (``"both"``);
             new figure if ``None``.
         which: Which panel(s).
-        bins: Histogram bins (the count axis is logarithmic).
-        title: Replace the default title (of every panel).
+        bins: Histogram bins.
 
     Returns:
         The Axes, or an array of two Axes ``[entropy, probability]`` for ``"both"``.
-
     """
     if which == "both":
         axes = _axes_array(ax, 2, (11.0, 3.8))
         for a, w in zip(axes, ("entropy", "probability")):
-            plot_entropy_distribution(table, a, which=w, bins=bins, title=title)
+            plot_entropy_distribution(table, a, which=w, bins=bins)
         return axes
     if which not in ("entropy", "probability"):
         raise ValueError(f"which must be 'entropy', 'probability' or 'both', got {which!r}.")
-    ax = _axes(ax, (6.0, 3.8))
+    cfg = table.config
     if which == "entropy":
         passing = table.passing()
         h = passing["entropy"].to_numpy()
-        sel = passing.loc[passing["selected"], "entropy"].to_numpy()
-        edges = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
-        sns.histplot(x=h, bins=edges, color="#bbbbbb", alpha=1, ax=ax,
-                     label=f"passing the filter ({len(h):,})")
-        sns.histplot(x=sel, bins=edges, color="#d62728", alpha=1, ax=ax,
-                     label=f"selected ({len(sel):,})")
-        if math.isfinite(table.cutoff):
-            ax.axvline(table.cutoff, color="black", ls="--", lw=1.2,
-                       label=f"selection cut-off H = {table.cutoff:.3g}")
-        ax.axvline(table.max_entropy, color="grey", ls=":", lw=1.2,
-                   label=f"log K = {table.max_entropy:.3g}")
-        ax.set(xlabel="LAPE entropy H (nats)", ylabel="neurons")
-        base = f"Entropy of the {table.n_candidates:,} neurons passing the filter"
+        bins = np.linspace(0.0, max(table.max_entropy, h.max(initial=0.0)), bins + 1)
+        hists = [(h, "#bbbbbb", "passing the filter"),
+                 (h[passing["selected"].to_numpy()], "#d62728", "selected")]
+        marks = [(table.cutoff, "black", "--", f"selection cut-off H = {table.cutoff:.3g}"),
+                 (table.max_entropy, "grey", ":", f"log K = {table.max_entropy:.3g}")]
+        labels = ("LAPE entropy H (nats)", "neurons",
+                  f"Entropy of the {table.n_candidates:,} neurons passing the filter")
     else:
-        p = table.probabilities()
-        cfg = table.config
-        sns.histplot(x=p, bins=bins, color="#7f7f7f", alpha=1, ax=ax,
-                     label=f"all P ({p.size:,} values)")
-        ax.axvline(table.tau, color="#1f77b4", ls="--", lw=1.4,
-                   label=f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})")
-        ax.axvline(table.bar, color="#d62728", ls=":", lw=1.6,
-                   label=f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")
-        ax.set(xlabel="activation probability P (pooled over layers, neurons, languages)",
-               ylabel="values")
-        base = "Activation probability and thresholds"
-    ax.set_yscale("log")
+        hists = [(table.probabilities(), "#7f7f7f", "all P values")]
+        marks = [(table.tau, "#1f77b4", "--",
+                  f"filter tau = {table.tau:.3g} (q{cfg.filter_rate:g})"),
+                 (table.bar, "#d62728", ":",
+                  f"bar = {table.bar:.3g} (q{cfg.activation_bar_ratio:g})")]
+        labels = ("activation probability P (pooled over layers, neurons, languages)",
+                  "values", "Activation probability and thresholds")
+    ax = _axes(ax, (6.0, 3.8))
+    for values, colour, label in hists:
+        sns.histplot(x=values, bins=bins, color=colour, alpha=1, ax=ax,
+                     label=f"{label} ({len(values):,})")
+    for x, colour, ls, label in marks:
+        if math.isfinite(x):
+            ax.axvline(x, color=colour, ls=ls, lw=1.4, label=label)
+    ax.set(xlabel=labels[0], ylabel=labels[1], yscale="log")
     ax.legend(fontsize="small")
-    _title(ax, base, table.config, title)
+    _title(ax, labels[2], cfg)
     return ax
 
 
@@ -596,7 +585,6 @@ def plot_probability_profiles(
     config: Any = None,
     vmin: float | None = 0.0,
     vmax: float | None = None,
-    title: str | None = None,
 ) -> Axes:
     """Activation probability across languages of selected neurons.
 
@@ -611,26 +599,22 @@ def plot_probability_profiles(
         language: The language whose neurons these are (title; line colour).
         bar: Draw the assignment threshold (``EntropyTable.bar``): a horizontal line in
             ``"lines"``, a mark on the colour bar in ``"heatmap"``.
-        config: LapeConfig (or dict) for the title.
+        config: LapeConfig (or dict, or selection) for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest P).
-        title: Replace the default title.
 
     Returns:
         The Axes.
-
     """
-    df = profiles.rename(columns=str)
-    df = df[_language_columns(df.columns)]
+    df = _ordered(profiles, "columns")
     if isinstance(df.index, pd.MultiIndex) and df.index.nlevels == 2:
         df.index = [f"L{a}.{b}" for a, b in df.index]
-    base = f"Activation probability of {len(df)} {language + ' ' if language else ''}neurons"
     label = "activation probability P"
     if kind == "heatmap":
-        ax = _axes(ax, (1.5 + 0.6 * max(df.shape[1], 3), max(2.5, 1.0 + 0.22 * len(df))))
-        _heatmap(
+        ax = _heatmap(
             ax, df, _norm(df.to_numpy(dtype=float), vmin, vmax), SEQUENTIAL_CMAP, label,
-            annot=df.size <= 150, fmt=".2f", yticklabels=math.ceil(len(df) / 40) or 1,
+            row_height=0.22, annot=df.size <= 150, fmt=".2f",
+            yticklabels=math.ceil(len(df) / 40) or 1,
         )
         if bar is not None:
             ax.collections[0].colorbar.ax.axhline(bar, color="cyan", lw=2)
@@ -638,7 +622,6 @@ def plot_probability_profiles(
     elif kind == "lines":
         ax = _axes(ax, (1.5 + 0.7 * max(df.shape[1], 3), 3.8))
         long = _long(df, "neuron", "language", "p")
-        long["language"] = pd.Categorical(long["language"], categories=list(df.columns))
         if len(df):  # seaborn fails on an empty table with units
             sns.lineplot(
                 long, x="language", y="p", units="neuron", estimator=None, ax=ax,
@@ -651,7 +634,8 @@ def plot_probability_profiles(
         ax.set(ylabel=label, ylim=(0, None))
     else:
         raise ValueError(f"kind must be 'heatmap' or 'lines', got {kind!r}.")
-    _title(ax, base, config, title)
+    of = f"{language} " if language else ""
+    _title(ax, f"Activation probability of {len(df)} {of}neurons", config)
     return ax
 
 
@@ -665,7 +649,6 @@ def plot_stability(
     kind: Literal["frequency", "jaccard"] = "frequency",
     n_replicates: int | None = None,
     config: Any = None,
-    title: str | None = None,
 ) -> Axes:
     """How stable the selection is over bootstrap replicates.
 
@@ -677,71 +660,53 @@ def plot_stability(
             ``frequency``).
         ax: Axes to draw on.
         kind: ``"frequency"``: per language, how many neurons were selected in what fraction
-            of the replicates (one line per language, a point per possible fraction
-            ``k / n_replicates``; neurons never selected are not counted; a stable
-            selection piles up at 1). ``"jaccard"``: one bar per language
-            (then ``"all"``, grey) of the mean Jaccard of the replicates' sets with the
-            reference set, error bar = standard deviation (drawn by hand: seaborn's
-            ``barplot`` only draws error bars it computes itself); y from 0 to 1.
+            ``k / n_replicates`` of the replicates (never selected: not counted; a stable
+            selection piles up at 1). ``"jaccard"``: one bar per language (then
+            ``"all"``) of the mean Jaccard of the replicates' sets with the reference set,
+            error bar = standard deviation (by hand: seaborn's ``barplot`` only draws
+            error bars it computes itself).
         n_replicates: Number of replicates, for a frequency table (default: read from the
             result, or taken as ``1 / smallest frequency`` of a table).
-        config: LapeConfig (or dict) for the title.
-        title: Replace the default title.
+        config: LapeConfig (or dict, or selection) for the title.
 
     Returns:
         The Axes.
-
     """
+    own = isinstance(result, StabilityResult)
     if kind == "jaccard":
-        table = (
-            analysis.stability_table(result) if isinstance(result, StabilityResult) else result
-        )
-        if "mean_jaccard" not in table.columns:
-            raise ValueError(
-                f"a stability table needs a 'mean_jaccard' column; got {list(table.columns)}."
-            )
-        table = table.rename(index=str)
-        table = table.loc[_language_columns(table.index)]
-        ax = _axes(ax, (1.5 + 0.6 * max(len(table), 3), 3.5))
+        table = analysis.stability_table(result) if own else result
+        _require(table, ["mean_jaccard"], "a stability table")
+        table = _ordered(table, "index")
         mean = table["mean_jaccard"].to_numpy(dtype=float)
-        _bars(ax, list(table.index), mean)
+        ax = _bars(ax, table.index, mean)
         if "std_jaccard" in table:
             err = np.nan_to_num(table["std_jaccard"].to_numpy(dtype=float))
             ax.errorbar(np.arange(len(table)), mean, yerr=err, fmt="none", ecolor="black",
                         capsize=3, lw=1)
         ax.set(ylim=(0, 1.05), ylabel="mean Jaccard with the reference set")
-        n = f" over {result.n_replicates} replicates" if isinstance(result, StabilityResult) else ""
-        _title(ax, f"Stability of the selection{n}", config, title)
+        over = f" over {result.n_replicates} replicates" if own else ""
+        _title(ax, f"Stability of the selection{over}", config)
         return ax
     if kind != "frequency":
         raise ValueError(f"kind must be 'frequency' or 'jaccard', got {kind!r}.")
-    if isinstance(result, StabilityResult):
-        freq, n_rep = analysis.selection_frequencies(result), result.n_replicates
-    else:
-        freq = result
-        if not {"language", "frequency"} <= set(freq.columns):
-            raise ValueError(
-                f"a frequency table needs 'language' and 'frequency' columns; got "
-                f"{list(freq.columns)}."
-            )
+    freq = analysis.selection_frequencies(result) if own else result
+    _require(freq, ["language", "frequency"], "a frequency table")
+    if own:
+        n_replicates = result.n_replicates
+    elif n_replicates is None:
         vals = freq["frequency"].to_numpy(dtype=float)
-        vals = vals[vals > 0]
-        n_rep = int(round(1.0 / vals.min())) if vals.size else 1
-        n_rep = n_rep if n_replicates is None else int(n_replicates)
-    edges = (np.arange(n_rep + 1) + 0.5) / n_rep  # one bin per possible k/n_rep, k=1..n_rep
-    langs = freq["language"].astype(str)
-    hist = pd.DataFrame(
-        {lang: np.histogram(freq["frequency"][langs == lang], bins=edges)[0]
-         for lang in _language_columns(langs.unique())},
-        index=np.arange(1, n_rep + 1) / n_rep,
-    )
+        n_replicates = int(round(1.0 / vals[vals > 0].min())) if (vals > 0).any() else 1
+    n_rep = int(n_replicates)
+    k = (freq["frequency"].to_numpy(dtype=float) * n_rep).round().astype(int)  # k/n_rep
+    hist = pd.crosstab(k, freq["language"].astype(str)).reindex(range(1, n_rep + 1), fill_value=0)
+    hist.index = hist.index / n_rep
     ax = _axes(ax, (6.0, 3.5))
     _lines(ax, _long(hist, "frequency", "language", "neurons"), "frequency", "neurons",
-           "language", _palette(hist.columns), marker="o", ms=4, lw=1.4)
+           marker="o", ms=4, lw=1.4)
     ax.set(xlim=(0, 1.02), ylim=(0, None), xlabel="selection frequency over bootstrap replicates",
            ylabel="neurons (selected at least once)")
     ax.legend(title="language", fontsize="small", ncols=2)
-    _title(ax, f"Selection frequency ({n_rep} replicates)", config, title)
+    _title(ax, f"Selection frequency ({n_rep} replicates)", config)
     return ax
 
 
@@ -755,27 +720,25 @@ def plot_convergence(
         table: :func:`lape_utils.analysis.convergence` (columns ``tokens``, ``language``,
             ``count``, ``jaccard``).
         axes: Two Axes; new figure if ``None``.
-        config: LapeConfig (or dict) for the titles.
+        config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
         ``[jaccard, counts]``: per language (and ``"all"``, grey) the Jaccard of the
         selection at each budget to the full-budget one (y from 0 to 1, the 0.9 line of
         :data:`lape_utils.analysis.CONVERGED_AT` dotted), and the neurons selected per
-        language; x = tokens per language (log scale).
+        language; x = tokens per language (log scale, ticked at the budgets).
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
-    df = table.assign(language=table["language"].astype(str))
-    palette = _palette(_language_columns(df["language"].unique()))
-    for ax, y, label in ((axes[0], "jaccard", "Jaccard to the full-budget selection"),
-                         (axes[1], "count", "neurons selected")):
-        _lines(ax, df, "tokens", y, "language", palette, marker="o", ms=4, lw=1.4)
-        ax.set(xscale="log", xlabel="tokens per language", ylabel=label)
+    panels = (("jaccard", "Jaccard to the full-budget selection", 1.05,
+               "Convergence of the selection with the budget"),
+              ("count", "neurons selected", None, "Selection size with the budget"))
+    for ax, (y, label, top, base) in zip(axes, panels):
+        _lines(ax, table, "tokens", y, marker="o", ms=4, lw=1.4)
+        _log_x(ax, table["tokens"], "tokens per language")
+        ax.set(ylabel=label, ylim=(0, top))
         ax.legend(title="language", fontsize="small", ncols=2)
+        _title(ax, base, config)
     axes[0].axhline(analysis.CONVERGED_AT, color="grey", ls=":", lw=1)
-    axes[0].set_ylim(0, 1.05)
-    axes[1].set_ylim(bottom=0)
-    _title(axes[0], "Convergence of the selection with the budget", config)
-    _title(axes[1], "Selection size with the budget", config)
     return axes
 
 
@@ -793,45 +756,37 @@ def plot_threshold_effect(
     Returns:
         ``[effect, size]``: per language, the diagonal ΔNLL (solid, with its 95% interval
         as a band) and the mean off-diagonal ΔNLL (dashed) against ``top_rate`` in percent
-        (log scale); and the neurons selected per language. y from 0 in the size panel.
+        (log scale, ticked at the rates); and the neurons selected per language. y from 0
+        in the size panel.
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
-    df = table.assign(language=table["language"].astype(str), pct=table["top_rate"] * 100)
-    palette = _palette(_language_columns(df["language"].unique()))
-    ax = axes[0]
-    _lines(ax, df, "pct", "diag_delta", "language", palette, marker="o", ms=4, lw=1.6)
-    off = _lines(ax, df, "pct", "offdiag_mean_delta", "language", palette, ls="--", lw=1,
-                 marker=".")
-    for line in off:
+    effect, size = axes
+    df = table.assign(pct=table["top_rate"] * 100, language=table["language"].astype(str))
+    for line in _lines(effect, df, "pct", "diag_delta", marker="o", ms=4, lw=1.6):
+        _band(effect, df[df["language"] == line.get_label()], "pct", "diag_lo", "diag_hi",
+               line.get_color())
+    for line in _lines(effect, df, "pct", "offdiag_mean_delta", ls="--", lw=1, marker="."):
         line.set_label(f"{line.get_label()} (others)")
-    for lang, part in df.groupby("language", sort=False):
-        part = part.sort_values("pct")
-        ax.fill_between(part["pct"], part["diag_lo"], part["diag_hi"], color=palette[lang],
-                        alpha=0.15, lw=0)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(xscale="log", xlabel="top_rate (% of all neurons selected)",
-           ylabel="ΔNLL (nats) when zeroed")
-    ax.legend(fontsize="small", ncols=2)
-    _title(ax, "Own language (solid) and the others (dashed)", None)
-    _lines(axes[1], df, "pct", "n_neurons", "language", palette, marker="o", ms=4, lw=1.4)
-    axes[1].set(xscale="log", ylim=(0, None), xlabel="top_rate (% of all neurons selected)",
-                ylabel="neurons of the language")
-    axes[1].legend(fontsize="small", ncols=2)
-    _title(axes[1], "Selection size", None)
+    effect.axhline(0, color="black", lw=0.8)
+    effect.set_ylabel("ΔNLL (nats) when zeroed")
+    _lines(size, df, "pct", "n_neurons", marker="o", ms=4, lw=1.4)
+    size.set(ylim=(0, None), ylabel="neurons of the language")
+    for ax, base in zip(axes, ("Own language (solid) and the others (dashed)", "Selection size")):
+        _log_x(ax, df["pct"], "top_rate (% of all neurons selected)")
+        ax.legend(fontsize="small", ncols=2)
+        _title(ax, base, None)
     return axes
 
 
 # ============================================================================ deactivation
 
 _NONE_LABELS = {"", "none", "nan"}
+_KIND_LABELS = {"lape": "LAPE neurons", "random": "random control",
+                "matched": "activity-matched control"}
 
 
 def _parse_row(label: str) -> tuple[str, str]:
-    """Split a row label into (kind, language).
-
-    Labels: ``"none"``, ``"zh"``, ``"zh (random)"``, ``"zh (matched)"``, ``"lape:zh"``,
-    ``"random:zh"``.
-    """
+    """``(kind, language)`` of a row label: ``"none"``, ``"zh"``, ``"zh (random)"``, ..."""
     s = str(label).strip()
     if s.lower() in _NONE_LABELS:
         return "none", ""
@@ -844,98 +799,97 @@ def _parse_row(label: str) -> tuple[str, str]:
     return "lape", s
 
 
-def _ppl_matrix(
-    df: pd.DataFrame, value: str, kind: str | None, include_baseline: bool = False
-) -> tuple[pd.DataFrame, str]:
-    """Pivot a tidy or pivoted perplexity table to one kind's matrix.
+def _ppl_long(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    """A perplexity table (tidy or pivoted, see :func:`plot_ppl_heatmap`) as tidy rows.
 
-    Returns the matrix (index deactivated, columns evaluated, module order; the baseline
-    row ``"none"`` on top if asked) and its kind.
+    Returns:
+        Columns ``kind`` (``"none"`` for the baseline), ``deactivated``, ``evaluated``,
+        ``value`` and, when the tidy table has it, ``excludes_zero`` (as 0/1).
     """
     if {"deactivated", "evaluated"} <= set(df.columns):  # tidy
-        if value not in df.columns:
-            raise ValueError(
-                f"value {value!r} is not a column of the table; it has {list(df.columns)}."
-            )
+        _require(df, [value], "the table")
         long = df.assign(value=df[value], deactivated=df["deactivated"].fillna(""))
         if "kind" not in long:
             long["kind"] = long["row"].map(_parse_row).str[0] if "row" in long else "lape"
+        if "excludes_zero" in long:
+            long["excludes_zero"] = long["excludes_zero"].astype(float)
     else:  # pivoted: index = row label, columns = evaluated language
         long = _long(df.rename(index=str, columns=str), "row", "evaluated", "value")
         parsed = long["row"].map(_parse_row)
         long["kind"], long["deactivated"] = parsed.str[0], parsed.str[1]
     long = long.astype({"kind": str, "deactivated": str, "evaluated": str, "value": float})
     long.loc[long["deactivated"].str.lower().isin(_NONE_LABELS), "kind"] = "none"
-    kinds = [k for k in long["kind"].unique() if k != "none"]
-    if kind is None:
-        kind = "lape" if "lape" in kinds else (kinds[0] if len(kinds) == 1 else None)
-        if kind is None:
-            raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
+    return long
+
+
+def _kind(long: pd.DataFrame, kind: str | None) -> str:
+    """Check ``kind`` against the table's row kinds; default ``"lape"`` or the only kind."""
+    kinds = [k for k in dict.fromkeys(long["kind"]) if k != "none"]
+    if kind is None and "lape" not in kinds and len(kinds) != 1:
+        raise ValueError(f"the table holds several kinds {kinds}; choose one with kind=.")
+    kind = kind or ("lape" if "lape" in kinds else kinds[0])
     if kind not in kinds:
         raise ValueError(f"no rows of kind {kind!r} in the table; it has {kinds}.")
+    return kind
+
+
+def _ppl_matrix(
+    long: pd.DataFrame, kind: str, column: str = "value", include_baseline: bool = False
+) -> pd.DataFrame:
+    """One kind's matrix of ``column``: index deactivated, columns evaluated, module order.
+
+    Several rows for one cell are averaged; the baseline row ``"none"`` goes on top if asked.
+    """
     cols = sort_languages(long["evaluated"])
     wide = long[long["kind"] == kind].pivot_table(
-        index="deactivated", columns="evaluated", values="value", aggfunc="mean", dropna=False
+        index="deactivated", columns="evaluated", values=column, aggfunc="mean", dropna=False
     )
     wide = wide.reindex(index=sort_languages(wide.index), columns=cols)
     if include_baseline:
         base = long[long["kind"] == "none"]
         if base.empty:
             raise ValueError("include_baseline=True but the table has no 'none' row.")
-        none = base.groupby("evaluated")["value"].mean().reindex(cols).rename("none")
+        none = base.groupby("evaluated")[column].mean().reindex(cols).rename("none")
         wide = pd.concat([none.to_frame().T, wide])
-    return wide.rename_axis(index="deactivated", columns="evaluated"), kind
+    return wide.rename_axis(index="deactivated", columns="evaluated")
 
 
-def _is_delta(value: str) -> bool:
-    return value.startswith("delta") or value.startswith("Δ")
+def _value_style(value: str) -> tuple[str, bool]:
+    """Label of a quantity (``delta_nll`` -> ``ΔNLL``) and whether it is a difference."""
+    label = value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+    return label, value.startswith(("delta", "Δ"))
 
 
-def _value_label(value: str) -> str:
-    return value.replace("delta_", "Δ").replace("nll", "NLL").replace("ppl", "PPL")
+def _ppl_panel(
+    ax: Axes | None, long: pd.DataFrame, wide: pd.DataFrame, kind: str, value: str,
+    norm: mcolors.Normalize, *, fmt: str = ".2f", cbar: bool = True, config: Any = None,
+) -> Axes:
+    """Draw one kind's matrix; outline its diagonal cells by hand (seaborn cannot).
 
-
-_KIND_LABELS = {"lape": "LAPE neurons", "random": "random control",
-                "matched": "activity-matched control"}
-
-
-def _significance(df: pd.DataFrame, value: str, kind: str, wide: pd.DataFrame):
-    """Cells whose 95% interval excludes 0 (``excludes_zero`` of a tidy table), or None."""
-    if not _is_delta(value) or "excludes_zero" not in df.columns:
-        return None
-    sig = _ppl_matrix(df.assign(excludes_zero=df["excludes_zero"].astype(float)),
-                      "excludes_zero", kind)[0]
-    return sig.reindex_like(wide).fillna(0).to_numpy() > 0.5
-
-
-def _ppl_axes(
-    ax: Axes, wide: pd.DataFrame, value: str, kind: str, norm: mcolors.Normalize,
-    fmt: str, cbar: bool, config: Any, title: str | None, sig: np.ndarray | None = None,
-) -> None:
-    """Draw one perplexity matrix; outline its diagonal cells by hand (seaborn cannot).
-
-    With ``sig`` (cells whose interval excludes 0) those values are written in bold and
-    the others in grey, and the title says so.
+    Differences whose 95% interval excludes 0 (``excludes_zero`` of a tidy table) are
+    written in bold, the others in grey.
     """
-    cmap = DIVERGING_CMAP if _is_delta(value) else SEQUENTIAL_CMAP
-    _heatmap(ax, wide, norm, cmap, _value_label(value), annot=True, fmt=fmt, cbar=cbar)
+    label, delta = _value_style(value)
+    cmap = DIVERGING_CMAP if delta else SEQUENTIAL_CMAP
+    ax = _heatmap(ax, wide, norm, cmap, label, annot=True, fmt=fmt, cbar=cbar)
     cols = list(wide.columns)
     for i, lang in enumerate(wide.index):
         if lang in cols:
             ax.add_patch(Rectangle((cols.index(lang), i), 1, 1, fill=False, ec="black", lw=1.2,
                                    clip_on=False))
-    if sig is not None:
+    base = f"{label} after deactivation ({_KIND_LABELS.get(kind, kind)})"
+    if delta and "excludes_zero" in long and "none" not in wide.index:  # not with a baseline
+        sig = _ppl_matrix(long, kind, "excludes_zero").reindex_like(wide).fillna(0) > 0.5
         for text in ax.texts:
             x, y = text.get_position()
-            if sig[int(y), int(x)]:
+            if sig.iloc[int(y), int(x)]:
                 text.set_fontweight("bold")
             else:
                 text.set_alpha(0.55)
-    ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
-    base = f"{_value_label(value)} after deactivation ({_KIND_LABELS.get(kind, kind)})"
-    if sig is not None:
         base += "\nbold: 95% interval excludes 0"
-    _title(ax, base, config, title)
+    ax.set(xlabel="evaluated language", ylabel="deactivated neurons of")
+    _title(ax, base, config)
+    return ax
 
 
 def plot_ppl_heatmap(
@@ -949,40 +903,36 @@ def plot_ppl_heatmap(
     vmax: float | None = None,
     fmt: str = ".2f",
     config: Any = None,
-    title: str | None = None,
 ) -> Axes:
     """Draw the perplexity-change matrix: rows = deactivated language, columns = evaluated.
 
     Accepted tables:
 
-    * tidy, one row per (deactivated set, evaluated language), as
-      :meth:`lape_utils.evaluate.PplMatrix.tidy` returns it: columns ``deactivated``
-      (language code; ``""``/``"none"``/NaN for the no-intervention baseline),
-      ``evaluated``, the ``value`` column (``delta_nll``, ``nll``, ``ppl``, ...) and
-      ``kind`` (``"lape"``, ``"random"``, ``"none"``) or a ``row`` label to read it from.
+    * tidy (:meth:`lape_utils.evaluate.PplMatrix.tidy`): columns ``deactivated`` (``""``,
+      ``"none"`` or NaN for the baseline), ``evaluated``, the ``value`` column, ``kind``
+      (``"lape"``, ``"random"``, ``"matched"``, ``"none"``) or a ``row`` label to read it
+      from, optionally ``excludes_zero`` (the 95% interval excludes 0: written in bold).
       Several rows for one cell (e.g. random seeds) are averaged.
-    * pivoted: index = row label, columns = evaluated language, as
-      :meth:`~lape_utils.evaluate.PplMatrix.table` returns it. Row labels ``"zh"`` or
-      ``"lape:zh"`` are LAPE rows, ``"zh (random)"`` or ``"random:zh"`` random-control rows,
-      ``"none"`` the baseline.
+    * pivoted (:meth:`~lape_utils.evaluate.PplMatrix.table`): index = row label
+      (``"zh"``/``"lape:zh"``, ``"zh (random)"``/``"random:zh"``, ``"none"``), columns =
+      evaluated language.
 
-    Values whose name starts with ``delta`` use the diverging colormap centred at 0
-    (symmetric limits ``±max|value|`` unless ``vmin``/``vmax`` are given; asymmetric given
-    limits keep 0 at the centre colour with a ``TwoSlopeNorm``); other values (``nll``,
-    ``ppl``) the sequential one. The values are written in the cells; diagonal cells
-    (deactivated = evaluated) are outlined.
+    Differences (``delta_*``) use the diverging colormap centred at 0 (limits ``±max|value|``
+    unless given), other values (``nll``, ``ppl``) the sequential one. The values are
+    written in the cells; diagonal cells (deactivated = evaluated) are outlined.
 
     Args:
         df: The table.
         ax: Axes to draw on.
         value: Column (tidy) or quantity (pivoted) shown; also the colour-bar label.
-        kind: ``"lape"`` or ``"random"`` rows (default ``"lape"``, or the only kind there).
+        kind: Which rows: ``"lape"``, ``"random"``, ... (default ``"lape"``, or the only
+            kind there).
         include_baseline: Add the ``"none"`` row on top (useful for ``nll``/``ppl``).
         vmin: Lower colour limit.
-        vmax: Upper colour limit.
+        vmax: Upper colour limit (asymmetric limits of a difference keep 0 at the centre
+            colour).
         fmt: Format of the written values.
         config: LapeConfig (or dict, or selection) for the title.
-        title: Replace the default title.
 
     Returns:
         The Axes (rows top to bottom, columns left to right in the module order).
@@ -990,69 +940,56 @@ def plot_ppl_heatmap(
     Raises:
         ValueError: ``value`` is not in the table, ``kind`` has no rows, or the given
             limits of a difference do not straddle 0.
-
     """
-    wide, kind = _ppl_matrix(df, value, kind, include_baseline)
-    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _is_delta(value))
-    ax = _axes(ax, (1.8 + 0.7 * max(wide.shape[1], 3), 1.2 + 0.5 * max(len(wide), 3)))
-    sig = None if include_baseline else _significance(df, value, kind, wide)
-    _ppl_axes(ax, wide, value, kind, norm, fmt, True, config, title, sig)
-    return ax
+    long = _ppl_long(df, value)
+    kind = _kind(long, kind)
+    wide = _ppl_matrix(long, kind, include_baseline=include_baseline)
+    norm = _norm(wide.to_numpy(dtype=float), vmin, vmax, _value_style(value)[1])
+    return _ppl_panel(ax, long, wide, kind, value, norm, fmt=fmt, config=config)
 
 
 def plot_ppl_comparison(
     df: pd.DataFrame | Mapping[str, pd.DataFrame],
-    value: str = "delta_nll",
     axes: Sequence[Axes] | np.ndarray | None = None,
     *,
     vmin: float | None = None,
     vmax: float | None = None,
     config: Any = None,
 ) -> np.ndarray:
-    """Draw LAPE deactivation next to its controls, on one shared colour scale.
+    """Draw the ΔNLL of LAPE deactivation next to its controls, on one colour scale.
 
     Args:
-        df: A table with LAPE and control rows (as for :func:`plot_ppl_heatmap`), or
-            ``{"lape": table, "random": table, ...}`` with one (pivoted or tidy) table per
-            kind. With a tidy table holding intervals, cells whose interval excludes 0 are
-            written in bold.
-        value: Quantity shown.
-        axes: One Axes per kind (LAPE, then each control); new figure if ``None``.
+        df: A table with LAPE and control rows and a ``delta_nll`` value (see
+            :func:`plot_ppl_heatmap`), or ``{"lape": table, "random": table, ...}``.
+        axes: One Axes per kind; new figure if ``None``.
         vmin: Lower colour limit (default from all matrices, symmetric for deltas).
         vmax: Upper colour limit.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        Array of the Axes (LAPE, then the controls in table order: ``random``,
-        ``matched``); every mesh has the same colour limits and they share one colour bar.
-
+        Array of the Axes: LAPE, then the controls in table order (e.g. ``random``,
+        ``matched``), sharing one colour scale and colour bar.
     """
-    if isinstance(df, Mapping):
-        kinds = list(df)
-        mats = {k: _ppl_matrix(df[k], value, None)[0] for k in kinds}
-        sigs = dict.fromkeys(kinds)
+    value = "delta_nll"
+    if isinstance(df, Mapping):  # one table per kind: its rows take the key as their kind
+        parts = {name: _ppl_long(table, value) for name, table in df.items()}
+        long = pd.concat([p[p["kind"] == _kind(p, None)].assign(kind=name)
+                          for name, p in parts.items()])
     else:
-        present = [_parse_row(r)[0] for r in df["row"]] if "row" in df else []
-        kinds = ["lape", *[k for k in dict.fromkeys(df.get("kind", present))
-                          if k not in ("lape", "none")]]
-        mats = {k: _ppl_matrix(df, value, k)[0] for k in kinds}
-        sigs = {k: _significance(df, value, k, mats[k]) for k in kinds}
-    allv = np.concatenate([m.to_numpy(dtype=float).ravel() for m in mats.values()])
-    norm = _norm(allv, vmin, vmax, _is_delta(value))
-    n_cols = max(m.shape[1] for m in mats.values())
-    axes = _axes_array(axes, len(kinds),
-                       ((1.5 + 0.7 * max(n_cols, 3)) * len(kinds) + 1.0, 4.2))
-    for a, k in zip(axes, kinds):
-        _ppl_axes(a, mats[k], value, k, norm, ".2f", False, config, None, sigs[k])
-    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label=_value_label(value))
+        long = _ppl_long(df, value)
+    kinds = sorted(dict.fromkeys(k for k in long["kind"] if k != "none"), key=lambda k: k != "lape")
+    wides = [_ppl_matrix(long, k) for k in kinds]
+    norm = _norm(np.concatenate([w.to_numpy(dtype=float).ravel() for w in wides]), vmin, vmax,
+                 diverging=True)
+    width = (1.5 + 0.7 * max(wides[0].shape[1], 3)) * len(kinds) + 1.0
+    axes = _axes_array(axes, len(kinds), (width, 4.2))
+    for ax, kind, wide in zip(axes, kinds, wides):
+        _ppl_panel(ax, long, wide, kind, value, norm, cbar=False, config=config)
+    axes[0].figure.colorbar(axes[0].collections[0], ax=list(axes), label="ΔNLL")
     return axes
 
 
 # ============================================================================ steering
-
-
-#: Colours of the neuron sets in steering figures (LAPE first, then the controls).
-SET_COLORS: dict[str, str] = {"lape": "#1f4e9c", "random": "#e07b39", "matched": "#3a923a"}
 
 
 def plot_steering_sweep(
@@ -1065,72 +1002,48 @@ def plot_steering_sweep(
 
     Args:
         df: :func:`lape_utils.steering.strength_sweep` (columns ``strength``, ``neurons``,
-            ``target_rate`` with optional ``target_rate_lo``/``_hi``, ``output_ppl``,
-            ``output_ppl_unsteered``, and ``target``/``source``, which name the languages
-            in the titles). Several rows per (set, strength) are averaged.
+            ``target_rate`` (optional ``target_rate_lo``/``_hi``), ``output_ppl``, optional
+            ``output_ppl_unsteered``, ``target`` and ``source``). Rows of one (set,
+            strength) are averaged.
         axes: Two Axes; new figure if ``None``.
         config: LapeConfig (or dict, or selection) for the titles.
 
     Returns:
-        ``[rate, cost]``: the share of answers in the target language per neuron set (one
-        distinct colour each, LAPE first; the 95% Wilson interval as a band; y from 0 to
-        1), and the perplexity of the answers under the unmodified model (y from 0; the
-        unsteered answers' as a dashed grey line).
+        ``[rate, cost]``: per neuron set (LAPE first, :data:`SET_COLORS`), the share of
+        answers in the target language (its 95% Wilson interval as a band), and the
+        perplexity of the answers under the unmodified model (the unsteered answers' as a
+        dashed grey line); both y axes from 0.
     """
-    need = {"strength", "target_rate", "output_ppl"}
-    missing = sorted(need - set(df.columns))
-    if missing:
-        raise ValueError(f"columns {missing} missing; the sweep has {list(df.columns)}.")
-    data = df.assign(neurons=df["neurons"] if "neurons" in df else "lape")
-    sets = sorted(data["neurons"].astype(str).unique(),
-                  key=lambda n: (n != "lape", list(SET_COLORS).index(n) if n in SET_COLORS else 9))
-    others = iter(sns.color_palette("Dark2", len(sets)).as_hex())
-    palette = {n: SET_COLORS.get(n) or next(others) for n in sets}
-    mean = data.groupby(["neurons", "strength"], sort=False).mean(numeric_only=True).reset_index()
+    _require(df, ["strength", "target_rate", "output_ppl"], "the sweep")
+    data = df.assign(neurons=df["neurons"].astype(str) if "neurons" in df else "lape")
+    present = list(dict.fromkeys(data["neurons"]))  # known sets first, in SET_COLORS order
+    palette = {n: c for n, c in SET_COLORS.items() if n in present} | {
+        n: language_color(n) for n in present if n not in SET_COLORS}
     target = str(data["target"].iloc[0]) if "target" in data else None
-    source = str(data["source"].iloc[0]) if "source" in data and data["source"].notna().any() \
-        else None
-    axes = _axes_array(axes, 2, (12.0, 3.8))
-    rate, cost = axes
-    _lines(rate, mean, "strength", "target_rate", "neurons", palette, marker="o", lw=1.8)
-    if {"target_rate_lo", "target_rate_hi"} <= set(mean.columns):
-        for name, part in mean.groupby("neurons", sort=False):
-            rate.fill_between(part["strength"], part["target_rate_lo"], part["target_rate_hi"],
-                              color=palette[name], alpha=0.15, lw=0)
-    rate.set(ylim=(0, 1.02), xlabel="strength (× mean activation on the target)",
+    sources = data["source"].dropna() if "source" in data else []
+    source = str(sources.iloc[0]) if len(sources) else None
+    rate, cost = axes = _axes_array(axes, 2, (12.0, 3.8))
+    for line in _lines(rate, data, "strength", "target_rate", "neurons", palette, marker="o",
+                       lw=1.8):
+        if {"target_rate_lo", "target_rate_hi"} <= set(data.columns):
+            _band(rate, data[data["neurons"] == line.get_label()], "strength",
+                  "target_rate_lo", "target_rate_hi", line.get_color())
+    rate.set(ylim=(0, 1.02),
              ylabel=f"share of answers in {language_name(target) if target else 'the target'}")
-    rate.legend(title="neurons", fontsize="small")
-    _lines(cost, mean, "strength", "output_ppl", "neurons", palette, marker="s", lw=1.6)
-    if "output_ppl_unsteered" in mean:
-        base = float(mean["output_ppl_unsteered"].mean())
+    _lines(cost, data, "strength", "output_ppl", "neurons", palette, marker="s", lw=1.6)
+    if "output_ppl_unsteered" in data:
+        base = float(data["output_ppl_unsteered"].mean())
         cost.axhline(base, color="grey", ls="--", lw=1, label=f"unsteered ({base:.3g})")
-    cost.set(ylim=(0, None), xlabel="strength (× mean activation on the target)",
-             ylabel="perplexity of the answers (unmodified model)")
-    cost.legend(title="neurons", fontsize="small")
-    route = f"{source} → {target}" if source and target else (target or "")
-    _title(rate, f"Steering {route}: target-language rate".strip(), config)
-    _title(cost, f"Steering {route}: cost in fluency".strip(), config)
+    cost.set(ylim=(0, None), ylabel="perplexity of the answers (unmodified model)")
+    route = f" {source} → {target}" if source and target else f" {target}" if target else ""
+    for ax, what in ((rate, "target-language rate"), (cost, "cost in fluency")):
+        ax.set_xlabel("strength (× mean activation on the target)")
+        ax.legend(title="neurons", fontsize="small")
+        _title(ax, f"Steering{route}: {what}", config)
     return axes
 
 
 # ============================================================================ inspection
-
-
-class HTMLView:
-    """HTML that Jupyter renders (``_repr_html_``) and exports as is; ``data`` is the markup.
-
-    Text of any script is drawn by the browser, so CJK, Cyrillic or Korean contexts are
-    readable where a matplotlib font would show empty boxes.
-    """
-
-    def __init__(self, data: str) -> None:
-        self.data = data
-
-    def _repr_html_(self) -> str:
-        return self.data
-
-    def __repr__(self) -> str:
-        return f"HTMLView({len(self.data)} characters of HTML)"
 
 
 def _token_span(text: str, value: float, scale: float, rgb: tuple, center: bool) -> str:
@@ -1145,7 +1058,7 @@ def _token_span(text: str, value: float, scale: float, rgb: tuple, center: bool)
 
 def top_contexts_html(
     df: pd.DataFrame, *, language: str | None = None, n_per_language: int = 5
-) -> HTMLView:
+) -> HTML:
     """The contexts that activate a neuron most, each token shaded by the activation.
 
     One line per context, languages in the module order; the top token is outlined; the
@@ -1161,12 +1074,10 @@ def top_contexts_html(
         n_per_language: Contexts shown per language (highest activation first).
 
     Returns:
-        An :class:`HTMLView` titled with the layer, neuron and language.
+        IPython ``HTML`` (``.data`` is the markup) titled with the layer, neuron and
+        language: the browser draws any script (CJK, Cyrillic), matplotlib's font cannot.
     """
-    need = {"language", "activation", "tokens", "activations", "center"}
-    missing = sorted(need - set(df.columns))
-    if missing:
-        raise ValueError(f"columns {missing} missing; the table has {list(df.columns)}.")
+    _require(df, ["language", "activation", "tokens", "activations", "center"], "the table")
     layer, neuron = df.attrs.get("layer"), df.attrs.get("neuron")
     who = f"neuron L{layer}.{neuron}" if layer is not None else "a neuron"
     if language:
@@ -1177,16 +1088,15 @@ def top_contexts_html(
              f"</b> · shade = activation / {scale:.3g}"]
     if df.empty:
         lines.append("<div><i>no contexts</i></div>")
-    for lang in _language_columns(df["language"].astype(str).unique()):
-        part = df[df["language"].astype(str) == lang].sort_values("activation", ascending=False)
+    langs = df["language"].astype(str)
+    for lang in _language_order(langs.unique()):
+        part = df[langs == lang].sort_values("activation", ascending=False)
         for _, r in part.head(n_per_language).iterrows():
             spans = "".join(_token_span(t, v, scale, rgb, i == r["center"])
                             for i, (t, v) in enumerate(zip(r["tokens"], r["activations"])))
-            lines.append(
-                f'<div style="margin: 2px 0"><code>{html.escape(lang)}</code> '
-                f'<code>{r["activation"]:.3g}</code> {spans}</div>'
-            )
-    return HTMLView("\n".join(lines) + "</div>")
+            lines.append(f'<div style="margin: 2px 0"><code>{html.escape(lang)}</code> '
+                         f'<code>{r["activation"]:.3g}</code> {spans}</div>')
+    return HTML("\n".join(lines) + "</div>")
 
 
 # ============================================================================ saving
@@ -1196,44 +1106,37 @@ def save_figure(
     obj: Axes | Figure | SubFigure | np.ndarray | Sequence[Axes],
     path: str | os.PathLike,
     *,
-    dpi: int = 150,
     close: bool = False,
-    **savefig_kwargs: Any,
 ) -> Path:
     """Write the figure holding ``obj`` to ``path`` (the one place that saves figures).
 
-    The format follows the suffix (``.png``, ``.svg``, ``.pdf``); parent folders are made;
-    an existing file is replaced (figures are products of a run, re-made by re-running).
+    The format follows the suffix (``.png``, ``.svg``, ``.pdf``; 150 dpi, tight bounding
+    box); parent folders are made; an existing file is replaced (figures are products of a
+    run, re-made by re-running).
 
     Args:
         obj: An Axes, an array/list of Axes (of one figure), or a Figure.
         path: Target file.
-        dpi: Resolution of raster formats.
         close: Close the figure afterwards (frees memory in long pipelines).
-        **savefig_kwargs: Passed to ``Figure.savefig`` (default ``bbox_inches="tight"``).
 
     Returns:
         The path written.
-
     """
-    if isinstance(obj, (Figure, SubFigure, Axes)):
-        fig = obj.get_figure(root=True)
-    else:
-        items = [a for a in np.asarray(obj, dtype=object).ravel() if a is not None]
-        if not items or not all(isinstance(a, Axes) for a in items):
-            raise TypeError(
-                f"save_figure needs an Axes, Axes array or Figure, got {type(obj).__name__}."
-            )
-        figs = {id(a.get_figure(root=True)): a.get_figure(root=True) for a in items}
-        if len(figs) != 1:
-            raise ValueError(f"the Axes belong to {len(figs)} different figures; save each.")
-        fig = next(iter(figs.values()))
+    single = isinstance(obj, (Figure, SubFigure, Axes))
+    items = [obj] if single else [a for a in np.asarray(obj, dtype=object).ravel() if a is not None]
+    if not items or not all(isinstance(a, (Figure, SubFigure, Axes)) for a in items):
+        raise TypeError(
+            f"save_figure needs an Axes, Axes array or Figure, got {type(obj).__name__}."
+        )
+    figs = {a.get_figure(root=True) for a in items}
+    if len(figs) != 1:
+        raise ValueError(f"the Axes belong to {len(figs)} different figures; save each.")
+    (fig,) = figs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         logger.info("replacing %s", path)
-    savefig_kwargs.setdefault("bbox_inches", "tight")
-    fig.savefig(path, dpi=dpi, **savefig_kwargs)
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     logger.info("saved figure %s", path)
     if close:
         plt.close(fig)
