@@ -92,10 +92,9 @@ def test_every_lape_run_option_becomes_a_setting():
 def test_every_lape_run_option_reaches_the_stage_that_uses_it(tmp_path, monkeypatch):
     import shutil
 
-    import lape_utils.corpus as corpus_mod
-
     import pandas as pd
 
+    import lape_utils.corpus as corpus_mod
     from lape_utils.cli import main
     from lape_utils.corpus import data_dir
     from lape_utils.selection import NeuronSelection
