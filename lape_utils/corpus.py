@@ -1,23 +1,11 @@
-"""Multilingual text for LAPE: the built-in corpus, user directories, Wikipedia; packing.
+"""Multilingual text for LAPE: load it (built-in, a directory, Wikipedia), then pack it.
 
-:func:`load_corpus` reads three kinds of source into a :class:`Corpus` (documents per
-language):
-
-* ``"builtin"``: the project's own parallel corpus in ``data/corpus/<split>/<code>.txt``
-  (see ``data/README.md``), next to the package in the repository checkout, or in
-  ``$LAPE_DATA_DIR`` (the folder holding ``corpus/`` and ``prompts/``).
-* a directory: one UTF-8 file ``<code>.txt`` per language, one document (or paragraph) per
-  line, blank lines ignored; its ``<split>/`` sub-folder (``detect/``, ``heldout/``) when it
-  has one. This is how users bring their own text.
-* ``"wikipedia"`` / ``"wikipedia:<date>"``: ``wikimedia/wikipedia`` through ``datasets``,
-  streamed and shuffled with a seed until a token budget is met, cached locally.
-
-:func:`pack` then follows the paper's protocol (§1 of ``lape-method.md``): tokenize with the
-model's own tokenizer, concatenate each language's documents into one stream, cut it into
-fixed-length chunks with no padding, with the same token budget for every language by
-default. For an instruction-tuned model, ``pack(..., chat=True)`` wraps each document in a
-user turn of its chat template and marks which tokens are the message's, so that only those
-are counted. :func:`load_prompts` reads the open questions used for steering.
+:func:`load_corpus` reads documents per language into a :class:`Corpus`: the project's own
+parallel corpus (``data/corpus/<split>/<code>.txt``, see ``data/README.md``), a directory of
+``<code>.txt`` files (how users bring their own text), or ``wikimedia/wikipedia`` (streamed
+and sampled with a seed until a token budget is met, then cached). :func:`pack` cuts each
+language into fixed-length chunks of the model's tokens, as the paper does (§1 of
+``lape-method.md``). :func:`load_prompts` reads the open questions used for steering.
 """
 
 from __future__ import annotations
@@ -64,7 +52,7 @@ SPLITS: tuple[str, ...] = ("detect", "heldout")
 CHARS_PER_TOKEN_ESTIMATE = 3.0
 """Characters per token assumed when a Wikipedia budget is counted without a tokenizer.
 
-Deliberately low so that the estimate errs towards fetching too much text: Gemma 3's
+Deliberately low, so that the estimate errs towards fetching too much text: Gemma 3's
 tokenizer gives about 4-5 characters per token on Latin-script text, 3.9 on Russian and
 1.4-1.8 on Chinese, Japanese and Korean. Pass ``tokenizer=`` for an exact count.
 """
@@ -83,7 +71,6 @@ _PROBE = (
     "Привет, мир. 你好，世界。こんにちは、世界。안녕하세요 세계.\n\n 12345 <tag> é"
 )
 _CODE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-_NO_CHAT = "use plain text (chat=False, --no-chat)"
 
 
 class CorpusError(ValueError):
@@ -95,14 +82,14 @@ class ChatTemplateError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------
-# Files
+# Files and the Corpus
 
 
 def data_dir() -> Path:
     """The folder of the built-in data (``corpus/``, ``prompts/``).
 
-    ``$LAPE_DATA_DIR`` when set, else ``data/`` at the root of the repository checkout the
-    package is installed from (editable install).
+    ``$LAPE_DATA_DIR`` when set, else ``data/`` in the repository checkout the package is
+    installed from (editable install).
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -110,11 +97,10 @@ def data_dir() -> Path:
     env = os.environ.get("LAPE_DATA_DIR")
     path = Path(env).expanduser() if env else Path(__file__).resolve().parents[1] / "data"
     if not path.is_dir():
+        where = "$LAPE_DATA_DIR" if env else "the repository checkout"
         raise FileNotFoundError(
-            f"the built-in data folder {path} (from "
-            f"{'$LAPE_DATA_DIR' if env else 'the repository checkout'}) does not exist. "
-            "Install the workbook from its repository (pip install -e .) or set "
-            "LAPE_DATA_DIR to a folder holding corpus/detect, corpus/heldout and prompts/."
+            f"the built-in data folder {path} (from {where}) does not exist; install the "
+            "workbook from its repository (pip install -e .) or set LAPE_DATA_DIR"
         )
     return path
 
@@ -134,9 +120,7 @@ def _read_lines(path: Path) -> list[str]:
         raw = path.read_bytes()
         lines = _lines(raw.decode("utf-8-sig"))
     except OSError as err:
-        raise CorpusError(
-            f"cannot read {path}: {err.strerror or err}. Check that it is a readable file."
-        ) from err
+        raise CorpusError(f"cannot read {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise CorpusError(
@@ -144,24 +128,14 @@ def _read_lines(path: Path) -> list[str]:
             f"line {line}). Convert it, e.g. `iconv -f <its encoding> -t UTF-8`."
         ) from err
     if not lines:
-        raise CorpusError(
-            f"{path} is empty (no non-blank line). Put one document per line, or remove the "
-            "file to drop the language."
-        )
+        raise CorpusError(f"{path} is empty; put one document per line, or remove the file")
     return lines
 
 
 def _code_files(directory: Path) -> dict[str, Path]:
     """``{code: path}`` of the ``<code>.txt`` files in ``directory``."""
-    return {
-        p.stem: p
-        for p in sorted(directory.glob("*.txt"))
-        if _CODE_RE.match(p.stem) and not p.name.startswith(".")
-    }
-
-
-# ---------------------------------------------------------------------------------------
-# Corpus
+    files = sorted(directory.glob("*.txt"))
+    return {p.stem: p for p in files if _CODE_RE.match(p.stem) and not p.name.startswith(".")}
 
 
 def _fingerprint(documents: dict[str, list[str]]) -> str:
@@ -182,8 +156,8 @@ class Corpus:
         split: ``"detect"`` or ``"heldout"`` (a plain label for a directory without split
             folders).
         documents: ``{code: [document, ...]}``, languages in the order they were asked for
-            (default: :data:`~lape_utils.languages.LANGUAGE_ORDER` first). A document holds no
-            newline when it was read from a file.
+            (default: :data:`~lape_utils.languages.LANGUAGE_ORDER` first). A document read
+            from a file holds no newline.
         fingerprint: sha256 of the content (languages and documents, independent of the
             order of languages and of ``source``). Computed when left empty; recompute with
             :meth:`refresh_fingerprint` after editing ``documents`` by hand.
@@ -212,32 +186,26 @@ class Corpus:
         return list(self.documents)
 
     def table(self, tokenizer=None) -> pd.DataFrame:
-        """Sizes per language.
+        """Sizes per language: a DataFrame indexed by ``language`` (corpus order).
 
-        Args:
-            tokenizer: A Hugging Face tokenizer; when given, documents are tokenized without
-                special tokens and ``tokens`` and ``chars_per_token`` are added.
-
-        Returns:
-            DataFrame indexed by ``language`` (corpus order) with columns ``documents``,
-            ``characters`` (``len`` of the documents, whitespace included), then
-            ``tokens`` and ``chars_per_token`` with a tokenizer, and ``dropped_lines`` and
-            ``dropped_characters`` when the language filter ran.
+        Columns: ``documents``, ``characters`` (``len`` of the documents, whitespace
+        included); with a ``tokenizer`` (documents tokenized without special tokens),
+        ``tokens`` and ``chars_per_token``; when the language filter ran, ``dropped_lines``
+        and ``dropped_characters``.
         """
         rows = {}
         for lang, docs in self.documents.items():
             row = {"documents": len(docs), "characters": sum(len(d) for d in docs)}
             if tokenizer is not None:
-                tokens = sum(_counter(tokenizer)(docs))
-                row["tokens"] = tokens
-                row["chars_per_token"] = row["characters"] / tokens if tokens else math.nan
+                row["tokens"] = sum(_counter(tokenizer)(docs))
+                row["chars_per_token"] = row["characters"] / (row["tokens"] or math.nan)
             if self.dropped:
                 row["dropped_lines"], row["dropped_characters"] = self.dropped.get(lang, (0, 0))
             rows[lang] = row
         return pd.DataFrame.from_dict(rows, orient="index").rename_axis("language")
 
     def subset(self, languages: str | Iterable[str]) -> Corpus:
-        """A corpus with only ``languages`` (in the order given).
+        """A corpus with only ``languages``, in the order given.
 
         Raises:
             ValueError: a code is not in this corpus (lists those that are).
@@ -263,18 +231,18 @@ class Corpus:
 
 
 def _counter(tokenizer) -> Callable[[Sequence[str]], list[int]]:
-    """Tokens of each text: without special tokens, or estimated without a tokenizer.
+    """Counts the tokens of each text, without special tokens.
 
-    The estimate is :data:`CHARS_PER_TOKEN_ESTIMATE` characters per token.
+    Without a tokenizer, estimates them at :data:`CHARS_PER_TOKEN_ESTIMATE` characters each.
     """
     if tokenizer is None:
         return lambda texts: [math.ceil(len(t) / CHARS_PER_TOKEN_ESTIMATE) for t in texts]
 
     def count(texts: Sequence[str]) -> list[int]:
         out: list[int] = []
-        for i in range(0, len(texts), 1000):
-            block = list(texts[i : i + 1000])
-            out += map(len, tokenizer(block, add_special_tokens=False, verbose=False)["input_ids"])
+        for i in range(0, len(texts), 1000):  # bounded memory for a large corpus
+            ids = tokenizer(list(texts[i : i + 1000]), add_special_tokens=False, verbose=False)
+            out += map(len, ids["input_ids"])
         return out
 
     return count
@@ -307,9 +275,9 @@ class _Kept:
     """The lines of one language that a loader keeps, up to a token budget.
 
     Lines are taken in order. With ``filter_language``, a line that the language identifier
-    (:mod:`lape_utils.langid`) does not label ``lang`` is dropped: counted in ``dropped``
+    (:mod:`lape_utils.langid`) does not label ``lang`` is dropped and counted in ``dropped``
     (lines, characters) and ``reasons`` (labels). Taking stops at the line with which the
-    kept lines reach ``budget`` tokens (as counted by ``count``; ``None``: no budget).
+    kept lines reach ``budget`` tokens, as counted by ``count`` (``None``: no budget).
     """
 
     lang: str
@@ -326,31 +294,26 @@ class _Kept:
         from .langid import detect_batch
 
         show = self.filter_language and len(lines) > 2000
-        with tqdm(total=len(lines), desc=f"language filter, {self.lang}", disable=not show) as bar:
-            for i in range(0, len(lines), 256):
-                block = lines[i : i + 256]
-                labels = [self.lang] * len(block)
-                if self.filter_language:
-                    labels = [r.label for r in detect_batch(block, progress=False)]
-                counts = self.count(block) if self.count else [0] * len(block)
-                for line, label, n in zip(block, labels, counts, strict=True):
-                    if label != self.lang:
-                        self.dropped = (self.dropped[0] + 1, self.dropped[1] + len(line))
-                        self.reasons[label] += 1
-                        continue
-                    self.lines.append(line)
-                    self.tokens += n
-                    if self.budget is not None and self.tokens >= self.budget:
-                        return True
-                bar.update(len(block))
+        desc = f"language filter, {self.lang} (blocks of 256 lines)"
+        for i in tqdm(range(0, len(lines), 256), desc=desc, disable=not show):
+            block = lines[i : i + 256]
+            labels = [self.lang] * len(block)
+            if self.filter_language:
+                labels = [r.label for r in detect_batch(block, progress=False)]
+            counts = self.count(block) if self.count else [0] * len(block)
+            for line, label, n in zip(block, labels, counts, strict=True):
+                if label != self.lang:
+                    self.dropped = (self.dropped[0] + 1, self.dropped[1] + len(line))
+                    self.reasons[label] += 1
+                    continue
+                self.lines.append(line)
+                self.tokens += n
+                if self.budget is not None and self.tokens >= self.budget:
+                    return True
         return False
 
     def report(self, source: str) -> None:
-        """Logs what the language filter dropped.
-
-        Raises:
-            CorpusError: it dropped every line.
-        """
+        """Logs what the language filter dropped; raises ``CorpusError`` if it dropped all."""
         n, chars = self.dropped
         total = len(self.lines) + n
         if n:
@@ -389,9 +352,10 @@ def load_corpus(
     """Loads multilingual text.
 
     Args:
-        source: ``"builtin"`` (the project's parallel corpus), a directory of ``<code>.txt``
-            files (one document per line; ``<dir>/<split>/`` is used when it exists), or
-            ``"wikipedia"`` / ``"wikipedia:<date>"`` (``wikimedia/wikipedia``, config
+        source: ``"builtin"`` (the project's parallel corpus, in :func:`data_dir`), a
+            directory of ``<code>.txt`` files (UTF-8, one document per line, blank lines
+            ignored; ``<dir>/<split>/`` when it exists), or ``"wikipedia"`` /
+            ``"wikipedia:<date>"`` (``wikimedia/wikipedia`` through ``datasets``, config
             ``<date>.<code>``, default date 20231101).
         languages: ``"en,zh,fr"``, a list, or ``None`` for all available (builtin and
             directories: every ``<code>.txt`` there; Wikipedia: the project's ten).
@@ -401,28 +365,25 @@ def load_corpus(
             :mod:`lape_utils.langid`) does not assign to the file's language, including
             lines it cannot judge (too short, not confident, mixed). What was dropped is in
             :attr:`Corpus.dropped` and logged.
-        tokens_per_language: Wikipedia: documents are taken until the kept paragraphs hold
-            this many tokens (required unless ``take_all``). Files: when a ``tokenizer`` is
-            given too, a language with fewer tokens raises early (no text is cut here; the
-            exact budget is applied by :func:`pack`).
+        tokens_per_language: Wikipedia: articles are streamed until the kept paragraphs
+            hold this many tokens (required unless ``take_all``). Files: with a
+            ``tokenizer``, a language with fewer tokens raises early (no text is cut here;
+            :func:`pack` applies the exact budget).
         tokenizer: Counts tokens (without special tokens). Without it, Wikipedia budgets
             are estimated at :data:`CHARS_PER_TOKEN_ESTIMATE` characters per token.
         seed: Seed of the Wikipedia shuffle (same seed, same documents).
-        cache_dir: Root of the Wikipedia cache (default ``lape_utils.models.cache_dir()``);
-            text lands in ``<cache_dir>/wikipedia/<date>/<split>/<code>.txt`` (the directory
-            format above) with a ``<code>.json`` sidecar (seed, budget, counts).
+        cache_dir: Root of the Wikipedia cache (default ``lape_utils.models.cache_dir()``):
+            ``<cache_dir>/wikipedia/<date>/<split>/<code>.txt``, a corpus directory as
+            above, with a ``<code>.json`` sidecar (seed, budget, counts).
         take_all: Accept less text than ``tokens_per_language`` (a warning is logged), or
             with Wikipedia and no budget, stream every article.
         wikipedia_path: A local copy of the dataset for tests or offline use: a folder with
             ``<date>.<code>/`` sub-folders of ``.parquet`` or ``.jsonl`` files having the
             dataset's columns (``id``, ``url``, ``title``, ``text``).
 
-    Returns:
-        A :class:`Corpus`.
-
     Raises:
-        ValueError: unknown source or language code (the message lists what is available),
-            a language with less text than the budget, bad split.
+        ValueError: unknown source, split or language code (the message lists what is
+            available); a language with less text than the budget.
         CorpusError: an empty, unreadable or non-UTF-8 file (named), a directory with no
             ``<code>.txt`` file.
         FileNotFoundError: a path that does not exist.
@@ -433,14 +394,8 @@ def load_corpus(
     started = time.perf_counter()
     src = os.fspath(source)
     if src == "wikipedia" or src.startswith("wikipedia:"):
-        date = src.partition(":")[2] or WIKIPEDIA_DEFAULT_DATE
-        if not re.fullmatch(r"\d{8}", date):
-            raise ValueError(
-                f"bad Wikipedia dump date {date!r} in source {src!r}; use e.g. "
-                f"'wikipedia:{WIKIPEDIA_DEFAULT_DATE}'"
-            )
         corpus = _load_wikipedia(
-            date, languages, split=split, filter_language=filter_language, budget=budget,
+            src, languages, split=split, filter_language=filter_language, budget=budget,
             tokenizer=tokenizer, seed=seed, cache_dir=cache_dir, take_all=take_all,
             local=wikipedia_path,
         )
@@ -466,28 +421,22 @@ def _load_directory(source: str | os.PathLike, languages, split: str) -> Corpus:
     """The corpus of ``"builtin"`` or of a directory (see :func:`load_corpus`)."""
     src = os.fspath(source)
     path = data_dir() / "corpus" if src == "builtin" else Path(src).expanduser()
-    if not path.is_dir():
+    if src != "builtin" and not path.is_dir():
         if path.exists():
-            raise CorpusError(
-                f"corpus source {src!r} is a file; give a directory holding one <code>.txt "
-                "file per language (one document per line)"
-            )
+            raise CorpusError(f"corpus source {src!r} is a file; give a directory of <code>.txt")
         if os.sep in src or src.startswith((".", "~")) or isinstance(source, os.PathLike):
             raise FileNotFoundError(f"corpus directory {src!r} does not exist")
         raise ValueError(
-            f"unknown corpus source {src!r}; use 'builtin', 'wikipedia', "
-            f"'wikipedia:<date>' (e.g. wikipedia:{WIKIPEDIA_DEFAULT_DATE}) or the path of "
-            "a directory of <code>.txt files"
+            f"unknown corpus source {src!r}; use 'builtin', 'wikipedia', 'wikipedia:<date>' "
+            f"(e.g. wikipedia:{WIKIPEDIA_DEFAULT_DATE}) or a directory of <code>.txt files"
         )
-    folder = path / split
-    if not folder.is_dir():
-        present = [s for s in SPLITS if (path / s).is_dir()]
-        if present:
-            raise FileNotFoundError(
-                f"{path} has split folder(s) {', '.join(present)} but no {split!r}; "
-                f"use split={present[0]!r} or add {folder}/<code>.txt files."
-            )
-        folder = path
+    present = [s for s in SPLITS if (path / s).is_dir()]
+    if present and split not in present:
+        raise FileNotFoundError(
+            f"{path} has split folder(s) {', '.join(present)} but no {split!r}; "
+            f"use split={present[0]!r} or add {path / split}/<code>.txt files."
+        )
+    folder = path / split if present else path
     files = _code_files(folder)
     if not files:
         raise CorpusError(
@@ -497,6 +446,37 @@ def _load_directory(source: str | os.PathLike, languages, split: str) -> Corpus:
     documents = {lang: _read_lines(files[lang]) for lang in parse_languages(languages, files)}
     label = "builtin" if src == "builtin" else str(path.resolve())
     return Corpus(source=label, split=split, documents=documents)
+
+
+def load_prompts(source: str | os.PathLike = "builtin", language: str | None = None) -> list[str]:
+    """Loads open questions for steering, one per line (blank lines skipped).
+
+    Args:
+        source: ``"builtin"`` (``data/prompts/<code>.txt``, line ``i`` the same question
+            in every language), a directory of ``<code>.txt`` files, or a plain file.
+        language: Which language's file to read (required for a directory; ignored for a
+            plain file).
+
+    Raises:
+        ValueError: no or unknown ``language`` for a directory (lists what is available).
+        CorpusError: an empty, unreadable or non-UTF-8 file, or a directory with no
+            ``<code>.txt`` file.
+        FileNotFoundError: a path that does not exist.
+    """
+    src = os.fspath(source)
+    path = data_dir() / "prompts" if src == "builtin" else Path(src).expanduser()
+    if path.is_file():
+        return _read_lines(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"prompt source {src!r} is not 'builtin', a file or a directory")
+    files = _code_files(path)
+    if not files:
+        raise CorpusError(f"no <code>.txt prompt files in {path}")
+    if language is None:
+        choices = ", ".join(sort_languages(files))
+        raise ValueError(f"choose the language of the prompts in {path}: one of {choices}")
+    (lang,) = parse_languages([language], files)
+    return _read_lines(files[lang])
 
 
 # ---------------------------------------------------------------------------------------
@@ -518,18 +498,13 @@ def _open_wikipedia(date: str, code: str, local: Path | None, seed: int):
                 "local copy, or use source='builtin' or a directory of <code>.txt files."
             ) from err
     else:
-        for builder, pattern in (("parquet", "*.parquet"), ("json", "*.json*")):
-            files = sorted(str(p) for p in (local / config).glob(pattern))
-            if files:
-                break
-        else:
-            raise CorpusError(
-                f"no .parquet or .jsonl files in {local / config} (local copy of "
-                f"{WIKIPEDIA_DATASET})"
-            )
-        ds = datasets.load_dataset(
-            builder, data_files={"train": files}, split="train", streaming=True
-        )
+        folder = local / config
+        files = sorted(folder.glob("*.parquet")) or sorted(folder.glob("*.json*"))
+        if not files:
+            raise CorpusError(f"no .parquet or .jsonl files in {folder}")
+        builder = "parquet" if files[0].suffix == ".parquet" else "json"
+        data_files = {"train": [str(f) for f in files]}
+        ds = datasets.load_dataset(builder, data_files=data_files, split="train", streaming=True)
     return ds.shuffle(seed=seed, buffer_size=WIKIPEDIA_SHUFFLE_BUFFER)
 
 
@@ -539,7 +514,7 @@ def _article_split(article_id: str) -> str:
 
 
 def _wikipedia_languages(languages, date: str, local: Path | None) -> list[str]:
-    """The codes asked for: those of the local copy's configs, else any well-formed code."""
+    """The codes asked for: among the local copy's configs, else any well-formed code."""
     if local is not None:
         available = [p.name.split(".", 1)[1] for p in local.glob(f"{date}.*") if p.is_dir()]
         if not available:
@@ -559,7 +534,7 @@ def _wikipedia_languages(languages, date: str, local: Path | None) -> list[str]:
 
 
 def _load_wikipedia(
-    date: str, languages, *, split: str, filter_language: bool, budget: int | None,
+    source: str, languages, *, split: str, filter_language: bool, budget: int | None,
     tokenizer, seed: int, cache_dir, take_all: bool, local,
 ) -> Corpus:
     """Samples the articles of ``split`` per language (see :func:`load_corpus`).
@@ -571,6 +546,12 @@ def _load_wikipedia(
     """
     from .models import cache_dir as default_cache_dir
 
+    date = source.partition(":")[2] or WIKIPEDIA_DEFAULT_DATE
+    if not re.fullmatch(r"\d{8}", date):
+        raise ValueError(
+            f"bad Wikipedia dump date {date!r} in source {source!r}; use e.g. "
+            f"'wikipedia:{WIKIPEDIA_DEFAULT_DATE}'"
+        )
     if budget is None and not take_all:
         raise ValueError(
             "source 'wikipedia' needs tokens_per_language (how much text to stream per "
@@ -586,16 +567,25 @@ def _load_wikipedia(
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = root / "wikipedia" / name / split
     count = _counter(tokenizer)
-    counted_with = tokenizer_identity(tokenizer)["name"] if tokenizer is not None else (
-        f"estimate: {CHARS_PER_TOKEN_ESTIMATE:g} characters per token"
-    )
-    source = f"wikipedia:{date}"
+    sidecar = {  # how the cache is made; _stream_wikipedia adds what it read
+        "origin": origin,
+        "split": split,
+        "split_rule": f"heldout when int(sha256(id)[:8], 16) % {WIKIPEDIA_HELDOUT_MODULUS} == 0",
+        "seed": seed,
+        "shuffle_buffer": WIKIPEDIA_SHUFFLE_BUFFER,
+        "tokens_per_language": budget,
+        "counted_with": tokenizer_identity(tokenizer)["name"] if tokenizer is not None else (
+            f"estimate: {CHARS_PER_TOKEN_ESTIMATE:g} characters per token"
+        ),
+        "filter_language": filter_language,
+    }
+    where = f"wikipedia:{date} ({split})"
     documents: dict[str, list[str]] = {}
     dropped: dict[str, tuple[int, int]] = {}
     for lang in chosen:
         kept = _Kept(lang, budget, count, filter_language)
         text_path, meta_path = folder / f"{lang}.txt", folder / f"{lang}.json"
-        meta = None
+        cached = False
         if text_path.exists() and meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if (meta.get("seed"), meta.get("origin")) != (seed, origin):
@@ -603,65 +593,39 @@ def _load_wikipedia(
                     "Wikipedia cache %s was made with seed %s from %s; replacing it (seed %s)",
                     text_path, meta.get("seed"), meta.get("origin"), seed,
                 )
-                meta = None
             elif kept.add(_read_lines(text_path)) or budget is None or meta.get("exhausted"):
                 log.info("Wikipedia %s/%s: re-using the cache %s", lang, split, text_path)
+                cached = True
             else:
                 log.info(
                     "Wikipedia %s/%s: the cache holds %d tokens, fewer than the %d asked; "
                     "streaming again", lang, split, kept.tokens, budget,
                 )
-                kept, meta = _Kept(lang, budget, count, filter_language), None
-        if meta is None:
-            lines, exhausted, articles = _stream_wikipedia(date, split, local, seed, kept)
-            if not lines:
-                raise CorpusError(f"Wikipedia {date}.{lang} gave no {split} text")
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = text_path.with_suffix(".txt.tmp")
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            os.replace(tmp, text_path)
-            meta = {
-                "dataset": WIKIPEDIA_DATASET,
-                "config": f"{date}.{lang}",
-                "origin": origin,
-                "split": split,
-                "split_rule": (
-                    f"heldout when int(sha256(id)[:8], 16) % {WIKIPEDIA_HELDOUT_MODULUS} == 0"
-                ),
-                "seed": seed,
-                "shuffle_buffer": WIKIPEDIA_SHUFFLE_BUFFER,
-                "tokens_per_language": budget,
-                "counted_with": counted_with,
-                "filter_language": filter_language,
-                "articles": articles,
-                "lines": len(lines),
-                "characters": sum(len(x) for x in lines),
-                "tokens_kept": kept.tokens,
-                "exhausted": exhausted,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            meta_path.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+                kept = _Kept(lang, budget, count, filter_language)
+        if not cached:
+            _stream_wikipedia(kept, date, local, text_path, sidecar)
         if filter_language:
-            kept.report(f"{source} ({split})")
+            kept.report(where)
             dropped[lang] = kept.dropped
-        _check_budget(lang, f"{source} ({split})", kept.tokens, budget, take_all)
+        _check_budget(lang, where, kept.tokens, budget, take_all)
         documents[lang] = kept.lines
-    return Corpus(source=source, split=split, documents=documents, dropped=dropped)
+    return Corpus(source=f"wikipedia:{date}", split=split, documents=documents, dropped=dropped)
 
 
 def _stream_wikipedia(
-    date: str, split: str, local: Path | None, seed: int, kept: _Kept
-) -> tuple[list[str], bool, int]:
-    """Streams the articles of ``split`` into ``kept`` until its budget is met.
+    kept: _Kept, date: str, local: Path | None, text_path: Path, sidecar: dict
+) -> None:
+    """Streams articles of ``sidecar["split"]`` into ``kept`` until its budget is met.
 
-    Returns:
-        ``(paragraph lines of every article read, stream exhausted, articles read)``.
+    Caches every paragraph of the articles read in ``text_path``, and next to it the
+    sidecar ``<code>.json``, completed with the articles, lines and tokens read.
     """
     lines: list[str] = []
     articles = 0
-    desc = f"wikipedia {date}.{kept.lang} ({split})"
-    with tqdm(desc=desc, unit="tok", total=kept.budget) as bar:
-        for article in _open_wikipedia(date, kept.lang, local, seed):
+    exhausted = False
+    split, config = sidecar["split"], f"{date}.{kept.lang}"
+    with tqdm(desc=f"wikipedia {config} ({split})", unit="tok", total=kept.budget) as bar:
+        for article in _open_wikipedia(date, kept.lang, local, sidecar["seed"]):
             pars = _lines(article["text"]) if _article_split(article["id"]) == split else []
             if not pars:
                 continue
@@ -671,69 +635,37 @@ def _stream_wikipedia(
             met = kept.add(pars)
             bar.update(kept.tokens - before)
             if met:
-                return lines, False, articles
-    return lines, True, articles
+                break
+        else:
+            exhausted = True
+    if not lines:
+        raise CorpusError(f"Wikipedia {config} gave no {split} text")
+    text_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = text_path.with_suffix(".txt.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, text_path)
+    meta = {"dataset": WIKIPEDIA_DATASET, "config": config, **sidecar}
+    meta.update(articles=articles, lines=len(lines), characters=sum(map(len, lines)),
+                tokens_kept=kept.tokens, exhausted=exhausted,
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    text_path.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------
-# Prompts
-
-
-def load_prompts(
-    source: str | os.PathLike = "builtin", language: str | None = None
-) -> list[str]:
-    """Loads open questions for steering, one per line.
-
-    Args:
-        source: ``"builtin"`` (``data/prompts/<code>.txt``, line ``i`` the same question
-            in every language), a directory of ``<code>.txt`` files, or a plain file.
-        language: Which language's file to read (required for a directory; ignored for a
-            plain file).
-
-    Returns:
-        The prompts, blank lines skipped.
-
-    Raises:
-        ValueError: no or unknown ``language`` for a directory (lists what is available).
-        CorpusError: an empty, unreadable or non-UTF-8 file, or a directory with no
-            ``<code>.txt`` file.
-        FileNotFoundError: a path that does not exist.
-    """
-    src = os.fspath(source)
-    path = data_dir() / "prompts" if src == "builtin" else Path(src).expanduser()
-    if path.is_file():
-        return _read_lines(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"prompt source {src!r} is neither 'builtin', a file nor a directory"
-        )
-    files = _code_files(path)
-    if not files:
-        raise CorpusError(f"no <code>.txt prompt files in {path}")
-    if language is None:
-        raise ValueError(
-            f"choose the language of the prompts in {path}: one of "
-            f"{', '.join(sort_languages(files))}"
-        )
-    (lang,) = parse_languages([language], files)
-    return _read_lines(files[lang])
-
-
-# ---------------------------------------------------------------------------------------
-# Chat templates
+# Packing
 
 
 _SENTINEL = "LAPE-USER-MESSAGE-7F3A"
+_NO_CHAT = "use plain text (chat=False, --no-chat)"
 
 
 def chat_turn(tokenizer, content: str, *, generation_prompt: bool = False) -> tuple[str, int, int]:
     """One user turn in the tokenizer's chat template, and where the message lies in it.
 
-    The template is rendered once around a sentinel message to find its text before and
-    after the message; the rendering of ``content`` must be exactly that text around the
-    message (or around the message stripped of surrounding whitespace, which templates such
-    as LLaMA-2-Chat's do), so that every character is known to be the message's or the
-    template's.
+    The template is rendered around a sentinel message to find its text before and after
+    the message; ``content`` must render as exactly that text around it (or around it
+    stripped of whitespace, as with LLaMA-2-Chat), so that every character is known to be
+    the message's or the template's.
 
     Args:
         tokenizer: A Hugging Face tokenizer with a ``chat_template``.
@@ -772,8 +704,7 @@ def chat_turn(tokenizer, content: str, *, generation_prompt: bool = False) -> tu
     if frame.count(_SENTINEL) != 1:
         raise ChatTemplateError(
             f"the chat template of {name!r} renders a user turn without the user's message "
-            f"(a message {_SENTINEL!r} gave {frame!r:.200}); fix tokenizer.chat_template, or "
-            f"{_NO_CHAT}"
+            f"({_SENTINEL!r} gave {frame!r:.200}); fix tokenizer.chat_template, or {_NO_CHAT}"
         )
     prefix, suffix = frame.split(_SENTINEL)
     text = render(content)
@@ -803,9 +734,8 @@ def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.n
         texts.append(text[cut:])
         spans.append((start - cut, end - cut))
     try:
-        enc = tokenizer(
-            texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)
     except NotImplementedError as err:
         raise ChatTemplateError(
             f"chat packing needs a fast tokenizer (token offsets); {type(tokenizer).__name__} "
@@ -816,10 +746,6 @@ def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.n
         for offsets, (start, end) in zip(enc["offset_mapping"], spans, strict=True)
     ]
     return enc["input_ids"], content
-
-
-# ---------------------------------------------------------------------------------------
-# Packing
 
 
 def tokenizer_identity(tokenizer) -> dict:
@@ -841,30 +767,28 @@ def tokenizer_identity(tokenizer) -> dict:
 
 @dataclass
 class PackedCorpus:
-    """Token chunks per language, ready to be fed to a model.
+    """Token chunks per language, ready to be fed to a model (made by :func:`pack`).
 
     Attributes:
         languages: Language codes, in corpus order.
         chunks: ``{code: LongTensor[n_chunks, seq_len]}``. With ``bos``, column 0 is the
-            BOS token and must not be counted as text (the capture code skips position 0).
+            BOS token, not text (the capture code skips position 0).
         seq_len: Tokens per chunk, BOS included.
-        tokens: Text tokens in the chunks per language (BOS excluded; document separators
-            included) = ``n_chunks * (seq_len - bos)``; with ``content_mask``, the message
-            tokens only. This is the ``n[k]`` LAPE counts.
+        tokens: Text tokens in the chunks per language, the ``n[k]`` LAPE counts:
+            ``n_chunks * (seq_len - bos)`` (separators included), or the message tokens.
         fingerprint: sha256 over the corpus fingerprint, the tokenizer identity, seq_len,
             budget, seed, take_all and bos (and the chat template, for chat text).
         source: Source of the corpus.
         bos: Whether each chunk starts with BOS.
         documents: Documents with at least one token in the chunks, per language.
-        characters: Characters of document text in the chunks per language (the document
-            cut by the end of the last chunk counted pro rata to its tokens kept).
+        characters: Their characters in the chunks per language (the document cut by the
+            last chunk counted pro rata to its tokens kept).
         split: Split of the corpus.
         provenance_extra: Tokenizer identity, budget asked, seed (for sidecars); for chat
             text the sha256 of the chat template (``chat_template_sha256``).
-        content_mask: ``None`` for plain text. For chat text (``pack(chat=True)``):
-            ``{code: BoolTensor[n_chunks, seq_len]}``, True where the token belongs to a
-            message, False for the template's tokens, separators and the BOS; capture
-            counts only the True positions.
+        content_mask: ``None`` for plain text; for chat text ``{code: BoolTensor[n_chunks,
+            seq_len]}``, True for a message's tokens, False for the template's, the
+            separators and BOS. Capture counts only the True positions.
     """
 
     languages: list[str]
@@ -886,30 +810,18 @@ class PackedCorpus:
 
     def _chunks(self, lang: str) -> torch.Tensor:
         if lang not in self.chunks:
-            raise ValueError(
-                f"language {lang!r} is not in this packed corpus; it has "
-                f"{', '.join(self.languages)}"
-            )
+            have = ", ".join(self.languages)
+            raise ValueError(f"language {lang!r} is not in this packed corpus; it has {have}")
         return self.chunks[lang]
 
     def table(self) -> pd.DataFrame:
-        """Sizes per language.
-
-        Returns:
-            DataFrame indexed by ``language`` with ``documents``, ``characters``,
-            ``tokens`` (text tokens, BOS excluded), ``chars_per_token`` and ``chunks``.
-        """
-        rows = {
-            lang: {
-                "documents": self.documents[lang],
-                "characters": self.characters[lang],
-                "tokens": self.tokens[lang],
-                "chars_per_token": self.characters[lang] / self.tokens[lang],
-                "chunks": self.n_chunks(lang),
-            }
-            for lang in self.languages
-        }
-        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("language")
+        """Sizes per language: documents, characters, tokens, chars_per_token and chunks."""
+        df = pd.DataFrame(
+            {"documents": self.documents, "characters": self.characters, "tokens": self.tokens}
+        ).loc[self.languages].rename_axis("language")
+        df["chars_per_token"] = df["characters"] / df["tokens"]
+        df["chunks"] = [self.n_chunks(lang) for lang in self.languages]
+        return df
 
     def iter_batches(
         self, lang: str, batch_size: int, start_chunk: int = 0
@@ -922,16 +834,13 @@ class PackedCorpus:
             start_chunk: First chunk (to resume an interrupted pass).
 
         Yields:
-            ``(chunk_index, ids)``: index of the batch's first chunk and
-            ``LongTensor[batch, seq_len]``.
+            ``(i, ids)``: the index of the batch's first chunk, ``LongTensor[batch, seq_len]``.
         """
         data = self._chunks(lang)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= start_chunk <= data.shape[0]:
-            raise ValueError(
-                f"start_chunk {start_chunk} is outside 0..{data.shape[0]} for {lang!r}"
-            )
+            raise ValueError(f"start_chunk {start_chunk} is outside 0..{len(data)} for {lang!r}")
         for i in range(start_chunk, data.shape[0], batch_size):
             yield i, data[i : i + batch_size]
 
@@ -970,42 +879,43 @@ def _permutation(n: int, seed: int) -> np.ndarray:
 
 def _stream(
     tokenizer, docs: list[str], order: np.ndarray, sep: list[int], need: int | None, lang: str,
-    chat: bool = False,
+    chat: bool,
 ) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
     """Token stream of ``docs`` in ``order`` joined by ``sep``; stops once ``need`` is reached.
 
     With ``chat``, each document is one user turn of the chat template (:func:`_chat_tokens`).
 
     Returns:
-        ``(ids [stream], [(tokens, characters) per document in stream order], content
-        [stream])``: ``content`` is False for the separators and, with ``chat``, for the
-        template's tokens; True for the others.
+        ``(ids, spans, content)``: ``ids [stream]``; ``(tokens, characters)`` of each
+        document in stream order; ``content [stream]``, False for the separators and, with
+        ``chat``, for the template's tokens.
     """
     sep_ids = np.asarray(sep, dtype=np.int64)
     ids: list[np.ndarray] = []
     content: list[np.ndarray] = []
     spans: list[tuple[int, int]] = []
     total = 0
-    with tqdm(total=len(docs), desc=f"tokenizing {lang}", unit="doc",
-              disable=len(docs) < 5000) as bar:
-        for i in range(0, len(order), 512):
-            texts = [docs[j] for j in order[i : i + 512]]
-            if chat:
-                rows, inside = _chat_tokens(tokenizer, texts)
-            else:
-                rows = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-                inside = [np.ones(len(row), dtype=bool) for row in rows]
-            for text, row, flags in zip(texts, rows, inside, strict=True):
-                if ids:
-                    ids.append(sep_ids)
-                    content.append(np.zeros(len(sep_ids), dtype=bool))
-                ids.append(np.asarray(row, dtype=np.int64))
-                content.append(flags)
-                spans.append((len(row), len(text)))
-                total += len(ids[-1]) + (len(sep_ids) if len(ids) > 1 else 0)
-            bar.update(len(texts))
-            if need is not None and total >= need:
-                break
+    bar = tqdm(total=len(docs), desc=f"tokenizing {lang}", unit="doc", disable=len(docs) < 5000)
+    for i in range(0, len(order), 512):
+        texts = [docs[j] for j in order[i : i + 512]]
+        if chat:
+            rows, inside = _chat_tokens(tokenizer, texts)
+        else:
+            rows = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+            inside = [np.ones(len(row), dtype=bool) for row in rows]
+        for text, row, flags in zip(texts, rows, inside, strict=True):
+            if ids:
+                ids.append(sep_ids)
+                content.append(np.zeros(len(sep_ids), dtype=bool))
+                total += len(sep_ids)
+            ids.append(np.asarray(row, dtype=np.int64))
+            content.append(flags)
+            spans.append((len(row), len(text)))
+            total += len(row)
+        bar.update(len(texts))
+        if need is not None and total >= need:
+            break
+    bar.close()
     return np.concatenate(ids), spans, np.concatenate(content)
 
 
@@ -1030,21 +940,13 @@ def pack(
 ) -> PackedCorpus:
     r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
-    For each language: every document is tokenized without special tokens; documents are put
-    in a seeded random order (the same permutation for languages with the same number of
-    documents, so a parallel corpus stays aligned); they are joined into one stream with the
-    tokens of ``"\\n\\n"`` between documents; the stream is cut into chunks of
-    ``seq_len - 1`` text tokens, each preceded by the BOS token (``bos=True``: the model
-    needs BOS at position 0; the capture code does not count position 0), or ``seq_len``
-    text tokens with ``bos=False``. No padding: the incomplete tail is dropped, as in the
+    For each language: the documents, tokenized without special tokens, are put in a seeded
+    random order (the same permutation for languages with as many documents, so a parallel
+    corpus stays aligned) and joined into one stream with the tokens of ``"\\n\\n"`` between
+    them; the stream is cut into chunks of ``seq_len - 1`` text tokens after a BOS token
+    (the model needs it at position 0; capture does not count it), or ``seq_len`` text
+    tokens with ``bos=False``. No padding: the incomplete tail is dropped, as in the
     reference code.
-
-    With ``chat=True`` (instruction-tuned models), each document becomes one user turn of
-    the tokenizer's chat template (:func:`chat_turn`; the template's own leading BOS text is
-    dropped, the chunk's BOS stands for it), and the packed corpus records per position
-    whether the token belongs to the message (:attr:`PackedCorpus.content_mask`), so that
-    capture counts the message tokens only, not the template's. The budget then counts
-    every token of the formatted stream; :attr:`PackedCorpus.tokens` the message tokens.
 
     Args:
         corpus: The documents.
@@ -1058,19 +960,21 @@ def pack(
             logged) instead of an error; with ``tokens_per_language=None``, every language
             gets all its text (unequal budgets).
         bos: Start each chunk with the BOS token.
-        chat: Format each document as a user turn of the tokenizer's chat template and
-            record which tokens are the message's. Off, packing (and its fingerprint) is
-            that of plain text.
+        chat: For instruction-tuned models: each document becomes one user turn of the
+            tokenizer's chat template (:func:`chat_turn`; the chunk's BOS stands for the
+            template's), and :attr:`PackedCorpus.content_mask` marks the message's tokens,
+            the only ones capture counts. The budget counts every token of the formatted
+            stream; :attr:`PackedCorpus.tokens`, the message tokens. Off, packing (and its
+            fingerprint) is that of plain text.
 
     Returns:
         A :class:`PackedCorpus` (``chunks[lang]: LongTensor[n_chunks, seq_len]``).
 
     Raises:
-        ValueError: bad ``seq_len``; a language with less text than the budget (names it,
-            with the tokens found and asked) unless ``take_all``; a language with less than
-            one chunk of text; ``bos=True`` with a tokenizer that has no BOS token.
-        ChatTemplateError: ``chat=True`` and the tokenizer has no chat template, or one
-            that cannot render a user turn around each document.
+        ValueError: bad ``seq_len``; a language with less text than the budget (unless
+            ``take_all``) or than one chunk; ``bos=True`` and the tokenizer has no BOS.
+        ChatTemplateError: ``chat=True`` and the tokenizer's chat template is missing or
+            cannot render a user turn around each document (see :func:`chat_turn`).
     """
     seq_len = int(seq_len)
     if seq_len < 2:
@@ -1083,9 +987,7 @@ def pack(
         )
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos and bos_id is None:
-        raise ValueError(
-            "the tokenizer has no BOS token; pass bos=False to pack chunks without it"
-        )
+        raise ValueError("the tokenizer has no BOS token; pass bos=False to pack chunks without it")
     budget = _budget(tokens_per_language)
     per_chunk = seq_len - 1 if bos else seq_len
     asked = None if budget is None else budget // per_chunk  # chunks per language
@@ -1112,10 +1014,8 @@ def pack(
         if need is None:
             k = (len(ids) if take_all else smallest) // per_chunk
         else:
-            what = (
-                f"tokens_per_language={budget:,} asks for {need:,} "
-                f"({asked} chunks of {per_chunk} text tokens)"
-            )
+            what = (f"tokens_per_language={budget:,} asks for {need:,} "
+                    f"({asked} chunks of {per_chunk} text tokens)")
             _check_budget(lang, corpus.source, len(ids), need, take_all, what)
             k = min(asked, len(ids) // per_chunk)
         if k == 0:
@@ -1158,8 +1058,7 @@ def _used(spans: list[tuple[int, int]], kept: int, sep_len: int) -> tuple[int, i
     pos = docs = 0
     chars = 0.0
     for i, (n_tok, n_chr) in enumerate(spans):
-        if i:
-            pos += sep_len
+        pos += sep_len if i else 0
         if pos >= kept:
             break
         take = min(n_tok, kept - pos)
