@@ -541,8 +541,9 @@ def _load_wikipedia(
 
     The cache ``<code>.txt`` holds every paragraph of the articles read, in stream order, so
     that a smaller budget with the same seed takes a prefix of it. It is re-used when made
-    with the same seed from the same origin, and when it holds the budget or the whole split;
-    otherwise the articles are streamed again and the cache replaced.
+    with the same seed from the same origin, and when it holds the budget or the whole split
+    (the only thing that serves ``take_all`` without a budget); otherwise the articles are
+    streamed again and the cache replaced.
     """
     from .models import cache_dir as default_cache_dir
 
@@ -593,13 +594,13 @@ def _load_wikipedia(
                     "Wikipedia cache %s was made with seed %s from %s; replacing it (seed %s)",
                     text_path, meta.get("seed"), meta.get("origin"), seed,
                 )
-            elif kept.add(_read_lines(text_path)) or budget is None or meta.get("exhausted"):
+            elif kept.add(_read_lines(text_path)) or meta.get("exhausted"):
                 log.info("Wikipedia %s/%s: re-using the cache %s", lang, split, text_path)
                 cached = True
-            else:
+            else:  # too few tokens, or every article asked for (take_all) and not all cached
                 log.info(
-                    "Wikipedia %s/%s: the cache holds %d tokens, fewer than the %d asked; "
-                    "streaming again", lang, split, kept.tokens, budget,
+                    "Wikipedia %s/%s: the cache holds %d tokens, not the %s asked; streaming "
+                    "again", lang, split, kept.tokens, budget or "whole split",
                 )
                 kept = _Kept(lang, budget, count, filter_language)
         if not cached:
