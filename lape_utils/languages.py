@@ -111,24 +111,16 @@ def language_name(code: str) -> str:
 
 
 def sort_languages(codes: Iterable[str]) -> list[str]:
-    """Sorts language codes: :data:`LANGUAGE_ORDER` first (in that order), then alphabetically.
+    """Sorts language codes: :data:`LANGUAGE_ORDER` first, then the rest alphabetically.
 
-    Duplicates are removed.
-
-    Args:
-        codes: Language codes, in any order.
-
-    Returns:
-        The codes in the module-level order, e.g. ``["en", "ja", "de", "it", "pt"]``.
+    Duplicates are removed: ``["pt", "ja", "en", "it", "ja"]`` -> ``["en", "ja", "it", "pt"]``.
     """
     rank = {code: i for i, code in enumerate(LANGUAGE_ORDER)}
-    unique = dict.fromkeys(codes)
-    return sorted(unique, key=lambda c: (rank.get(c, len(rank)), c))
+    return sorted(dict.fromkeys(codes), key=lambda c: (rank.get(c, len(rank)), c))
 
 
 def parse_languages(
-    spec: str | Iterable[str] | None,
-    available: Iterable[str] | None = None,
+    spec: str | Iterable[str] | None, available: Iterable[str] | None = None
 ) -> list[str]:
     """Turns a user's choice of languages into a validated list of codes.
 
@@ -146,32 +138,23 @@ def parse_languages(
         ValueError: a code is not available (the message names the unknown codes and lists
             the available ones), or the choice is empty.
     """
-    avail = sort_languages(available) if available is not None else sort_languages(LANGUAGE_NAMES)
+    avail = sort_languages(LANGUAGE_NAMES if available is None else available)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):
         if not avail:
             raise ValueError("no languages are available to choose from")
-        return list(avail)
-    if isinstance(spec, str):
-        items = spec.replace(",", " ").split()
-    else:
-        items = list(spec)
-    codes: list[str] = []
+        return avail
+    items = spec.replace(",", " ").split() if isinstance(spec, str) else list(spec)
     for item in items:
         if not isinstance(item, str):
             raise ValueError(f"language codes must be strings, got {item!r} in {spec!r}")
-        code = item.strip().lower()
-        if code and code not in codes:
-            codes.append(code)
+    codes = list(dict.fromkeys(c for c in (item.strip().lower() for item in items) if c))
     if not codes:
         raise ValueError(
             f"no language chosen in {spec!r}; give codes such as 'en,zh,fr' "
             f"(available: {', '.join(avail)})"
         )
-    unknown = [c for c in codes if c not in avail]
+    unknown = ", ".join(repr(c) for c in codes if c not in avail)
     if unknown:
         listing = ", ".join(f"{c} ({language_name(c)})" for c in avail)
-        raise ValueError(
-            f"unknown language code(s) {', '.join(repr(c) for c in unknown)}; "
-            f"available: {listing}"
-        )
+        raise ValueError(f"unknown language code(s) {unknown}; available: {listing}")
     return codes
