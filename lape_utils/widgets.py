@@ -3,37 +3,24 @@
 Each panel is a thin layer of widgets over plain functions that do the work and are tested
 without a browser:
 
-* :func:`threshold_explorer` re-identifies the language-specific neurons from cached
-  :class:`~lape_utils.stats.ActivationStats` whenever a threshold slider or the language
-  picker changes (:func:`reidentify`), and redraws the counts table
-  (:func:`render_counts_html`), the layer heatmap, the overlap heatmap and the
-  per-language bars, with colour limits fixed so that the scale does not jump. *Save
-  selection* writes the current selection (:func:`save_selection`).
-* :func:`steering_panel` generates, on a button only, an unsteered and a steered answer
-  side by side with their detected language (:func:`run_steering`, a wrapper of
-  :func:`lape_utils.steering.steer`; no generation code lives here).
+* ``threshold_explorer`` (:class:`ExplorerPanel`) re-identifies the language-specific
+  neurons from cached :class:`~lape_utils.stats.ActivationStats` whenever a threshold
+  slider or the language picker changes (:func:`reidentify`), and redraws the counts
+  table, the layer heatmap, the overlap heatmap and the per-language bars with fixed
+  colour limits. *Save selection* writes the current selection (:func:`save_selection`).
+* ``steering_panel`` (:class:`SteeringPanel`) generates, on a button only, an unsteered
+  and a steered answer side by side with their detected language (:func:`run_steering`,
+  a wrapper of :func:`lape_utils.steering.steer`).
 
-Cheap work is live, expensive work waits for a button: sliders use
-``continuous_update=False`` (one update on release, or per arrow key); generation runs only
-on *Generate*. Bad input (a threshold the config rejects, fewer than two languages, an
-empty prompt...) is shown as a message in the panel, never as a traceback.
-
-Speed (``benchmarks/bench_widgets.py``): re-identification is
-:func:`lape_utils.lape.identify`; the redraw keeps one pyplot-free figure whose static
-parts are drawn once into a cached background, so that an update only changes the data of
-the meshes, bars and labels, draws those and encodes the PNG of an ``ipywidgets.Image``.
-
-Each panel has a static copy that survives export to HTML (widgets need a live kernel):
-:meth:`ExplorerPanel.display_static` and :meth:`SteeringPanel.display_static`::
+Sliders use ``continuous_update=False`` (one update on release, or per arrow key);
+generation runs only on *Generate*. Bad input is shown as a message in the panel, never as
+a traceback. Each panel has a static copy that survives export to HTML (widgets need a
+live kernel)::
 
     from lape_utils.widgets import threshold_explorer
     explorer = threshold_explorer(stats, config=config, save_dir=CACHE_DIR / "selections")
     explorer                    # the live panel
     explorer.display_static()   # the static copy (figure + table) for exported HTML
-
-If a panel shows as text (``ExplorerPanel(...)``) instead of widgets, the front end lacks
-the ipywidgets 8 manager: JupyterLab 4 needs ``jupyterlab_widgets`` in the environment that
-runs it; Notebook 7 likewise; VS Code's Jupyter extension renders ipywidgets 8 itself.
 """
 
 from __future__ import annotations
@@ -238,18 +225,18 @@ def counts_table(selection: NeuronSelection) -> pd.DataFrame:
 
 
 def _reidentify(
-    over_zero: torch.Tensor,
-    n: torch.Tensor,
-    languages: list[str],
+    stats: ActivationStats,
     config_values: Mapping[str, float],
+    languages: Sequence[str] | None,
     base_config: LapeConfig | None,
-    provenance: Mapping[str, Any] | None,
 ) -> tuple[NeuronSelection | None, pd.DataFrame | None, str, str]:
-    """:func:`reidentify` on already-chosen columns; also returns the message level."""
+    """:func:`reidentify`, and the level of its message (``"ok"``, ``"warning"``, ``"error"``)."""
     try:
+        langs = _check_picked(stats.languages, languages)
         config = config_from_values(config_values, base_config)
+        over_zero, n = _columns(stats, langs)
         with _lape_warnings() as records:
-            sel = identify(over_zero, n, languages, config, provenance=provenance)
+            sel = identify(over_zero, n, langs, config, provenance=stats.provenance)
     except (TypeError, ValueError) as err:
         return None, None, f"Not re-identified: {err}", "error"
     notes = [record.getMessage() for record in records]
@@ -264,7 +251,7 @@ def _reidentify(
         )
     msg = " · ".join([
         f"{distinct:,} distinct neurons ({distinct * 100 / total:.2f}% of {total:,}) for "
-        f"{len(languages)} languages",
+        f"{len(langs)} languages",
         f"filter τ = {ident.get('filter_threshold', math.nan):.4g}, "
         f"bar = {ident.get('activation_bar', math.nan):.4g}",
         *notes,
@@ -297,12 +284,7 @@ def reidentify(
         a one-line summary (distinct neurons, thresholds reached, warnings); or
         ``(None, None, error message)``.
     """
-    try:
-        langs = _check_picked(stats.languages, languages)
-    except ValueError as err:
-        return None, None, f"Not re-identified: {err}"
-    over_zero, n = _columns(stats, langs)
-    return _reidentify(over_zero, n, langs, config_values, base_config, stats.provenance)[:3]
+    return _reidentify(stats, config_values, languages, base_config)[:3]
 
 
 def _html_row(tag: str, cells: Sequence[str], attrs: str = "") -> str:
@@ -534,36 +516,66 @@ def _slider(name: str, value: float, bounds: tuple[float, float, float]) -> widg
 
 
 class ExplorerPanel(_Panel):
-    """The threshold explorer; build it with :func:`threshold_explorer`.
+    """A panel to move the LAPE thresholds and see the selection change live.
+
+    Build it as ``threshold_explorer(stats, ...)``. Three sliders (``top_rate``,
+    ``filter_rate``, ``activation_bar_ratio``) and a language picker; every change
+    re-identifies from ``stats`` (:func:`reidentify`) and redraws the counts table, the
+    layer heatmap, the overlap heatmap and the per-language bars. Colour limits and the bar
+    axis are fixed when the panel is built (and when the picked languages change), from the
+    selection at the largest ``top_rate`` of the slider; cells beyond the limit saturate
+    (the colour bar's arrow). *Save selection* writes the current selection under
+    ``save_dir``.
+
+    Args:
+        stats: Activation statistics, or a directory saved by
+            :meth:`ActivationStats.save <lape_utils.stats.ActivationStats.save>`.
+        config: Initial thresholds.
+        languages: Initially picked languages (default all; at least two).
+        save_dir: Folder for *Save selection* (``None`` disables it).
+        ranges: ``{threshold: (min, max, step)}`` replacing :data:`DEFAULT_RANGES`.
+        heatmap_vmax: Fixed upper colour limit of the layer heatmap (neurons per cell).
 
     Attributes:
-        stats: The statistics it re-identifies from.
         widget: The ipywidgets container to display (the panel displays itself too).
         sliders: ``{threshold: FloatSlider}`` for :data:`THRESHOLDS`.
         language_picker: ``SelectMultiple`` of the competing languages.
-        counts_html: ``HTML`` widget holding :func:`render_counts_html`.
-        image: ``Image`` widget holding the live figure (PNG).
-        message: ``HTML`` widget with the last status or error.
-        save_button: Saves the current selection under ``save_dir`` (``None``: disabled).
-        overwrite: ``Checkbox``: let *Save* replace an existing file.
-        save_status: ``HTML`` widget with the outcome of the last save.
-        selection: The current :class:`~lape_utils.selection.NeuronSelection` (the last
-            valid one when the current input is rejected).
-        counts: :func:`counts_table` of :attr:`selection`.
-        config: The :class:`~lape_utils.lape.LapeConfig` of :attr:`selection`.
+        counts_html, image, message: ``HTML`` with :func:`render_counts_html`, ``Image``
+            with the live figure (PNG), ``HTML`` with the last status or error.
+        save_button, overwrite, save_status: *Save selection*, the ``Checkbox`` that lets
+            it replace a file, and ``HTML`` with the outcome of the last save.
+        selection, counts, config: The current selection (the last valid one when the
+            input is rejected), its :func:`counts_table` and its config.
         timings: Seconds spent by the last update: ``identify`` (re-identification and
             counts), ``redraw`` (figure and table) and ``total``.
+
+    Raises:
+        TypeError: ``config`` is not a LapeConfig or ``stats`` not statistics.
+        ValueError: bad ``languages`` or ``ranges``.
     """
 
     def __init__(
         self,
-        stats: ActivationStats,
-        config: LapeConfig,
-        languages: Sequence[str] | None,
-        save_dir: str | os.PathLike | None,
-        ranges: Mapping[str, tuple[float, float, float]] | None,
-        heatmap_vmax: float | None,
+        stats: ActivationStats | str | os.PathLike,
+        *,
+        config: LapeConfig = LapeConfig(),
+        languages: Sequence[str] | None = None,
+        save_dir: str | os.PathLike | None = None,
+        ranges: Mapping[str, tuple[float, float, float]] | None = None,
+        heatmap_vmax: float | None = None,
     ) -> None:
+        if isinstance(stats, (str, os.PathLike)):
+            stats = ActivationStats.load(stats)
+        if not isinstance(stats, ActivationStats):
+            raise TypeError(
+                f"stats must be ActivationStats (or a directory holding them), got "
+                f"{type(stats).__name__}"
+            )
+        if not isinstance(config, LapeConfig):
+            raise TypeError(
+                f"config must be a LapeConfig, got {type(config).__name__}; use "
+                "LapeConfig.from_dict(...) for a dict"
+            )
         self.stats, self.base_config, self.heatmap_vmax = stats, config, heatmap_vmax
         self.save_dir = None if save_dir is None else Path(save_dir)
         bounds = dict(DEFAULT_RANGES)
@@ -603,7 +615,6 @@ class ExplorerPanel(_Panel):
         self.counts: pd.DataFrame | None = None
         self.config: LapeConfig | None = None
         self.timings: dict[str, float] = {}
-        self._columns: tuple[list[str], torch.Tensor, torch.Tensor] | None = None
         self._live: _LiveFigure | None = None
 
         controls = widgets.VBox(
@@ -621,14 +632,13 @@ class ExplorerPanel(_Panel):
 
     # ------------------------------------------------------------------ updates
 
-    def _ceiling(
-        self, over_zero: torch.Tensor, n: torch.Tensor, langs: list[str], config: LapeConfig
-    ) -> NeuronSelection | None:
+    def _ceiling(self, langs: list[str], config: LapeConfig) -> NeuronSelection | None:
         """The selection at the slider's largest top_rate: it fixes the colour limits."""
         top_rate = min(self.sliders["top_rate"].max, 1.0)
         try:
             with _lape_warnings():  # its warnings are not the current selection's
-                return identify(over_zero, n, langs, dataclasses.replace(config, top_rate=top_rate))
+                return identify(*_columns(self.stats, langs), langs,
+                                dataclasses.replace(config, top_rate=top_rate))
         except (TypeError, ValueError) as err:
             logger.debug("colour limits from the current selection (%s)", err)
             return None
@@ -636,17 +646,9 @@ class ExplorerPanel(_Panel):
     def update(self) -> None:
         """Re-identify with the current widget values and redraw (what every change runs)."""
         t0 = time.perf_counter()
-        try:
-            langs = _check_picked(self.stats.languages, self.language_picker.value)
-        except ValueError as err:
-            self._show(f"Not re-identified: {err}", "error")
-            return
-        if self._columns is None or self._columns[0] != langs:  # no copy per slider move
-            self._columns = (langs, *_columns(self.stats, langs))
-        _, over_zero, n = self._columns
         values = {name: slider.value for name, slider in self.sliders.items()}
         sel, table, msg, level = _reidentify(
-            over_zero, n, langs, values, self.base_config, self.stats.provenance
+            self.stats, values, self.language_picker.value, self.base_config
         )
         t1 = time.perf_counter()
         if sel is None:
@@ -654,10 +656,10 @@ class ExplorerPanel(_Panel):
                        "error")
             return
         config = LapeConfig.from_dict(sel.config)
-        title = f"{config.label()} · {len(langs)} languages"
-        rebuild = self._live is None or self._live.languages != sort_languages(langs)
+        title = f"{config.label()} · {len(sel.languages)} languages"
+        rebuild = self._live is None or self._live.languages != sort_languages(sel.languages)
         if rebuild:  # first draw, or other languages: a new figure with new colour limits
-            ceiling = self._ceiling(over_zero, n, langs, config) or sel
+            ceiling = self._ceiling(sel.languages, config) or sel
             self._live = _LiveFigure(ceiling, self.heatmap_vmax, title)
         self.image.value = self._live.update(sel, title)
         self.counts_html.value = render_counts_html(
@@ -765,54 +767,8 @@ class ExplorerPanel(_Panel):
         )
 
 
-def threshold_explorer(
-    stats: ActivationStats | str | os.PathLike,
-    *,
-    config: LapeConfig = LapeConfig(),
-    languages: Sequence[str] | None = None,
-    save_dir: str | os.PathLike | None = None,
-    ranges: Mapping[str, tuple[float, float, float]] | None = None,
-    heatmap_vmax: float | None = None,
-) -> ExplorerPanel:
-    """A panel to move the LAPE thresholds and see the selection change live.
-
-    Three sliders (``top_rate``, ``filter_rate``, ``activation_bar_ratio``) and a language
-    picker; every change re-identifies from ``stats`` (:func:`reidentify`) and redraws the
-    counts table, the layer heatmap, the overlap heatmap and the per-language bars. Colour
-    limits and the bar axis are fixed when the panel is built (and when the picked
-    languages change), from the selection at the largest ``top_rate`` of the slider; cells
-    beyond the limit saturate (the colour bar's arrow). *Save selection* writes the current
-    selection under ``save_dir``.
-
-    Args:
-        stats: Activation statistics, or a directory saved by
-            :meth:`ActivationStats.save <lape_utils.stats.ActivationStats.save>`.
-        config: Initial thresholds.
-        languages: Initially picked languages (default all; at least two).
-        save_dir: Folder for *Save selection* (``None`` disables it).
-        ranges: ``{threshold: (min, max, step)}`` replacing :data:`DEFAULT_RANGES`.
-        heatmap_vmax: Fixed upper colour limit of the layer heatmap (neurons per cell).
-
-    Returns:
-        An :class:`ExplorerPanel`; the last expression of a cell displays it.
-
-    Raises:
-        TypeError: ``config`` is not a LapeConfig or ``stats`` not statistics.
-        ValueError: bad ``languages`` or ``ranges``.
-    """
-    if isinstance(stats, (str, os.PathLike)):
-        stats = ActivationStats.load(stats)
-    if not isinstance(stats, ActivationStats):
-        raise TypeError(
-            f"stats must be ActivationStats (or a directory holding them), got "
-            f"{type(stats).__name__}"
-        )
-    if not isinstance(config, LapeConfig):
-        raise TypeError(
-            f"config must be a LapeConfig, got {type(config).__name__}; use "
-            "LapeConfig.from_dict(...) for a dict"
-        )
-    return ExplorerPanel(stats, config, languages, save_dir, ranges, heatmap_vmax)
+#: The explorer under the name the notebooks use: ``threshold_explorer(stats, ...)``.
+threshold_explorer = ExplorerPanel
 
 
 # ============================================================================ steering
@@ -861,8 +817,6 @@ def run_steering(
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InterventionError("the prompt is empty; type a question")
-    if int(max_new_tokens) < 1:
-        raise InterventionError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     started = time.perf_counter()
     out: dict[str, Any] = {
         "prompt": prompt.strip(), "source": source or None, "target": target, "mode": mode,
@@ -912,28 +866,37 @@ def render_answer_html(
     )
 
 
-def _describe(result: Mapping[str, Any]) -> str:
-    zero = f", {result['source']} neurons zeroed" if result.get("zero_source") else ""
-    return f"steered to {result['target']} ({result['mode']} × {result['strength']:g}{zero})"
-
-
 class SteeringPanel(_Panel):
-    """The steering panel; build it with :func:`steering_panel`.
+    """A panel to steer generation towards a language and compare with the plain answer.
+
+    Build it as ``steering_panel(model, neurons, stats, ...)``. Prompt, source and target
+    language, mode, strength, max new tokens and a *Generate* button; a click runs
+    :func:`run_steering` and shows the unsteered and the steered answer side by side with
+    the detected language and its confidence. Nothing generates before the click; errors
+    appear in the panel.
+
+    Args:
+        model: The loaded model (:func:`lape_utils.load_model`).
+        neurons: Its language-specific neurons.
+        stats: Its activation statistics (``set``/``add`` use their mean activations).
+        prompts: Questions to offer (default: ``data/prompts/<source>.txt`` via
+            :func:`lape_utils.corpus.load_prompts`); the first fills the prompt box.
+        source: The prompts' language (default ``"en"`` when the neuron set has it).
+        target: The language to steer to (default the first other language).
+        mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
+        strength: Initial strength.
+        max_new_tokens: Initial number of tokens to generate.
+        zero_source: Initially also deactivate the source's neurons.
 
     Attributes:
-        model, neurons, stats: What generation uses.
         widget: The ipywidgets container to display (the panel displays itself too).
-        prompt: ``Textarea`` with the question.
-        examples: ``Dropdown`` of built-in questions in the source language; picking one
-            fills :attr:`prompt`.
-        source, target: ``Dropdown`` of languages (source may be ``None``).
-        mode: ``ToggleButtons`` ``set``/``add``/``scale``.
-        strength: ``FloatSlider``.
-        max_new_tokens: ``IntSlider``.
-        zero_source: ``Checkbox``: also deactivate the source language's neurons.
+        prompt, source, target, mode, strength, max_new_tokens, zero_source: The widgets
+            of the settings above.
+        examples: ``Dropdown`` of the built-in questions in the source language; picking
+            one fills :attr:`prompt`.
         generate_button: Runs :meth:`generate`; nothing else generates.
-        message: ``HTML`` status or error.
-        unsteered_html, steered_html: ``HTML`` widgets with the two answers.
+        message, unsteered_html, steered_html: ``HTML`` with the status or error, and with
+            the two answers.
         results: Every result dict of :func:`run_steering` so far.
     """
 
@@ -942,13 +905,14 @@ class SteeringPanel(_Panel):
         model: LapeModel,
         neurons: NeuronSelection,
         stats: ActivationStats | None,
-        prompts: Sequence[str] | str | None,
-        source: str | None,
-        target: str | None,
-        mode: str,
-        strength: float,
-        max_new_tokens: int,
-        zero_source: bool,
+        *,
+        prompts: Sequence[str] | str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        mode: str = "set",
+        strength: float = 1.0,
+        max_new_tokens: int = 32,
+        zero_source: bool = False,
     ) -> None:
         if not isinstance(neurons, NeuronSelection):
             raise TypeError(f"neurons must be a NeuronSelection, got {type(neurons).__name__}")
@@ -1102,10 +1066,14 @@ class SteeringPanel(_Panel):
         finally:
             button.disabled, button.description = False, "Generate"
         self.results.append(result)
-        for kind, box, heading in (("unsteered", self.unsteered_html, "unsteered"),
-                                   ("steered", self.steered_html, _describe(result))):
+        setting = f"{result['mode']} × {result['strength']:g}"
+        if result["zero_source"]:
+            setting += f", {result['source']} neurons zeroed"
+        headings = {"unsteered": "unsteered",
+                    "steered": f"steered to {result['target']} ({setting})"}
+        for kind, box in (("unsteered", self.unsteered_html), ("steered", self.steered_html)):
             box.value = render_answer_html(
-                heading, result[kind], result[f"{kind}_lang"], result[f"{kind}_score"],
+                headings[kind], result[kind], result[f"{kind}_lang"], result[f"{kind}_score"],
                 result[f"{kind}_label"], css_class=f"lape-{kind}-answer",
             )
         self._show(
@@ -1152,43 +1120,5 @@ class SteeringPanel(_Panel):
         )
 
 
-def steering_panel(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    *,
-    prompts: Sequence[str] | str | None = None,
-    source: str | None = None,
-    target: str | None = None,
-    mode: str = "set",
-    strength: float = 1.0,
-    max_new_tokens: int = 32,
-    zero_source: bool = False,
-) -> SteeringPanel:
-    """A panel to steer generation towards a language and compare with the plain answer.
-
-    Prompt, source and target language, mode, strength, max new tokens and a *Generate*
-    button; a click runs :func:`run_steering` (:func:`lape_utils.steering.steer`) and shows the
-    unsteered and the steered answer side by side with the detected language and its
-    confidence. Nothing generates before the click; errors appear in the panel.
-
-    Args:
-        model: The loaded model (:func:`lape_utils.load_model`).
-        neurons: Its language-specific neurons.
-        stats: Its activation statistics (``set``/``add`` use their mean activations).
-        prompts: Questions to offer (default: ``data/prompts/<source>.txt`` via
-            :func:`lape_utils.corpus.load_prompts`); the first fills the prompt box.
-        source: The prompts' language (default ``"en"`` when the neuron set has it).
-        target: The language to steer to (default the first other language).
-        mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
-        strength: Initial strength.
-        max_new_tokens: Initial number of tokens to generate.
-        zero_source: Initially also deactivate the source's neurons.
-
-    Returns:
-        A :class:`SteeringPanel`; the last expression of a cell displays it.
-    """
-    return SteeringPanel(
-        model, neurons, stats, prompts, source, target, mode, strength, max_new_tokens,
-        zero_source,
-    )
+#: The steering panel under the name the notebooks use: ``steering_panel(model, ...)``.
+steering_panel = SteeringPanel
