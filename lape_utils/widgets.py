@@ -215,11 +215,10 @@ def counts_table(selection: NeuronSelection) -> pd.DataFrame:
         in any language): ``name`` (English name), ``neurons`` and ``percent`` (of all
         ``L·D`` FFN neurons).
     """
-    totals = analysis.layer_distribution(selection).sum(axis=0)
-    df = pd.DataFrame({
-        "name": [language_name(lang) for lang in totals.index] + ["all languages (distinct)"],
-        "neurons": [*totals.astype(int), selection.total_distinct()],
-    }, index=pd.Index([*totals.index, _ALL], name="language"))
+    # summed over layers, the "all" column (distinct neurons per layer) is the distinct total
+    neurons = analysis.layer_distribution(selection, union=True).sum(axis=0).astype(int)
+    names = [language_name(lang) for lang in neurons.index[:-1]] + ["all languages (distinct)"]
+    df = pd.DataFrame({"name": names, "neurons": neurons}).rename_axis("language")
     df["percent"] = df["neurons"] * 100.0 / (selection.n_layers * selection.n_neurons)
     return df
 
@@ -358,11 +357,8 @@ def render_message_html(text: str, level: str = "info") -> str:
 def selection_filename(config: LapeConfig | Mapping[str, float], languages: Sequence[str]) -> str:
     """File name of a saved selection, e.g. ``lape_top0.01_filter0.95_bar0.95_en-fr-zh.pt``."""
     cfg = config if isinstance(config, LapeConfig) else LapeConfig.from_dict(config)
-    return (
-        f"lape_top{cfg.top_rate:g}_filter{cfg.filter_rate:g}_bar{cfg.activation_bar_ratio:g}_"
-        + "-".join(languages)
-        + ".pt"
-    )
+    thresholds = f"top{cfg.top_rate:g}_filter{cfg.filter_rate:g}_bar{cfg.activation_bar_ratio:g}"
+    return f"lape_{thresholds}_{'-'.join(languages)}.pt"
 
 
 def save_selection(
@@ -717,12 +713,10 @@ class ExplorerPanel(_Panel):
     # ------------------------------------------------------------------ static copies
 
     def static_figure(self, *, dpi: float = 100) -> Figure:
-        """The current selection as a normal matplotlib figure (numbers in the cells).
+        """The current selection as a normal, pyplot-free figure (numbers in the cells).
 
-        Same panels as the live figure, with colour limits fitted to what it shows (the live
-        figure keeps the limits fixed for the whole slider range so redraws do not jump; a
-        static copy shows one selection and would be washed out by them). It is not
-        managed by pyplot: display it with :meth:`display_static` or save it with
+        Same panels as the live figure, with colour limits fitted to this one selection
+        (the live figure's fixed limits would wash it out). Save it with
         :func:`lape_utils.plots.save_figure`.
 
         Raises:
@@ -805,10 +799,11 @@ def run_steering(
         zero_source: Also deactivate the source language's neurons.
 
     Returns:
-        ``{"prompt", "source", "target", "mode", "strength", "max_new_tokens",
-        "zero_source", "unsteered", "steered", "unsteered_lang", "unsteered_score",
-        "unsteered_label", "steered_lang", "steered_score", "steered_label", "chrf",
-        "target_mass_unsteered", "target_mass_steered", "seconds"}``, plain Python values.
+        Plain Python values: the arguments (``prompt``, ``source``, ``target``, ``mode``,
+        ``strength``, ``max_new_tokens``, ``zero_source``), the prompt's row of
+        :attr:`SteerResult.rows <lape_utils.steering.SteerResult.rows>` (the ``unsteered``
+        and ``steered`` text, their detected ``*_lang``/``*_score``/``*_label``, ``chrf``,
+        ``target_mass_*``...) and ``seconds``.
 
     Raises:
         lape_utils.intervene.InterventionError: bad input (empty prompt, a language not in
@@ -827,12 +822,7 @@ def run_steering(
                      strength=strength)
     generation = dataclasses.replace(PAPER_GENERATION, max_new_tokens=int(max_new_tokens))
     rows = steer(model, neurons, stats, [out["prompt"]], spec, generation=generation).rows
-    columns = [
-        "unsteered", "steered", "unsteered_lang", "unsteered_score", "unsteered_label",
-        "steered_lang", "steered_score", "steered_label", "chrf",
-        "target_mass_unsteered", "target_mass_steered",
-    ]
-    out.update(rows[columns].head(1).to_dict("records")[0])  # records: plain Python values
+    out.update(rows.drop(columns=["neurons", "prompt"]).to_dict("records")[0])  # plain values
     out["seconds"] = time.perf_counter() - started
     return out
 
