@@ -1,21 +1,12 @@
 """Interactive panels (ipywidgets 8): the threshold explorer and the steering panel.
 
 Each panel is a thin layer of widgets over plain functions that do the work and are tested
-without a browser:
-
-* ``threshold_explorer`` (:class:`ExplorerPanel`) re-identifies the language-specific
-  neurons from cached :class:`~lape_utils.stats.ActivationStats` whenever a threshold
-  slider or the language picker changes (:func:`reidentify`), and redraws the counts
-  table, the layer heatmap, the overlap heatmap and the per-language bars with fixed
-  colour limits. *Save selection* writes the current selection (:func:`save_selection`).
-* ``steering_panel`` (:class:`SteeringPanel`) generates, on a button only, an unsteered
-  and a steered answer side by side with their detected language (:func:`run_steering`,
-  a wrapper of :func:`lape_utils.steering.steer`).
-
-Sliders use ``continuous_update=False`` (one update on release, or per arrow key);
-generation runs only on *Generate*. Bad input is shown as a message in the panel, never as
-a traceback. Each panel has a static copy that survives export to HTML (widgets need a
-live kernel)::
+without a browser: :func:`reidentify` and :func:`save_selection` for the threshold
+explorer (:class:`ExplorerPanel`), :func:`run_steering` (a wrapper of
+:func:`lape_utils.steering.steer`) for the steering panel (:class:`SteeringPanel`).
+Sliders re-identify live, on release (``continuous_update=False``); generation runs only
+on *Generate*. Bad input is shown as a message in the panel, never as a traceback. Each
+panel has a static copy that survives export to HTML (widgets need a live kernel)::
 
     from lape_utils.widgets import threshold_explorer
     explorer = threshold_explorer(stats, config=config, save_dir=CACHE_DIR / "selections")
@@ -108,11 +99,10 @@ _MODE_TOOLTIPS = [  # one per mode of MODES
 _LIVE_DPI = 90  # resolution of the live figure (lower is faster)
 _STYLE = {"description_width": "80px"}
 _LEVEL_COLOURS = {"info": "#555555", "ok": "#1a7f37", "warning": "#9a6700", "error": "#cf222e"}
-_ALL = "all"
-_FALLBACK_HINT = (
-    "(an ipywidgets panel: it needs a live kernel and a front end with the ipywidgets 8 "
-    "manager, e.g. JupyterLab 4 with jupyterlab_widgets, Notebook 7, VS Code; "
-    "display_static() shows a static copy)"
+_FALLBACK_HINT = (  # shown where a front end cannot display the widget
+    "(an ipywidgets panel: it needs a live kernel and the ipywidgets 8 manager, e.g. "
+    "JupyterLab 4 with jupyterlab_widgets, Notebook 7, VS Code; display_static() shows a "
+    "static copy)"
 )
 
 _W = TypeVar("_W", bound=widgets.DOMWidget)
@@ -177,12 +167,9 @@ def config_from_values(
 
 def _check_picked(available: Sequence[str], languages: Sequence[str] | None) -> list[str]:
     """The picked languages in the statistics' order; at least two, all known."""
-    if languages is None:
-        picked = list(available)
-    elif isinstance(languages, str):
-        picked = languages.replace(",", " ").split()
-    else:
-        picked = [str(x) for x in languages]
+    if isinstance(languages, str):  # "en, fr"
+        languages = languages.replace(",", " ").split()
+    picked = list(available) if languages is None else [str(x) for x in languages]
     unknown = [x for x in picked if x not in available]
     if unknown:
         raise ValueError(
@@ -205,10 +192,7 @@ def _columns(stats: ActivationStats, languages: list[str]) -> tuple[torch.Tensor
 
 
 def counts_table(selection: NeuronSelection) -> pd.DataFrame:
-    """Neurons per language, and the distinct total.
-
-    Args:
-        selection: The selection.
+    """Neurons per language of ``selection``, and the distinct total.
 
     Returns:
         DataFrame indexed by ``language`` (module order, then ``"all"`` = distinct neurons
@@ -242,7 +226,7 @@ def _reidentify(
     table = counts_table(sel)
     ident = sel.provenance.get("identification", {})
     total = sel.n_layers * sel.n_neurons
-    distinct = int(table.loc[_ALL, "neurons"])
+    distinct = int(table.loc[analysis.ALL, "neurons"])
     if ident.get("n_requested", 1) == 0:
         notes.append(
             f"round(L·D·top_rate) = round({total} x {config.top_rate:g}) = 0: no neuron is "
@@ -267,9 +251,8 @@ def reidentify(
 ) -> tuple[NeuronSelection | None, pd.DataFrame | None, str]:
     """Identify the neurons again with new thresholds and languages (the explorer's callback).
 
-    Never raises for bad input: a rejected threshold or language choice comes back as
-    ``(None, None, message)``. Warnings of the identification (e.g. fewer neurons pass the
-    filter than requested) are appended to the message instead of being logged.
+    Never raises for bad input. Warnings of the identification (e.g. fewer neurons pass the
+    filter than requested) go into the message instead of the log.
 
     Args:
         stats: Cached activation statistics.
@@ -322,7 +305,7 @@ def render_counts_html(
         code, count = html.escape(str(lang)), int(row["neurons"])
         swatch = f'<span style="color:{plots.language_color(str(lang))}">■</span> '
         cells = [
-            f"{'' if lang == _ALL else swatch}<b>{code}</b>",
+            f"{'' if lang == analysis.ALL else swatch}<b>{code}</b>",
             html.escape(str(row["name"])),
             f'<span data-count="{count}">{count:,}</span>',
             f"{row['percent']:.3f}",
@@ -333,7 +316,7 @@ def render_counts_html(
             delta = count - int(previous[lang])
             cells.append(f"{delta:+,}" if delta else "·")
         attrs = f' data-lang="{code}"'
-        if lang == _ALL:
+        if lang == analysis.ALL:
             attrs += ' style="border-top:1px solid #999;font-weight:bold"'
         out.append(_html_row("td", cells, attrs))
     out.append("</tbody></table>")
@@ -362,18 +345,13 @@ def selection_filename(config: LapeConfig | Mapping[str, float], languages: Sequ
 
 
 def save_selection(
-    selection: NeuronSelection,
-    save_dir: str | os.PathLike,
-    *,
-    name: str | None = None,
-    overwrite: bool = False,
+    selection: NeuronSelection, save_dir: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Save a selection with :meth:`NeuronSelection.save` under ``save_dir``.
+    """Save a selection under ``save_dir``, named by :func:`selection_filename`.
 
     Args:
-        selection: The selection.
+        selection: The selection (written by :meth:`NeuronSelection.save`).
         save_dir: Folder (created if missing).
-        name: File name (default :func:`selection_filename` of its config and languages).
         overwrite: Replace an existing file.
 
     Returns:
@@ -382,7 +360,7 @@ def save_selection(
     Raises:
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    name = name or selection_filename(selection.config, selection.languages)
+    name = selection_filename(selection.config, selection.languages)
     return selection.save(Path(save_dir) / name, overwrite=overwrite)
 
 
@@ -514,14 +492,11 @@ def _slider(name: str, value: float, bounds: tuple[float, float, float]) -> widg
 class ExplorerPanel(_Panel):
     """A panel to move the LAPE thresholds and see the selection change live.
 
-    Build it as ``threshold_explorer(stats, ...)``. Three sliders (``top_rate``,
-    ``filter_rate``, ``activation_bar_ratio``) and a language picker; every change
-    re-identifies from ``stats`` (:func:`reidentify`) and redraws the counts table, the
-    layer heatmap, the overlap heatmap and the per-language bars. Colour limits and the bar
-    axis are fixed when the panel is built (and when the picked languages change), from the
-    selection at the largest ``top_rate`` of the slider; cells beyond the limit saturate
-    (the colour bar's arrow). *Save selection* writes the current selection under
-    ``save_dir``.
+    Build it as ``threshold_explorer(stats, ...)``. Every change of a threshold slider or
+    of the language picker re-identifies from ``stats`` (:func:`reidentify`) and redraws
+    the counts table, the layer heatmap, the overlap heatmap and the per-language bars.
+    Their colour limits are fixed, per set of languages, by the selection at the slider's
+    largest ``top_rate`` (cells beyond saturate: the colour bar's arrow).
 
     Args:
         stats: Activation statistics, or a directory saved by
@@ -595,16 +570,14 @@ class ExplorerPanel(_Panel):
         ))
         self.counts_html = _tagged("lape-counts-box", widgets.HTML())
         self.message = _tagged("lape-explorer-message", widgets.HTML())
-        self.image = _tagged("lape-figure", widgets.Image(format="png",
-                                                          layout={"max_width": "100%"}))
+        self.image = _tagged("lape-figure", widgets.Image(layout={"max_width": "100%"}))
         self.save_button = _tagged("lape-save", widgets.Button(
             description="Save selection", icon="save", disabled=self.save_dir is None,
             tooltip="pass save_dir= to threshold_explorer to enable saving"
             if self.save_dir is None else f"write the current selection to {self.save_dir}",
         ))
-        self.overwrite = widgets.Checkbox(
-            value=False, description="overwrite", indent=False, layout={"width": "110px"}
-        )
+        self.overwrite = widgets.Checkbox(description="overwrite", indent=False,
+                                          layout={"width": "110px"})
         self.save_status = _tagged("lape-save-status", widgets.HTML())
 
         self.selection: NeuronSelection | None = None
@@ -658,9 +631,8 @@ class ExplorerPanel(_Panel):
             ceiling = self._ceiling(sel.languages, config) or sel
             self._live = _LiveFigure(ceiling, self.heatmap_vmax, title)
         self.image.value = self._live.update(sel, title)
-        self.counts_html.value = render_counts_html(
-            table, previous=self.counts, caption=config.label()
-        )
+        self.counts_html.value = render_counts_html(table, previous=self.counts,
+                                                    caption=config.label())
         t2 = time.perf_counter()
         self.selection, self.counts, self.config = sel, table, config
         self.timings = {"identify": t1 - t0, "redraw": t2 - t1, "total": t2 - t0}
@@ -679,30 +651,15 @@ class ExplorerPanel(_Panel):
 
     # ------------------------------------------------------------------ saving
 
-    def save(self, name: str | None = None, *, overwrite: bool | None = None) -> Path:
-        """Save the current selection under ``save_dir`` (what *Save* does).
-
-        Args:
-            name: File name (default :func:`selection_filename`).
-            overwrite: Replace an existing file (default: the checkbox).
-
-        Returns:
-            The path written.
-
-        Raises:
-            ValueError: no ``save_dir`` was given or there is no valid selection.
-            FileExistsError: the file exists and overwriting is off.
-        """
-        if self.save_dir is None:
-            raise ValueError("this explorer has no save_dir; pass save_dir= to threshold_explorer")
-        if self.selection is None:
-            raise ValueError("no valid selection to save; fix the thresholds first")
-        ow = self.overwrite.value if overwrite is None else overwrite
-        return save_selection(self.selection, self.save_dir, name=name, overwrite=ow)
-
     def _on_save(self, _button: widgets.Button | None = None) -> None:
+        """Save the current selection with :func:`save_selection` (what *Save selection* does)."""
         try:
-            text, level = f"Saved {self.save()}", "ok"
+            if self.save_dir is None:
+                raise ValueError("no save_dir; pass save_dir= to threshold_explorer")
+            if self.selection is None:
+                raise ValueError("no valid selection to save; fix the thresholds first")
+            path = save_selection(self.selection, self.save_dir, overwrite=self.overwrite.value)
+            text, level = f"Saved {path}", "ok"
         except FileExistsError as err:
             text, level = f"{err}. Tick 'overwrite' to replace it.", "warning"
         except Exception as err:  # a panel never shows a traceback
@@ -712,7 +669,7 @@ class ExplorerPanel(_Panel):
 
     # ------------------------------------------------------------------ static copies
 
-    def static_figure(self, *, dpi: float = 100) -> Figure:
+    def static_figure(self) -> Figure:
         """The current selection as a normal, pyplot-free figure (numbers in the cells).
 
         Same panels as the live figure, with colour limits fitted to this one selection
@@ -725,7 +682,7 @@ class ExplorerPanel(_Panel):
         sel = self.selection
         if sel is None:
             raise ValueError("no valid selection to draw; fix the thresholds first")
-        fig, (ax_heat, ax_ov, ax_bar) = _figure(sel.n_layers, len(sel.languages), dpi, 0.4)
+        fig, (ax_heat, ax_ov, ax_bar) = _figure(sel.n_layers, len(sel.languages), 100, 0.4)
         plots.plot_layer_distribution(sel, ax=ax_heat, title="Neurons per layer")
         plots.plot_overlap(sel, ax=ax_ov, title="Shared neurons")
         plots.plot_language_counts(sel, ax=ax_bar, title="Neurons per language")
@@ -735,13 +692,13 @@ class ExplorerPanel(_Panel):
         )
         return fig
 
-    def static_png(self, *, dpi: float = 100) -> bytes:
+    def static_png(self) -> bytes:
         """:meth:`static_figure` encoded as PNG."""
         buf = io.BytesIO()
-        self.static_figure(dpi=dpi).savefig(buf, format="png")
+        self.static_figure().savefig(buf, format="png")
         return buf.getvalue()
 
-    def display_static(self, *, dpi: float = 100) -> None:
+    def display_static(self) -> None:
         """Display the static copy (figure as PNG, counts table as HTML) as normal outputs.
 
         These outputs survive export of the executed notebook to HTML, unlike the widget.
@@ -751,7 +708,7 @@ class ExplorerPanel(_Panel):
         if self.selection is None:
             display(HTML(render_message_html("no valid selection to show", "error")))
             return
-        display(Image(data=self.static_png(dpi=dpi), format="png"))
+        display(Image(data=self.static_png(), format="png"))
         display(HTML(render_counts_html(self.counts, caption=self.config.label())))
 
     def __repr__(self) -> str:
@@ -859,11 +816,9 @@ def render_answer_html(
 class SteeringPanel(_Panel):
     """A panel to steer generation towards a language and compare with the plain answer.
 
-    Build it as ``steering_panel(model, neurons, stats, ...)``. Prompt, source and target
-    language, mode, strength, max new tokens and a *Generate* button; a click runs
-    :func:`run_steering` and shows the unsteered and the steered answer side by side with
-    the detected language and its confidence. Nothing generates before the click; errors
-    appear in the panel.
+    Build it as ``steering_panel(model, neurons, stats, ...)``. Only *Generate* generates:
+    it runs :func:`run_steering` and shows the unsteered and the steered answer side by
+    side, with the detected language and its confidence.
 
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
