@@ -135,9 +135,7 @@ def _lape_warnings() -> Iterator[list[logging.LogRecord]]:
         log.removeHandler(handler)
 
 
-def config_from_values(
-    values: Mapping[str, float], base: LapeConfig | None = None
-) -> LapeConfig:
+def config_from_values(values: Mapping[str, float], base: LapeConfig | None = None) -> LapeConfig:
     """A :class:`~lape_utils.lape.LapeConfig` from slider values.
 
     Values are rounded to 6 decimals (slider steps such as 0.5 + 91 x 0.005 carry float
@@ -385,7 +383,7 @@ class _LiveFigure:
     whose maxima fix the colour limits and the bar axis (``heatmap_vmax`` replaces the
     layer heatmap's). The static parts (axes, ticks, titles, colour bars) are drawn once
     into a cached background; :meth:`update` only changes the data of the animated artists
-    and draws those on top of the background (blitting on the Agg canvas).
+    and draws those on top (blitting; ``benchmarks/bench_widgets.py`` times it).
     """
 
     def __init__(self, ceiling: NeuronSelection, heatmap_vmax: float | None, title: str) -> None:
@@ -599,7 +597,7 @@ class ExplorerPanel(_Panel):
             picker.observe(self._on_change, names="value")
         self.save_button.on_click(self._on_save)
 
-    # ------------------------------------------------------------------ updates
+    # ------------------------------------------------------------------ updates and saving
 
     def _ceiling(self, langs: list[str], config: LapeConfig) -> NeuronSelection | None:
         """The selection at the slider's largest top_rate: it fixes the colour limits."""
@@ -649,8 +647,6 @@ class ExplorerPanel(_Panel):
             logger.debug("explorer update failed", exc_info=True)
             self._show(f"Update failed: {type(err).__name__}: {err}", "error")
 
-    # ------------------------------------------------------------------ saving
-
     def _on_save(self, _button: widgets.Button | None = None) -> None:
         """Save the current selection with :func:`save_selection` (what *Save selection* does)."""
         try:
@@ -699,10 +695,7 @@ class ExplorerPanel(_Panel):
         return buf.getvalue()
 
     def display_static(self) -> None:
-        """Display the static copy (figure as PNG, counts table as HTML) as normal outputs.
-
-        These outputs survive export of the executed notebook to HTML, unlike the widget.
-        """
+        """Show the static copy (figure, counts table) as plain outputs that survive HTML export."""
         from IPython.display import HTML, Image, display
 
         if self.selection is None:
@@ -899,8 +892,8 @@ class SteeringPanel(_Panel):
         )
         self.source = widgets.Dropdown(
             options=[("none", None), *_language_options(neurons.languages)], value=source,
-            description="source", tooltip="the prompt's language (deactivated with 'zero "
-            "source')", style=_STYLE, layout={"width": "260px"},
+            description="source", style=_STYLE, layout={"width": "260px"},
+            tooltip="the prompt's language (deactivated with 'zero source')",
         )
         self.target = widgets.Dropdown(
             options=_language_options(targets), value=target, description="target",
@@ -920,10 +913,8 @@ class SteeringPanel(_Panel):
             description="max tokens", continuous_update=False, style=_STYLE,
             layout={"width": "420px"},
         )
-        self.zero_source = widgets.Checkbox(
-            value=bool(zero_source), description="also deactivate the source's neurons",
-            indent=False,
-        )
+        self.zero_source = widgets.Checkbox(value=bool(zero_source), indent=False,
+                                            description="also deactivate the source's neurons")
         self.generate_button = _tagged("lape-generate", widgets.Button(
             description="Generate", button_style="primary", icon="play",
             tooltip="generate the unsteered and the steered answer",
@@ -931,9 +922,8 @@ class SteeringPanel(_Panel):
         self.message = _tagged("lape-steering-message", widgets.HTML(
             render_message_html("press Generate to compare the two answers", "info")
         ))
-        self.unsteered_html = _tagged("lape-unsteered", widgets.HTML(
-            layout={"width": "49%", "margin": "0 1% 0 0"}
-        ))
+        self.unsteered_html = _tagged("lape-unsteered",
+                                      widgets.HTML(layout={"width": "49%", "margin": "0 1% 0 0"}))
         self.steered_html = _tagged("lape-steered", widgets.HTML(layout={"width": "49%"}))
 
         self.examples.observe(self._on_example, names="value")
@@ -1021,11 +1011,8 @@ class SteeringPanel(_Panel):
                 headings[kind], result[kind], result[f"{kind}_lang"], result[f"{kind}_score"],
                 result[f"{kind}_label"], css_class=f"lape-{kind}-answer",
             )
-        self._show(
-            f"done in {result['seconds']:.1f} s · chrF of steered vs unsteered "
-            f"{result['chrf']:.0f}",
-            "ok",
-        )
+        self._show(f"done in {result['seconds']:.1f} s · chrF of steered vs unsteered "
+                   f"{result['chrf']:.0f}", "ok")
         return result
 
     # ------------------------------------------------------------------ static copies
