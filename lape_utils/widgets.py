@@ -1,48 +1,17 @@
 """Interactive panels (ipywidgets 8): the threshold explorer and the steering panel.
 
-Two panels, each a thin layer of widgets over plain functions that do the work and are
-tested without a browser:
-
-* :func:`threshold_explorer` re-identifies language-specific neurons from cached
-  :class:`~lape_utils.stats.ActivationStats` whenever a threshold slider or the language
-  picker changes (:func:`reidentify`), and redraws the per-language counts
-  (:func:`counts_table`, :func:`render_counts_html`), the layer heatmap, the overlap
-  heatmap and the per-language bars with colour limits fixed when the panel is built, so
-  the scale does not jump. The current selection can be saved (:func:`save_selection`).
-* :func:`steering_panel` generates, on a button only, an unsteered and a steered answer
-  side by side with their detected language and confidence (:func:`run_steering`, which
-  calls :func:`lape_utils.steering.steer`; no generation code lives here).
-
-Cheap work is live, expensive work waits for a button: sliders use
-``continuous_update=False`` (one update when the slider is released, or per arrow key),
-generation runs only on *Generate*. Bad input (a threshold the config rejects, fewer than
-two languages, an empty prompt, a language missing from the neuron set...) is shown as a
-message in the panel, never as a traceback.
-
-Speed: re-identification is :func:`lape_utils.lape.identify` (milliseconds to tens of
-milliseconds). The redraw keeps one matplotlib figure (no pyplot, Agg canvas): axes,
-ticks, titles and colour bars are drawn once into a cached background, and each update
-only changes the data of the meshes, bars and labels, restores the background, draws those
-artists and encodes the PNG shown in an ``ipywidgets.Image``. Measured by
-``benchmarks/bench_widgets.py``.
-
-Each panel has a static fallback that survives export of the executed notebook to HTML
-(widgets need a live kernel or saved widget state): :meth:`ExplorerPanel.static_figure` /
-:meth:`ExplorerPanel.display_static` (full figure with numbers in the cells, plus the counts
-table) and :meth:`SteeringPanel.static_table` / :meth:`SteeringPanel.display_static` (the
-answers generated so far).
-
-Typical notebook cells::
+Each panel is a thin layer of widgets over plain functions that do the work and are tested
+without a browser: :func:`reidentify` and :func:`save_selection` for the threshold
+explorer (:class:`ExplorerPanel`), :func:`run_steering` (a wrapper of
+:func:`lape_utils.steering.steer`) for the steering panel (:class:`SteeringPanel`).
+Sliders re-identify live, on release (``continuous_update=False``); generation runs only
+on *Generate*. Bad input is shown as a message in the panel, never as a traceback. Each
+panel has a static copy that survives export to HTML (widgets need a live kernel)::
 
     from lape_utils.widgets import threshold_explorer
     explorer = threshold_explorer(stats, config=config, save_dir=CACHE_DIR / "selections")
     explorer                    # the live panel
     explorer.display_static()   # the static copy (figure + table) for exported HTML
-
-If the panels show as text (``ExplorerPanel(...)`` or ``VBox(...)``) instead of widgets,
-the front end lacks the ipywidgets 8 manager: JupyterLab 4 needs ``jupyterlab_widgets``
-(installed with ``ipywidgets>=8``) in the environment that runs JupyterLab; classic
-Notebook 7 likewise; VS Code's Jupyter extension renders ipywidgets 8 itself.
 """
 
 from __future__ import annotations
@@ -56,22 +25,25 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from logging.handlers import BufferingHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image as PILImage
 
 from lape_utils import analysis, plots
+from lape_utils.intervene import InterventionError
 from lape_utils.languages import language_name, sort_languages
 from lape_utils.lape import LapeConfig, identify
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats
+from lape_utils.steering import MODES, PAPER_GENERATION, SteerSpec, steer
 
 if TYPE_CHECKING:
     from lape_utils.models import LapeModel
@@ -100,85 +72,70 @@ __all__ = [
 #: The three thresholds of :class:`~lape_utils.lape.LapeConfig`, in slider order.
 THRESHOLDS: tuple[str, ...] = ("top_rate", "filter_rate", "activation_bar_ratio")
 
-#: Default slider ``(min, max, step)`` per threshold. A config value outside the range
-#: widens it. The colour limits of the explorer are fixed from the selection at the
-#: largest ``top_rate`` of its range.
+#: Default slider ``(min, max, step)`` per threshold; a config value outside widens it.
 DEFAULT_RANGES: dict[str, tuple[float, float, float]] = {
     "top_rate": (0.0005, 0.03, 0.0005),
     "filter_rate": (0.5, 0.995, 0.005),
     "activation_bar_ratio": (0.5, 0.995, 0.005),
 }
 
-_READOUT = {"top_rate": ".2%", "filter_rate": ".3f", "activation_bar_ratio": ".3f"}
-_DESCRIPTION = {"top_rate": "top_rate", "filter_rate": "filter_rate",
-                "activation_bar_ratio": "bar_ratio"}
-_TOOLTIP = {
-    "top_rate": "fraction of all FFN neurons selected (lowest LAPE entropy first); paper 1%",
-    "filter_rate": "quantile of all activation probabilities: a neuron at or below it in "
-    "every language is excluded; paper 0.95",
-    "activation_bar_ratio": "quantile of all activation probabilities a selected neuron must "
-    "exceed in a language to belong to it; paper 0.95",
+#: Per threshold: slider label, readout format and tooltip.
+_SLIDERS = {
+    "top_rate": ("top_rate", ".2%", "fraction of all FFN neurons selected (lowest LAPE "
+                 "entropy first); paper 1%"),
+    "filter_rate": ("filter_rate", ".3f", "quantile of all activation probabilities: a neuron "
+                    "at or below it in every language is excluded; paper 0.95"),
+    "activation_bar_ratio": ("bar_ratio", ".3f", "quantile of all activation probabilities a "
+                             "selected neuron must exceed in a language to belong to it; "
+                             "paper 0.95"),
 }
 
-#: Steering modes of :func:`lape_utils.steering.steer`.
-MODES: tuple[str, ...] = ("set", "add", "scale")
-
-_MODE_TOOLTIPS = (
+_MODE_TOOLTIPS = [  # one per mode of MODES
     "set the target's neurons to strength x their mean activation on the target (paper)",
     "add strength x the mean activation on the target",
     "multiply the target's neurons' activation by strength",
-)
+]
 
 _LIVE_DPI = 90  # resolution of the live figure (lower is faster)
-
+_STYLE = {"description_width": "80px"}
 _LEVEL_COLOURS = {"info": "#555555", "ok": "#1a7f37", "warning": "#9a6700", "error": "#cf222e"}
-
-_ALL = "all"
-
-
-_FALLBACK_HINT = (
-    "(an ipywidgets panel: it needs a live kernel and a front end with the ipywidgets 8 "
-    "manager, e.g. JupyterLab 4 with jupyterlab_widgets, Notebook 7, VS Code; "
-    "display_static() shows a static copy)"
+_FALLBACK_HINT = (  # shown where a front end cannot display the widget
+    "(an ipywidgets panel: it needs a live kernel and the ipywidgets 8 manager, e.g. "
+    "JupyterLab 4 with jupyterlab_widgets, Notebook 7, VS Code; display_static() shows a "
+    "static copy)"
 )
 
+_W = TypeVar("_W", bound=widgets.DOMWidget)
 
-def _bundle(panel: Any, widget: widgets.Widget, **kwargs: Any) -> dict:
-    """The widget's mime bundle with a text fallback that says what it is and what to do."""
-    bundle = dict(widget._repr_mimebundle_(**kwargs) or {})
-    bundle["text/plain"] = f"{panel!r}\n{_FALLBACK_HINT}"
-    return bundle
+
+def _tagged(css_class: str, widget: _W) -> _W:
+    """``widget`` with a CSS class (the browser test finds the parts of a panel by them)."""
+    widget.add_class(css_class)
+    return widget
+
+
+def _language_options(codes: Sequence[str]) -> list[tuple[str, str]]:
+    """``(label, code)`` options of a language picker, in the module order."""
+    return [(f"{code} · {language_name(code)}", code) for code in sort_languages(codes)]
 
 
 # ============================================================================ plain callbacks
 
 
-class _ListHandler(logging.Handler):
-    """Collects the messages of WARNING-and-above records."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @contextmanager
-def _collect_warnings(name: str) -> Iterator[list[str]]:
-    """Catch the warnings a library logger emits, to show them in a panel."""
-    log = logging.getLogger(name)
-    handler = _ListHandler()
+def _lape_warnings() -> Iterator[list[logging.LogRecord]]:
+    """Catch what :mod:`lape_utils.lape` logs at WARNING and above, to show it in a panel."""
+    handler = BufferingHandler(capacity=10_000)
+    handler.setLevel(logging.WARNING)
+    log = logging.getLogger("lape_utils.lape")
     log.addHandler(handler)
     try:
-        yield handler.messages
+        yield handler.buffer
     finally:
         log.removeHandler(handler)
 
 
-def config_from_values(
-    values: Mapping[str, float], base: LapeConfig | None = None
-) -> LapeConfig:
+def config_from_values(values: Mapping[str, float], base: LapeConfig | None = None) -> LapeConfig:
     """A :class:`~lape_utils.lape.LapeConfig` from slider values.
 
     Values are rounded to 6 decimals (slider steps such as 0.5 + 91 x 0.005 carry float
@@ -199,22 +156,18 @@ def config_from_values(
     unknown = sorted(set(values) - set(THRESHOLDS))
     if unknown:
         raise ValueError(f"unknown threshold(s) {unknown}; the thresholds are {list(THRESHOLDS)}")
-    clean = {}
-    for name, value in values.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = round(float(value), 6)
-        clean[name] = value
+    clean = {
+        name: round(float(v), 6) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        for name, v in values.items()
+    }
     return dataclasses.replace(base or LapeConfig(), **clean)
 
 
 def _check_picked(available: Sequence[str], languages: Sequence[str] | None) -> list[str]:
     """The picked languages in the statistics' order; at least two, all known."""
-    if languages is None:
-        picked = list(available)
-    elif isinstance(languages, str):
-        picked = [x for x in languages.replace(",", " ").split() if x]
-    else:
-        picked = [str(x) for x in languages]
+    if isinstance(languages, str):  # "en, fr"
+        languages = languages.replace(",", " ").split()
+    picked = list(available) if languages is None else [str(x) for x in languages]
     unknown = [x for x in picked if x not in available]
     if unknown:
         raise ValueError(
@@ -237,65 +190,54 @@ def _columns(stats: ActivationStats, languages: list[str]) -> tuple[torch.Tensor
 
 
 def counts_table(selection: NeuronSelection) -> pd.DataFrame:
-    """Neurons per language, and the distinct total.
-
-    Args:
-        selection: The selection.
+    """Neurons per language of ``selection``, and the distinct total.
 
     Returns:
         DataFrame indexed by ``language`` (module order, then ``"all"`` = distinct neurons
         in any language): ``name`` (English name), ``neurons`` and ``percent`` (of all
         ``L·D`` FFN neurons).
     """
-    totals = analysis.layer_distribution(selection).sum(axis=0)
-    total_neurons = selection.n_layers * selection.n_neurons
-    rows = {
-        lang: {"name": language_name(lang), "neurons": int(totals[lang])} for lang in totals.index
-    }
-    rows[_ALL] = {"name": "all languages (distinct)", "neurons": selection.total_distinct()}
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df["percent"] = df["neurons"] * 100.0 / total_neurons
-    df.index.name = "language"
-    return df.astype({"neurons": int, "percent": float})
+    # summed over layers, the "all" column (distinct neurons per layer) is the distinct total
+    neurons = analysis.layer_distribution(selection, union=True).sum(axis=0).astype(int)
+    names = [language_name(lang) for lang in neurons.index[:-1]] + ["all languages (distinct)"]
+    df = pd.DataFrame({"name": names, "neurons": neurons}).rename_axis("language")
+    df["percent"] = df["neurons"] * 100.0 / (selection.n_layers * selection.n_neurons)
+    return df
 
 
 def _reidentify(
-    over_zero: torch.Tensor,
-    n: torch.Tensor,
-    languages: list[str],
+    stats: ActivationStats,
     config_values: Mapping[str, float],
+    languages: Sequence[str] | None,
     base_config: LapeConfig | None,
-    provenance: Mapping[str, Any] | None,
 ) -> tuple[NeuronSelection | None, pd.DataFrame | None, str, str]:
-    """:func:`reidentify` on already-chosen columns; also returns the message level."""
+    """:func:`reidentify`, and the level of its message (``"ok"``, ``"warning"``, ``"error"``)."""
     try:
+        langs = _check_picked(stats.languages, languages)
         config = config_from_values(config_values, base_config)
+        over_zero, n = _columns(stats, langs)
+        with _lape_warnings() as records:
+            sel = identify(over_zero, n, langs, config, provenance=stats.provenance)
     except (TypeError, ValueError) as err:
         return None, None, f"Not re-identified: {err}", "error"
-    with _collect_warnings("lape_utils.lape") as notes:
-        try:
-            sel = identify(over_zero, n, languages, config, provenance=provenance)
-        except (TypeError, ValueError) as err:
-            return None, None, f"Not re-identified: {err}", "error"
+    notes = [record.getMessage() for record in records]
     table = counts_table(sel)
     ident = sel.provenance.get("identification", {})
     total = sel.n_layers * sel.n_neurons
-    distinct = int(table.loc[_ALL, "neurons"])
-    msg = (
-        f"{distinct:,} distinct neurons ({distinct * 100 / total:.2f}% of {total:,}) for "
-        f"{len(languages)} languages · filter τ = {ident.get('filter_threshold', math.nan):.4g}"
-        f", bar = {ident.get('activation_bar', math.nan):.4g}"
-    )
-    level = "ok"
+    distinct = int(table.loc[analysis.ALL, "neurons"])
     if ident.get("n_requested", 1) == 0:
         notes.append(
             f"round(L·D·top_rate) = round({total} x {config.top_rate:g}) = 0: no neuron is "
             "selected; raise top_rate"
         )
-    if notes:
-        msg += " · " + " · ".join(notes)
-        level = "warning"
-    return sel, table, msg, level
+    msg = " · ".join([
+        f"{distinct:,} distinct neurons ({distinct * 100 / total:.2f}% of {total:,}) for "
+        f"{len(langs)} languages",
+        f"filter τ = {ident.get('filter_threshold', math.nan):.4g}, "
+        f"bar = {ident.get('activation_bar', math.nan):.4g}",
+        *notes,
+    ])
+    return sel, table, msg, "warning" if notes else "ok"
 
 
 def reidentify(
@@ -307,9 +249,8 @@ def reidentify(
 ) -> tuple[NeuronSelection | None, pd.DataFrame | None, str]:
     """Identify the neurons again with new thresholds and languages (the explorer's callback).
 
-    Never raises for bad input: a rejected threshold or language choice comes back as
-    ``(None, None, message)``. Warnings of the identification (e.g. fewer neurons pass the
-    filter than requested) are appended to the message instead of being logged.
+    Never raises for bad input. Warnings of the identification (e.g. fewer neurons pass the
+    filter than requested) go into the message instead of the log.
 
     Args:
         stats: Cached activation statistics.
@@ -323,15 +264,15 @@ def reidentify(
         a one-line summary (distinct neurons, thresholds reached, warnings); or
         ``(None, None, error message)``.
     """
-    try:
-        langs = _check_picked(stats.languages, languages)
-    except ValueError as err:
-        return None, None, f"Not re-identified: {err}"
-    over_zero, n = _columns(stats, langs)
-    sel, table, msg, _ = _reidentify(
-        over_zero, n, langs, config_values, base_config, stats.provenance
-    )
-    return sel, table, msg
+    return _reidentify(stats, config_values, languages, base_config)[:3]
+
+
+def _html_row(tag: str, cells: Sequence[str], attrs: str = "") -> str:
+    """One table row; the first two cells align left, the others right."""
+    return f"<tr{attrs}>" + "".join(
+        f'<{tag} style="text-align:{"left" if i < 2 else "right"};padding:1px 8px">{c}</{tag}>'
+        for i, c in enumerate(cells)
+    ) + "</tr>"
 
 
 def render_counts_html(
@@ -354,50 +295,28 @@ def render_counts_html(
     if isinstance(previous, pd.DataFrame):
         previous = previous["neurons"].to_dict()
     head = ["language", "", "neurons", "% of all"] + (["Δ"] if previous is not None else [])
-    align = ["left", "left"] + ["right"] * (len(head) - 2)
-    out = [
-        '<table class="lape-counts" style="border-collapse:collapse;font-size:0.9em">',
-    ]
+    out = ['<table class="lape-counts" style="border-collapse:collapse;font-size:0.9em">']
     if caption:
         out.append(f'<caption style="text-align:left">{html.escape(caption)}</caption>')
-    out.append(
-        "<thead><tr>"
-        + "".join(
-            f'<th style="text-align:{a};padding:1px 8px">{h}</th>'
-            for h, a in zip(head, align, strict=True)
-        )
-        + "</tr></thead><tbody>"
-    )
+    out.append(f"<thead>{_html_row('th', head)}</thead><tbody>")
     for lang, row in table.iterrows():
-        count = int(row["neurons"])
-        is_all = lang == _ALL
-        swatch = (
-            ""
-            if is_all
-            else f'<span style="color:{plots.language_color(str(lang))}">■</span> '
-        )
+        code, count = html.escape(str(lang)), int(row["neurons"])
+        swatch = f'<span style="color:{plots.language_color(str(lang))}">■</span> '
         cells = [
-            f"{swatch}<b>{html.escape(str(lang))}</b>",
+            f"{'' if lang == analysis.ALL else swatch}<b>{code}</b>",
             html.escape(str(row["name"])),
             f'<span data-count="{count}">{count:,}</span>',
             f"{row['percent']:.3f}",
         ]
-        if previous is not None:
-            before = previous.get(lang)
-            if before is None:
-                cells.append("new")
-            else:
-                delta = count - int(before)
-                cells.append(f"{delta:+,}" if delta else "·")
-        style = ' style="border-top:1px solid #999;font-weight:bold"' if is_all else ""
-        out.append(
-            f'<tr data-lang="{html.escape(str(lang))}"{style}>'
-            + "".join(
-                f'<td style="text-align:{a};padding:1px 8px">{c}</td>'
-                for c, a in zip(cells, align, strict=True)
-            )
-            + "</tr>"
-        )
+        if previous is not None and lang not in previous:
+            cells.append("new")
+        elif previous is not None:
+            delta = count - int(previous[lang])
+            cells.append(f"{delta:+,}" if delta else "·")
+        attrs = f' data-lang="{code}"'
+        if lang == analysis.ALL:
+            attrs += ' style="border-top:1px solid #999;font-weight:bold"'
+        out.append(_html_row("td", cells, attrs))
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -419,26 +338,18 @@ def render_message_html(text: str, level: str = "info") -> str:
 def selection_filename(config: LapeConfig | Mapping[str, float], languages: Sequence[str]) -> str:
     """File name of a saved selection, e.g. ``lape_top0.01_filter0.95_bar0.95_en-fr-zh.pt``."""
     cfg = config if isinstance(config, LapeConfig) else LapeConfig.from_dict(config)
-    return (
-        f"lape_top{cfg.top_rate:g}_filter{cfg.filter_rate:g}_bar{cfg.activation_bar_ratio:g}_"
-        + "-".join(languages)
-        + ".pt"
-    )
+    thresholds = f"top{cfg.top_rate:g}_filter{cfg.filter_rate:g}_bar{cfg.activation_bar_ratio:g}"
+    return f"lape_{thresholds}_{'-'.join(languages)}.pt"
 
 
 def save_selection(
-    selection: NeuronSelection,
-    save_dir: str | os.PathLike,
-    *,
-    name: str | None = None,
-    overwrite: bool = False,
+    selection: NeuronSelection, save_dir: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Save a selection with :meth:`NeuronSelection.save` under ``save_dir``.
+    """Save a selection under ``save_dir``, named by :func:`selection_filename`.
 
     Args:
-        selection: The selection.
+        selection: The selection (written by :meth:`NeuronSelection.save`).
         save_dir: Folder (created if missing).
-        name: File name (default :func:`selection_filename` of its config and languages).
         overwrite: Replace an existing file.
 
     Returns:
@@ -447,137 +358,85 @@ def save_selection(
     Raises:
         FileExistsError: the file exists and ``overwrite`` is false.
     """
-    name = name or selection_filename(selection.config, selection.languages)
+    name = selection_filename(selection.config, selection.languages)
     return selection.save(Path(save_dir) / name, overwrite=overwrite)
 
 
-# ============================================================================ live figure
+# ============================================================================ figures
 
 
-def _off_diagonal_max(table: pd.DataFrame) -> float:
-    values = table.to_numpy(dtype=float)
-    if values.shape[0] < 2:
-        return 0.0
-    return float(values[~np.eye(values.shape[0], dtype=bool)].max())
-
-
-@dataclasses.dataclass(frozen=True)
-class _Limits:
-    """Fixed colour and axis limits of one explorer figure."""
-
-    heatmap: float
-    overlap: float
-    counts: float
-
-
-def _limits_from(selection: NeuronSelection) -> _Limits:
-    counts = analysis.layer_distribution(selection)
-    ov = analysis.overlap(selection)[0]
-    return _Limits(
-        heatmap=max(float(counts.to_numpy().max(initial=0)), 1.0),
-        overlap=max(_off_diagonal_max(ov), 1.0),
-        counts=max(float(counts.sum(axis=0).max()), 1.0),
-    )
-
-
-def _figure_size(n_layers: int, n_lang: int) -> tuple[float, float]:
-    height = min(max(3.4, 1.4 + 0.11 * n_layers), 6.5)
+def _figure(
+    n_layers: int, n_lang: int, dpi: float, extra_height: float = 0.0
+) -> tuple[Figure, np.ndarray]:
+    """A pyplot-free figure with the explorer's three axes: layers, overlap, bars."""
+    height = min(max(3.4, 1.4 + 0.11 * n_layers), 6.5) + extra_height
     width = min(max(10.0, 3.0 + 1.2 * n_lang), 15.0)
-    return width, height
-
-
-def _png(fig: Figure) -> bytes:
-    """PNG of what the Agg canvas holds now (no redraw)."""
-    from PIL import Image as PILImage
-
-    rgba = np.asarray(fig.canvas.buffer_rgba())
-    buf = io.BytesIO()
-    PILImage.fromarray(rgba).save(buf, format="png", compress_level=1)
-    return buf.getvalue()
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, 3, width_ratios=[1.0, 1.15, 1.0])
 
 
 class _LiveFigure:
-    """One figure (layer heatmap, overlap heatmap, per-language bars) updated in place.
+    """The explorer's figure: layer heatmap, overlap heatmap and bars, updated in place.
 
-    The static parts (axes, ticks, titles, colour bars) are drawn once into a cached
-    background; :meth:`update` only changes the data of the animated artists and redraws
-    those on top of the background (blitting on the Agg canvas).
+    It is drawn first for ``ceiling`` (the selection at the slider's largest ``top_rate``),
+    whose maxima fix the colour limits and the bar axis (``heatmap_vmax`` replaces the
+    layer heatmap's). The static parts (axes, ticks, titles, colour bars) are drawn once
+    into a cached background; :meth:`update` only changes the data of the animated artists
+    and draws those on top (blitting; ``benchmarks/bench_widgets.py`` times it).
     """
 
-    def __init__(
-        self, selection: NeuronSelection, limits: _Limits, *, title: str, dpi: float
-    ) -> None:
-        counts = analysis.layer_distribution(selection)
+    def __init__(self, ceiling: NeuronSelection, heatmap_vmax: float | None, title: str) -> None:
+        counts = analysis.layer_distribution(ceiling)
         self.languages = list(counts.columns)
-        self.limits = limits
         k = len(self.languages)
-        fig = Figure(figsize=_figure_size(selection.n_layers, k), dpi=dpi, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax_heat, ax_ov, ax_bar = fig.subplots(1, 3, width_ratios=[1.0, 1.15, 1.0])
-        self.fig = fig
-
+        self.fig, (ax_heat, ax_ov, ax_bar) = _figure(ceiling.n_layers, k, _LIVE_DPI)
         plots.plot_layer_distribution(
-            counts, ax=ax_heat, vmin=0, vmax=limits.heatmap, annot=False, colorbar=False,
+            counts, ax=ax_heat, vmin=0, vmax=heatmap_vmax, annot=False, colorbar=False,
             title="Neurons per layer",
         )
-        self.heat_mesh = ax_heat.collections[0]
-        fig.colorbar(self.heat_mesh, ax=ax_heat, extend="max", label="neurons")
-
-        ov = analysis.overlap(selection)[0]
         plots.plot_overlap(
-            ov, ax=ax_ov, vmin=0, vmax=limits.overlap, annot=False, colorbar=False,
-            title="Shared neurons",
+            ceiling, ax=ax_ov, vmin=0, annot=False, colorbar=False, title="Shared neurons"
         )
-        self.ov_mesh = ax_ov.collections[0]
-        fig.colorbar(self.ov_mesh, ax=ax_ov, extend="max", label="shared neurons")
+        self.heat_mesh, self.ov_mesh = ax_heat.collections[0], ax_ov.collections[0]
+        # colour bars with an arrow: cells beyond the fixed limit saturate
+        self.fig.colorbar(self.heat_mesh, ax=ax_heat, extend="max", label="neurons")
+        self.fig.colorbar(self.ov_mesh, ax=ax_ov, extend="max", label="shared neurons")
         self.diagonal = np.eye(k, dtype=bool)
-        self.ov_norm = self.ov_mesh.norm
-        self.cmap = colormaps[plots.SEQUENTIAL_CMAP]
-        self.ov_texts = []
-        if k <= 10:
-            for i in range(k):
-                for j in range(k):
-                    self.ov_texts.append(
-                        ax_ov.text(j + 0.5, i + 0.5, "", ha="center", va="center",
-                                   fontsize="x-small", animated=True)
-                    )
-
-        totals = counts.sum(axis=0)
-        plots.plot_language_counts(
-            totals, ax=ax_bar, annotate=False, title="Neurons per language"
-        )
+        cells = [(i, j) for i in range(k) for j in range(k)] if k <= 10 else []
+        self.ov_texts = [  # numbers in the overlap cells (more than 10 languages: none)
+            ax_ov.text(j + 0.5, i + 0.5, "", ha="center", va="center", fontsize="x-small")
+            for i, j in cells
+        ]
+        plots.plot_language_counts(counts, ax=ax_bar, annotate=False, title="Neurons per language")
         self.bars = list(ax_bar.patches)
-        self.bar_top = limits.counts * 1.18
+        self.bar_top = max(float(counts.sum(axis=0).max()), 1.0) * 1.18
         ax_bar.set_ylim(0, self.bar_top)
         self.bar_texts = [
             ax_bar.text(b.get_x() + b.get_width() / 2, 0, "", ha="center", va="bottom",
-                        fontsize="x-small", animated=True)
+                        fontsize="x-small")
             for b in self.bars
         ]
         # the layout reserves room for the title as it is at the first draw: give it text
-        self.title = fig.suptitle(title, fontsize="medium", animated=True)
-        for artist in (self.heat_mesh, self.ov_mesh, *self.bars):
-            artist.set_animated(True)
-        fig.canvas.draw()
-        self.background = fig.canvas.copy_from_bbox(fig.bbox)
+        self.title = self.fig.suptitle(title, fontsize="medium")
         self._animated = [
             self.heat_mesh, self.ov_mesh, *self.ov_texts, *self.bars, *self.bar_texts, self.title
         ]
+        for artist in self._animated:
+            artist.set_animated(True)
+        self.fig.canvas.draw()
+        self.background = self.fig.canvas.copy_from_bbox(self.fig.bbox)
 
     def update(self, selection: NeuronSelection, title: str) -> bytes:
-        """Show ``selection`` (same languages as at construction); returns the PNG."""
+        """Show ``selection`` (same languages as the figure); returns the PNG."""
         counts = analysis.layer_distribution(selection)
-        if list(counts.columns) != self.languages:
-            raise ValueError(
-                f"the figure was built for {self.languages}, got {list(counts.columns)}"
-            )
         self.heat_mesh.set_array(counts.to_numpy(dtype=float))
         ov = analysis.overlap(selection)[0].to_numpy(dtype=float)
         self.ov_mesh.set_array(np.ma.masked_where(self.diagonal, ov))
         if self.ov_texts:
             # zero off the diagonal stays blank (the lightest colour says it; blank text
             # costs nothing to draw); text colour from the cell's luminance, in one pass
-            rgba = self.cmap(self.ov_norm(ov))
+            rgba = self.ov_mesh.cmap(self.ov_mesh.norm(ov))
             light = (rgba[..., :3] @ np.array([0.299, 0.587, 0.114])) > 0.55
             for text, v, is_light, on_diag in zip(
                 self.ov_texts, ov.ravel(), light.ravel(), self.diagonal.ravel(), strict=True
@@ -589,354 +448,53 @@ class _LiveFigure:
             text.set_text(f"{int(total):,}")
             text.set_y(min(float(total), self.bar_top * 0.93))
         self.title.set_text(title)
-        return self.render()
-
-    def render(self) -> bytes:
-        """Background plus the animated artists, as PNG bytes."""
-        canvas = self.fig.canvas
-        canvas.restore_region(self.background)
+        self.fig.canvas.restore_region(self.background)
         for artist in self._animated:
             self.fig.draw_artist(artist)
-        return _png(self.fig)
-
-
-def _static_figure(selection: NeuronSelection, *, dpi: float = 100) -> Figure:
-    """The explorer's three panels at full detail (numbers in the cells), no pyplot.
-
-    Colour limits are those of this selection (what the figure shows).
-    """
-    counts = analysis.layer_distribution(selection)
-    w, h = _figure_size(selection.n_layers, len(counts.columns))
-    fig = Figure(figsize=(w, h + 0.4), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_heat, ax_ov, ax_bar = fig.subplots(1, 3, width_ratios=[1.0, 1.15, 1.0])
-    lim = _limits_from(selection)
-    plots.plot_layer_distribution(
-        counts, ax=ax_heat, vmin=0, vmax=lim.heatmap, title="Neurons per layer"
-    )
-    plots.plot_overlap(
-        analysis.overlap(selection)[0], ax=ax_ov, vmin=0, vmax=lim.overlap,
-        title="Shared neurons",
-    )
-    plots.plot_language_counts(counts, ax=ax_bar, title="Neurons per language")
-    label = LapeConfig.from_dict(selection.config).label() if selection.config else ""
-    fig.suptitle(
-        f"{label} · {selection.total_distinct():,} distinct neurons", fontsize="medium"
-    )
-    return fig
+        buf = io.BytesIO()  # PIL at the lowest compression: faster than savefig
+        PILImage.fromarray(np.asarray(self.fig.canvas.buffer_rgba())).save(
+            buf, format="png", compress_level=1
+        )
+        return buf.getvalue()
 
 
 # ============================================================================ explorer
 
 
-def _slider(name: str, value: float, bounds: tuple[float, float, float]) -> widgets.FloatSlider:
-    lo, hi, step = bounds
-    lo, hi = min(lo, value), max(hi, value)
-    slider = widgets.FloatSlider(
-        value=value, min=lo, max=hi, step=step, description=_DESCRIPTION[name],
-        readout_format=_READOUT[name], continuous_update=False, tooltip=_TOOLTIP[name],
-        style={"description_width": "80px"}, layout=widgets.Layout(width="420px"),
-    )
-    slider.add_class(f"lape-{name.replace('_', '-')}")
-    return slider
+class _Panel:
+    """What both panels share: a status line, and display as their widget."""
 
-
-class ExplorerPanel:
-    """The threshold explorer; build it with :func:`threshold_explorer`.
-
-    Attributes:
-        stats: The statistics it re-identifies from.
-        widget: The ipywidgets container to display (the panel displays itself too).
-        sliders: ``{threshold: FloatSlider}`` for :data:`THRESHOLDS`.
-        language_picker: ``SelectMultiple`` of the competing languages.
-        counts_html: ``HTML`` widget holding :func:`render_counts_html`.
-        image: ``Image`` widget holding the live figure (PNG).
-        message: ``HTML`` widget with the last status or error.
-        save_button: Saves the current selection under ``save_dir``.
-        overwrite: ``Checkbox``: let *Save* replace an existing file.
-        save_status: ``HTML`` widget with the outcome of the last save.
-        selection: The current :class:`~lape_utils.selection.NeuronSelection` (the last
-            valid one when the current input is rejected).
-        counts: :func:`counts_table` of :attr:`selection`.
-        config: The :class:`~lape_utils.lape.LapeConfig` of :attr:`selection`.
-        timings: Seconds spent by the last update: ``identify`` (re-identification and
-            counts), ``redraw`` (figure and table) and ``total``.
-        save_dir: Where *Save* writes (``None``: saving disabled).
-    """
-
-    def __init__(
-        self,
-        stats: ActivationStats,
-        *,
-        config: LapeConfig,
-        languages: Sequence[str] | None,
-        save_dir: str | os.PathLike | None,
-        ranges: Mapping[str, tuple[float, float, float]] | None,
-        heatmap_vmax: float | None,
-    ) -> None:
-        self.stats = stats
-        self.base_config = config
-        self.save_dir = None if save_dir is None else Path(save_dir)
-        self.heatmap_vmax = heatmap_vmax
-        bounds = dict(DEFAULT_RANGES)
-        for name, rng in (ranges or {}).items():
-            if name not in THRESHOLDS:
-                raise ValueError(f"unknown threshold {name!r} in ranges; use {list(THRESHOLDS)}")
-            lo, hi, step = (float(x) for x in rng)
-            if not (lo < hi and step > 0):
-                raise ValueError(f"range of {name} must be (min < max, step > 0), got {rng!r}")
-            bounds[name] = (lo, hi, step)
-        self.ranges = bounds
-        langs = _check_picked(stats.languages, languages)
-
-        self.sliders = {
-            name: _slider(name, getattr(config, name), bounds[name]) for name in THRESHOLDS
-        }
-        self.language_picker = widgets.SelectMultiple(
-            options=[
-                (f"{code} · {language_name(code)}", code)
-                for code in sort_languages(stats.languages)
-            ],
-            value=tuple(langs),
-            rows=min(len(stats.languages), 10),
-            description="languages",
-            tooltip="languages that compete (ctrl/shift-click to pick several)",
-            style={"description_width": "80px"},
-            layout=widgets.Layout(width="260px", margin="0 12px 0 0"),
-        )
-        self.language_picker.add_class("lape-languages")
-        self.counts_html = widgets.HTML()
-        self.counts_html.add_class("lape-counts-box")
-        self.message = widgets.HTML()
-        self.message.add_class("lape-explorer-message")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.image.add_class("lape-figure")
-        self.save_button = widgets.Button(
-            description="Save selection",
-            icon="save",
-            disabled=self.save_dir is None,
-            tooltip=(
-                "pass save_dir= to threshold_explorer to enable saving"
-                if self.save_dir is None
-                else f"write the current selection to {self.save_dir}"
-            ),
-        )
-        self.save_button.add_class("lape-save")
-        self.overwrite = widgets.Checkbox(value=False, description="overwrite", indent=False,
-                                          layout=widgets.Layout(width="110px"))
-        self.save_status = widgets.HTML()
-        self.save_status.add_class("lape-save-status")
-
-        self.selection: NeuronSelection | None = None
-        self.counts: pd.DataFrame | None = None
-        self.config: LapeConfig | None = None
-        self.timings: dict[str, float] = {}
-        self._columns_cache: tuple[tuple[str, ...], torch.Tensor, torch.Tensor] | None = None
-        self._live: _LiveFigure | None = None
-        self._limits: _Limits | None = None
-
-        controls = widgets.VBox(
-            [*self.sliders.values(),
-             widgets.HBox([self.save_button, self.overwrite]), self.save_status],
-            layout=widgets.Layout(min_width="430px", margin="0 12px 0 0"),
-        )
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([controls, self.language_picker, self.counts_html],
-                             layout=widgets.Layout(flex_flow="row wrap")),
-                self.message,
-                self.image,
-            ]
-        )
-        self.widget.add_class("lape-explorer")
-        self.update()
-        for slider in self.sliders.values():
-            slider.observe(self._on_change, names="value")
-        self.language_picker.observe(self._on_change, names="value")
-        self.save_button.on_click(self._on_save)
-
-    # ------------------------------------------------------------------ updates
-
-    def _picked_columns(self, langs: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        key = tuple(langs)
-        if self._columns_cache is None or self._columns_cache[0] != key:
-            oz, n = _columns(self.stats, langs)
-            self._columns_cache = (key, oz, n)
-        return self._columns_cache[1], self._columns_cache[2]
-
-    def _limits_for(
-        self, oz: torch.Tensor, n: torch.Tensor, langs: list[str], sel: NeuronSelection,
-        config: LapeConfig,
-    ) -> _Limits:
-        """Fixed limits: the selection at the largest top_rate of the slider."""
-        ceiling = sel
-        top_max = self.sliders["top_rate"].max
-        try:
-            cfg = dataclasses.replace(config, top_rate=min(top_max, 1.0))
-            with _collect_warnings("lape_utils.lape"):
-                ceiling = identify(oz, n, langs, cfg)
-        except (TypeError, ValueError) as err:  # fall back to the current selection
-            logger.debug("colour limits from the current selection (%s)", err)
-        lim = _limits_from(ceiling)
-        return _Limits(
-            heatmap=float(self.heatmap_vmax or lim.heatmap),
-            overlap=lim.overlap,
-            counts=lim.counts,
-        )
-
-    def update(self) -> None:
-        """Re-identify with the current widget values and redraw (what every change runs)."""
-        t0 = time.perf_counter()
-        values = {name: s.value for name, s in self.sliders.items()}
-        try:
-            langs = _check_picked(self.stats.languages, self.language_picker.value)
-        except ValueError as err:
-            self._show(f"Not re-identified: {err}", "error")
-            return
-        oz, n = self._picked_columns(langs)
-        sel, table, msg, level = _reidentify(
-            oz, n, langs, values, self.base_config, self.stats.provenance
-        )
-        t1 = time.perf_counter()
-        if sel is None:
-            self._show(msg + " (the figure and table still show the last valid selection)",
-                       "error")
-            return
-        config = LapeConfig.from_dict(sel.config)
-        title = f"{config.label()} · {len(langs)} languages"
-        rebuild = self._live is None or self._live.languages != sort_languages(langs)
-        if rebuild:  # first draw, or other languages: new figure and colour limits
-            self._limits = self._limits_for(oz, n, langs, sel, config)
-            self._live = _LiveFigure(sel, self._limits, title=title, dpi=_LIVE_DPI)
-        png = self._live.update(sel, title)
-        self.image.value = png
-        self.counts_html.value = render_counts_html(
-            table, previous=self.counts, caption=config.label()
-        )
-        t2 = time.perf_counter()
-        self.selection, self.counts, self.config = sel, table, config
-        self.timings = {"identify": t1 - t0, "redraw": t2 - t1, "total": t2 - t0}
-        self._show(
-            f"{msg} · identified in {1000 * (t1 - t0):.0f} ms, "
-            f"{'figure built' if rebuild else 'redrawn'} in {1000 * (t2 - t1):.0f} ms",
-            level,
-        )
-
-    def _on_change(self, change: dict) -> None:
-        try:
-            self.update()
-        except Exception as err:  # a panel never shows a traceback
-            logger.debug("explorer update failed", exc_info=True)
-            self._show(f"Update failed: {type(err).__name__}: {err}", "error")
+    widget: widgets.Box
+    message: widgets.HTML
 
     def _show(self, text: str, level: str) -> None:
         self.message.value = render_message_html(text, level)
 
-    # ------------------------------------------------------------------ saving
-
-    def save(self, name: str | None = None, *, overwrite: bool | None = None) -> Path:
-        """Save the current selection under :attr:`save_dir` (what *Save* does).
-
-        Args:
-            name: File name (default :func:`selection_filename`).
-            overwrite: Replace an existing file (default: the checkbox).
-
-        Returns:
-            The path written.
-
-        Raises:
-            ValueError: no ``save_dir`` was given or there is no valid selection.
-            FileExistsError: the file exists and overwriting is off.
-        """
-        if self.save_dir is None:
-            raise ValueError("this explorer has no save_dir; pass save_dir= to threshold_explorer")
-        if self.selection is None:
-            raise ValueError("no valid selection to save; fix the thresholds first")
-        ow = self.overwrite.value if overwrite is None else overwrite
-        return save_selection(self.selection, self.save_dir, name=name, overwrite=ow)
-
-    def _on_save(self, _button: widgets.Button | None = None) -> None:
-        try:
-            path = self.save()
-        except FileExistsError as err:
-            self.save_status.value = render_message_html(
-                f"{err}. Tick 'overwrite' to replace it.", "warning"
-            )
-        except Exception as err:  # a panel never shows a traceback
-            logger.debug("save failed", exc_info=True)
-            self.save_status.value = render_message_html(
-                f"Not saved: {type(err).__name__}: {err}", "error"
-            )
-        else:
-            self.save_status.value = render_message_html(f"Saved {path}", "ok")
-
-    # ------------------------------------------------------------------ static copies
-
-    def static_figure(self, *, dpi: float = 100) -> Figure:
-        """The current selection as a normal matplotlib figure (numbers in the cells).
-
-        Same panels as the live figure, with colour limits fitted to what it shows (the live
-        figure keeps the limits fixed for the whole slider range so redraws do not jump; a
-        static copy shows one selection and would be washed out by them). It is not
-        managed by pyplot: display it with :meth:`display_static` or save it with
-        :func:`lape_utils.plots.save_figure`.
-
-        Raises:
-            ValueError: there is no valid selection.
-        """
-        if self.selection is None:
-            raise ValueError("no valid selection to draw; fix the thresholds first")
-        return _static_figure(self.selection, dpi=dpi)
-
-    def static_png(self, *, dpi: float = 100) -> bytes:
-        """:meth:`static_figure` encoded as PNG."""
-        buf = io.BytesIO()
-        self.static_figure(dpi=dpi).savefig(buf, format="png")
-        return buf.getvalue()
-
-    def display_static(self, *, dpi: float = 100) -> None:
-        """Display the static copy (figure as PNG, counts table as HTML) as normal outputs.
-
-        These outputs survive export of the executed notebook to HTML, unlike the widget.
-        """
-        from IPython.display import HTML, Image, display
-
-        if self.selection is None or self.counts is None:
-            display(HTML(render_message_html("no valid selection to show", "error")))
-            return
-        display(Image(data=self.static_png(dpi=dpi), format="png"))
-        display(HTML(render_counts_html(self.counts, caption=self.config.label())))
-
-    # ------------------------------------------------------------------ display
-
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        return _bundle(self, self.widget, **kwargs)
-
-    def __repr__(self) -> str:
-        return (
-            f"ExplorerPanel({self.stats.n_layers}x{self.stats.n_neurons}, "
-            f"languages={list(self.language_picker.value)}, config={self.config})"
-        )
+        """The widget's mime bundle, with a text fallback that says what it is and what to do."""
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["text/plain"] = f"{self!r}\n{_FALLBACK_HINT}"
+        return bundle
 
 
-def threshold_explorer(
-    stats: ActivationStats | str | os.PathLike,
-    *,
-    config: LapeConfig = LapeConfig(),
-    languages: Sequence[str] | None = None,
-    save_dir: str | os.PathLike | None = None,
-    ranges: Mapping[str, tuple[float, float, float]] | None = None,
-    heatmap_vmax: float | None = None,
-) -> ExplorerPanel:
+def _slider(name: str, value: float, bounds: tuple[float, float, float]) -> widgets.FloatSlider:
+    lo, hi, step = bounds
+    description, readout, tooltip = _SLIDERS[name]
+    return _tagged(f"lape-{name.replace('_', '-')}", widgets.FloatSlider(
+        value=value, min=min(lo, value), max=max(hi, value), step=step, description=description,
+        readout_format=readout, continuous_update=False, tooltip=tooltip, style=_STYLE,
+        layout={"width": "420px"},
+    ))
+
+
+class ExplorerPanel(_Panel):
     """A panel to move the LAPE thresholds and see the selection change live.
 
-    Three sliders (``top_rate``, ``filter_rate``, ``activation_bar_ratio``) and a language
-    picker; every change re-identifies from ``stats`` (:func:`reidentify`) and redraws the
-    counts table, the layer heatmap, the overlap heatmap and the per-language bars. Colour
-    limits and the bar axis are fixed when the panel is built (and when the picked
-    languages change), from the selection at the largest ``top_rate`` of the slider; cells
-    beyond the limit saturate (the colour bar's arrow). *Save selection* writes the current
-    selection under ``save_dir``.
+    Build it as ``threshold_explorer(stats, ...)``. Every change of a threshold slider or
+    of the language picker re-identifies from ``stats`` (:func:`reidentify`) and redraws
+    the counts table, the layer heatmap, the overlap heatmap and the per-language bars.
+    Their colour limits are fixed, per set of languages, by the selection at the slider's
+    largest ``top_rate`` (cells beyond saturate: the colour bar's arrow).
 
     Args:
         stats: Activation statistics, or a directory saved by
@@ -947,29 +505,214 @@ def threshold_explorer(
         ranges: ``{threshold: (min, max, step)}`` replacing :data:`DEFAULT_RANGES`.
         heatmap_vmax: Fixed upper colour limit of the layer heatmap (neurons per cell).
 
-    Returns:
-        An :class:`ExplorerPanel`; the last expression of a cell displays it.
+    Attributes:
+        widget: The ipywidgets container to display (the panel displays itself too).
+        sliders: ``{threshold: FloatSlider}`` for :data:`THRESHOLDS`.
+        language_picker: ``SelectMultiple`` of the competing languages.
+        counts_html, image, message: ``HTML`` with :func:`render_counts_html`, ``Image``
+            with the live figure (PNG), ``HTML`` with the last status or error.
+        save_button, overwrite, save_status: *Save selection*, the ``Checkbox`` that lets
+            it replace a file, and ``HTML`` with the outcome of the last save.
+        selection, counts, config: The current selection (the last valid one when the
+            input is rejected), its :func:`counts_table` and its config.
+        timings: Seconds spent by the last update: ``identify`` (re-identification and
+            counts), ``redraw`` (figure and table) and ``total``.
 
     Raises:
         TypeError: ``config`` is not a LapeConfig or ``stats`` not statistics.
         ValueError: bad ``languages`` or ``ranges``.
     """
-    if isinstance(stats, (str, os.PathLike)):
-        stats = ActivationStats.load(stats)
-    if not isinstance(stats, ActivationStats):
-        raise TypeError(
-            f"stats must be ActivationStats (or a directory holding them), got "
-            f"{type(stats).__name__}"
+
+    def __init__(
+        self,
+        stats: ActivationStats | str | os.PathLike,
+        *,
+        config: LapeConfig = LapeConfig(),
+        languages: Sequence[str] | None = None,
+        save_dir: str | os.PathLike | None = None,
+        ranges: Mapping[str, tuple[float, float, float]] | None = None,
+        heatmap_vmax: float | None = None,
+    ) -> None:
+        if isinstance(stats, (str, os.PathLike)):
+            stats = ActivationStats.load(stats)
+        if not isinstance(stats, ActivationStats):
+            raise TypeError(
+                f"stats must be ActivationStats (or a directory holding them), got "
+                f"{type(stats).__name__}"
+            )
+        if not isinstance(config, LapeConfig):
+            raise TypeError(
+                f"config must be a LapeConfig, got {type(config).__name__}; use "
+                "LapeConfig.from_dict(...) for a dict"
+            )
+        self.stats, self.base_config, self.heatmap_vmax = stats, config, heatmap_vmax
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        bounds = dict(DEFAULT_RANGES)
+        for name, rng in (ranges or {}).items():
+            if name not in THRESHOLDS:
+                raise ValueError(f"unknown threshold {name!r} in ranges; use {list(THRESHOLDS)}")
+            lo, hi, step = (float(x) for x in rng)
+            if not (lo < hi and step > 0):
+                raise ValueError(f"range of {name} must be (min < max, step > 0), got {rng!r}")
+            bounds[name] = (lo, hi, step)
+        langs = _check_picked(stats.languages, languages)
+
+        self.sliders = {
+            name: _slider(name, getattr(config, name), bounds[name]) for name in THRESHOLDS
+        }
+        self.language_picker = _tagged("lape-languages", widgets.SelectMultiple(
+            options=_language_options(stats.languages), value=tuple(langs),
+            rows=min(len(stats.languages), 10), description="languages",
+            tooltip="languages that compete (ctrl/shift-click to pick several)",
+            style=_STYLE, layout={"width": "260px", "margin": "0 12px 0 0"},
+        ))
+        self.counts_html = _tagged("lape-counts-box", widgets.HTML())
+        self.message = _tagged("lape-explorer-message", widgets.HTML())
+        self.image = _tagged("lape-figure", widgets.Image(layout={"max_width": "100%"}))
+        self.save_button = _tagged("lape-save", widgets.Button(
+            description="Save selection", icon="save", disabled=self.save_dir is None,
+            tooltip="pass save_dir= to threshold_explorer to enable saving"
+            if self.save_dir is None else f"write the current selection to {self.save_dir}",
+        ))
+        self.overwrite = widgets.Checkbox(description="overwrite", indent=False,
+                                          layout={"width": "110px"})
+        self.save_status = _tagged("lape-save-status", widgets.HTML())
+
+        self.selection: NeuronSelection | None = None
+        self.counts: pd.DataFrame | None = None
+        self.config: LapeConfig | None = None
+        self.timings: dict[str, float] = {}
+        self._live: _LiveFigure | None = None
+
+        controls = widgets.VBox(
+            [*self.sliders.values(), widgets.HBox([self.save_button, self.overwrite]),
+             self.save_status],
+            layout={"min_width": "430px", "margin": "0 12px 0 0"},
         )
-    if not isinstance(config, LapeConfig):
-        raise TypeError(
-            f"config must be a LapeConfig, got {type(config).__name__}; use "
-            "LapeConfig.from_dict(...) for a dict"
+        row = widgets.HBox([controls, self.language_picker, self.counts_html],
+                           layout={"flex_flow": "row wrap"})
+        self.widget = _tagged("lape-explorer", widgets.VBox([row, self.message, self.image]))
+        self.update()
+        for picker in (*self.sliders.values(), self.language_picker):
+            picker.observe(self._on_change, names="value")
+        self.save_button.on_click(self._on_save)
+
+    # ------------------------------------------------------------------ updates and saving
+
+    def _ceiling(self, langs: list[str], config: LapeConfig) -> NeuronSelection | None:
+        """The selection at the slider's largest top_rate: it fixes the colour limits."""
+        top_rate = min(self.sliders["top_rate"].max, 1.0)
+        try:
+            with _lape_warnings():  # its warnings are not the current selection's
+                return identify(*_columns(self.stats, langs), langs,
+                                dataclasses.replace(config, top_rate=top_rate))
+        except (TypeError, ValueError) as err:
+            logger.debug("colour limits from the current selection (%s)", err)
+            return None
+
+    def update(self) -> None:
+        """Re-identify with the current widget values and redraw (what every change runs)."""
+        t0 = time.perf_counter()
+        values = {name: slider.value for name, slider in self.sliders.items()}
+        sel, table, msg, level = _reidentify(
+            self.stats, values, self.language_picker.value, self.base_config
         )
-    return ExplorerPanel(
-        stats, config=config, languages=languages, save_dir=save_dir, ranges=ranges,
-        heatmap_vmax=heatmap_vmax,
-    )
+        t1 = time.perf_counter()
+        if sel is None:
+            self._show(msg + " (the figure and table still show the last valid selection)",
+                       "error")
+            return
+        config = LapeConfig.from_dict(sel.config)
+        title = f"{config.label()} · {len(sel.languages)} languages"
+        rebuild = self._live is None or self._live.languages != sort_languages(sel.languages)
+        if rebuild:  # first draw, or other languages: a new figure with new colour limits
+            ceiling = self._ceiling(sel.languages, config) or sel
+            self._live = _LiveFigure(ceiling, self.heatmap_vmax, title)
+        self.image.value = self._live.update(sel, title)
+        self.counts_html.value = render_counts_html(table, previous=self.counts,
+                                                    caption=config.label())
+        t2 = time.perf_counter()
+        self.selection, self.counts, self.config = sel, table, config
+        self.timings = {"identify": t1 - t0, "redraw": t2 - t1, "total": t2 - t0}
+        self._show(
+            f"{msg} · identified in {1000 * (t1 - t0):.0f} ms, "
+            f"{'figure built' if rebuild else 'redrawn'} in {1000 * (t2 - t1):.0f} ms",
+            level,
+        )
+
+    def _on_change(self, _change: dict) -> None:
+        try:
+            self.update()
+        except Exception as err:  # a panel never shows a traceback
+            logger.debug("explorer update failed", exc_info=True)
+            self._show(f"Update failed: {type(err).__name__}: {err}", "error")
+
+    def _on_save(self, _button: widgets.Button | None = None) -> None:
+        """Save the current selection with :func:`save_selection` (what *Save selection* does)."""
+        try:
+            if self.save_dir is None:
+                raise ValueError("no save_dir; pass save_dir= to threshold_explorer")
+            if self.selection is None:
+                raise ValueError("no valid selection to save; fix the thresholds first")
+            path = save_selection(self.selection, self.save_dir, overwrite=self.overwrite.value)
+            text, level = f"Saved {path}", "ok"
+        except FileExistsError as err:
+            text, level = f"{err}. Tick 'overwrite' to replace it.", "warning"
+        except Exception as err:  # a panel never shows a traceback
+            logger.debug("save failed", exc_info=True)
+            text, level = f"Not saved: {type(err).__name__}: {err}", "error"
+        self.save_status.value = render_message_html(text, level)
+
+    # ------------------------------------------------------------------ static copies
+
+    def static_figure(self) -> Figure:
+        """The current selection as a normal, pyplot-free figure (numbers in the cells).
+
+        Same panels as the live figure, with colour limits fitted to this one selection
+        (the live figure's fixed limits would wash it out). Save it with
+        :func:`lape_utils.plots.save_figure`.
+
+        Raises:
+            ValueError: there is no valid selection.
+        """
+        sel = self.selection
+        if sel is None:
+            raise ValueError("no valid selection to draw; fix the thresholds first")
+        fig, (ax_heat, ax_ov, ax_bar) = _figure(sel.n_layers, len(sel.languages), 100, 0.4)
+        plots.plot_layer_distribution(sel, ax=ax_heat, title="Neurons per layer")
+        plots.plot_overlap(sel, ax=ax_ov, title="Shared neurons")
+        plots.plot_language_counts(sel, ax=ax_bar, title="Neurons per language")
+        fig.suptitle(
+            f"{self.config.label()} · {sel.total_distinct():,} distinct neurons",
+            fontsize="medium",
+        )
+        return fig
+
+    def static_png(self) -> bytes:
+        """:meth:`static_figure` encoded as PNG."""
+        buf = io.BytesIO()
+        self.static_figure().savefig(buf, format="png")
+        return buf.getvalue()
+
+    def display_static(self) -> None:
+        """Show the static copy (figure, counts table) as plain outputs that survive HTML export."""
+        from IPython.display import HTML, Image, display
+
+        if self.selection is None:
+            display(HTML(render_message_html("no valid selection to show", "error")))
+            return
+        display(Image(data=self.static_png(), format="png"))
+        display(HTML(render_counts_html(self.counts, caption=self.config.label())))
+
+    def __repr__(self) -> str:
+        return (
+            f"ExplorerPanel({self.stats.n_layers}x{self.stats.n_neurons}, "
+            f"languages={list(self.language_picker.value)}, config={self.config})"
+        )
+
+
+#: The explorer under the name the notebooks use: ``threshold_explorer(stats, ...)``.
+threshold_explorer = ExplorerPanel
 
 
 # ============================================================================ steering
@@ -1006,45 +749,30 @@ def run_steering(
         zero_source: Also deactivate the source language's neurons.
 
     Returns:
-        ``{"prompt", "source", "target", "mode", "strength", "max_new_tokens",
-        "zero_source", "unsteered", "steered", "unsteered_lang", "unsteered_score",
-        "unsteered_label", "steered_lang", "steered_score", "steered_label", "chrf",
-        "target_mass_unsteered", "target_mass_steered", "seconds"}``.
+        Plain Python values: the arguments (``prompt``, ``source``, ``target``, ``mode``,
+        ``strength``, ``max_new_tokens``, ``zero_source``), the prompt's row of
+        :attr:`SteerResult.rows <lape_utils.steering.SteerResult.rows>` (the ``unsteered``
+        and ``steered`` text, their detected ``*_lang``/``*_score``/``*_label``, ``chrf``,
+        ``target_mass_*``...) and ``seconds``.
 
     Raises:
         lape_utils.intervene.InterventionError: bad input (empty prompt, a language not in
             the neuron set or statistics, source == target, an unknown mode, a non-finite
             strength, statistics of another model), checked before any generation.
     """
-    from lape_utils.intervene import InterventionError
-    from lape_utils.steering import PAPER_GENERATION, SteerSpec, steer
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise InterventionError("the prompt is empty; type a question")
-    if int(max_new_tokens) < 1:
-        raise InterventionError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     started = time.perf_counter()
-    spec = SteerSpec(target, source=source or None, zero_source=bool(zero_source), mode=mode,
-                     strength=strength)
-    generation = dataclasses.replace(PAPER_GENERATION, max_new_tokens=int(max_new_tokens))
-    result = steer(model, neurons, stats, [prompt.strip()], spec, generation=generation)
-    row = result.rows.iloc[0]
     out: dict[str, Any] = {
-        "prompt": prompt.strip(),
-        "source": source or None,
-        "target": target,
-        "mode": mode,
-        "strength": float(strength),
-        "max_new_tokens": int(max_new_tokens),
+        "prompt": prompt.strip(), "source": source or None, "target": target, "mode": mode,
+        "strength": float(strength), "max_new_tokens": int(max_new_tokens),
         "zero_source": bool(zero_source),
     }
-    for key in (
-        "unsteered", "steered", "unsteered_lang", "unsteered_score", "unsteered_label",
-        "steered_lang", "steered_score", "steered_label", "chrf",
-        "target_mass_unsteered", "target_mass_steered",
-    ):
-        value = row[key]
-        out[key] = value.item() if hasattr(value, "item") else value
+    spec = SteerSpec(target, source=out["source"], zero_source=out["zero_source"], mode=mode,
+                     strength=strength)
+    generation = dataclasses.replace(PAPER_GENERATION, max_new_tokens=int(max_new_tokens))
+    rows = steer(model, neurons, stats, [out["prompt"]], spec, generation=generation).rows
+    out.update(rows.drop(columns=["neurons", "prompt"]).to_dict("records")[0])  # plain values
     out["seconds"] = time.perf_counter() - started
     return out
 
@@ -1062,12 +790,11 @@ def render_answer_html(
         label: The trusted label (``lang``, ``"mixed"`` or ``"unknown"``).
         css_class: Extra class of the outer ``div``.
     """
+    name = f"{html.escape(language_name(lang))} ({html.escape(lang)})" if lang else "nothing"
     if label == lang and lang:
-        name = html.escape(language_name(lang))
-        verdict = f"{name} ({html.escape(lang)}), confidence {score:.2f}"
+        verdict = f"{name}, confidence {score:.2f}"
     else:
-        guess = f"{html.escape(language_name(lang))} ({html.escape(lang)})" if lang else "nothing"
-        verdict = f"{html.escape(label)} (best guess {guess}, confidence {score:.2f})"
+        verdict = f"{html.escape(label)} (best guess {name}, confidence {score:.2f})"
     body = html.escape(text) if text.strip() else "<i>(empty answer)</i>"
     return (
         f'<div class="lape-answer {css_class}" style="border:1px solid #ccc;padding:6px;'
@@ -1079,28 +806,35 @@ def render_answer_html(
     )
 
 
-def _describe(result: Mapping[str, Any]) -> str:
-    zero = f", {result['source']} neurons zeroed" if result.get("zero_source") else ""
-    return f"steered to {result['target']} ({result['mode']} × {result['strength']:g}{zero})"
+class SteeringPanel(_Panel):
+    """A panel to steer generation towards a language and compare with the plain answer.
 
+    Build it as ``steering_panel(model, neurons, stats, ...)``. Only *Generate* generates:
+    it runs :func:`run_steering` and shows the unsteered and the steered answer side by
+    side, with the detected language and its confidence.
 
-class SteeringPanel:
-    """The steering panel; build it with :func:`steering_panel`.
+    Args:
+        model: The loaded model (:func:`lape_utils.load_model`).
+        neurons: Its language-specific neurons.
+        stats: Its activation statistics (``set``/``add`` use their mean activations).
+        prompts: Questions to offer (default: ``data/prompts/<source>.txt`` via
+            :func:`lape_utils.corpus.load_prompts`); the first fills the prompt box.
+        source: The prompts' language (default ``"en"`` when the neuron set has it).
+        target: The language to steer to (default the first other language).
+        mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
+        strength: Initial strength.
+        max_new_tokens: Initial number of tokens to generate.
+        zero_source: Initially also deactivate the source's neurons.
 
     Attributes:
-        model, neurons, stats: What generation uses.
         widget: The ipywidgets container to display (the panel displays itself too).
-        prompt: ``Textarea`` with the question.
-        examples: ``Dropdown`` of built-in questions in the source language; picking one
-            fills :attr:`prompt`.
-        source, target: ``Dropdown`` of languages (source may be ``None``).
-        mode: ``ToggleButtons`` ``set``/``add``/``scale``.
-        strength: ``FloatSlider``.
-        max_new_tokens: ``IntSlider``.
-        zero_source: ``Checkbox``: also deactivate the source language's neurons.
+        prompt, source, target, mode, strength, max_new_tokens, zero_source: The widgets
+            of the settings above.
+        examples: ``Dropdown`` of the built-in questions in the source language; picking
+            one fills :attr:`prompt`.
         generate_button: Runs :meth:`generate`; nothing else generates.
-        message: ``HTML`` status or error.
-        unsteered_html, steered_html: ``HTML`` widgets with the two answers.
+        message, unsteered_html, steered_html: ``HTML`` with the status or error, and with
+            the two answers.
         results: Every result dict of :func:`run_steering` so far.
     """
 
@@ -1110,13 +844,13 @@ class SteeringPanel:
         neurons: NeuronSelection,
         stats: ActivationStats | None,
         *,
-        prompts: Sequence[str] | str | None,
-        source: str | None,
-        target: str | None,
-        mode: str,
-        strength: float,
-        max_new_tokens: int,
-        zero_source: bool,
+        prompts: Sequence[str] | str | None = None,
+        source: str | None = None,
+        target: str | None = None,
+        mode: str = "set",
+        strength: float = 1.0,
+        max_new_tokens: int = 32,
+        zero_source: bool = False,
     ) -> None:
         if not isinstance(neurons, NeuronSelection):
             raise TypeError(f"neurons must be a NeuronSelection, got {type(neurons).__name__}")
@@ -1148,85 +882,64 @@ class SteeringPanel:
         self.prompts = self._load_prompts(source) if prompts is None else (
             [prompts] if isinstance(prompts, str) else [str(p) for p in prompts]
         )
-        self.prompt = widgets.Textarea(
-            value=self.prompts[0] if self.prompts else "",
-            placeholder="type a question",
-            description="prompt",
-            rows=3,
-            layout=widgets.Layout(width="95%"),
-            style={"description_width": "80px"},
-        )
-        self.prompt.add_class("lape-prompt")
+        self.prompt = _tagged("lape-prompt", widgets.Textarea(
+            value=self.prompts[0] if self.prompts else "", placeholder="type a question",
+            description="prompt", rows=3, style=_STYLE, layout={"width": "95%"},
+        ))
         self.examples = widgets.Dropdown(
-            options=self._example_options(), value=None, description="examples",
-            style={"description_width": "80px"}, layout=widgets.Layout(width="95%"),
+            options=self._example_options(), value=None, description="examples", style=_STYLE,
+            layout={"width": "95%"},
         )
-        self.examples.observe(self._on_example, names="value")
-        lang_opts = [(f"{x} · {language_name(x)}", x) for x in sort_languages(neurons.languages)]
         self.source = widgets.Dropdown(
-            options=[("none", None), *lang_opts], value=source, description="source",
+            options=[("none", None), *_language_options(neurons.languages)], value=source,
+            description="source", style=_STYLE, layout={"width": "260px"},
             tooltip="the prompt's language (deactivated with 'zero source')",
-            style={"description_width": "80px"}, layout=widgets.Layout(width="260px"),
         )
         self.target = widgets.Dropdown(
-            options=[(f"{x} · {language_name(x)}", x) for x in targets], value=target,
-            description="target", style={"description_width": "80px"},
-            layout=widgets.Layout(width="260px"),
+            options=_language_options(targets), value=target, description="target",
+            style=_STYLE, layout={"width": "260px"},
         )
         self.mode = widgets.ToggleButtons(
-            options=list(MODES), value=mode, description="mode", tooltips=list(_MODE_TOOLTIPS),
-            style={"description_width": "80px", "button_width": "70px"},
+            options=list(MODES), value=mode, description="mode", tooltips=_MODE_TOOLTIPS,
+            style=_STYLE | {"button_width": "70px"},
         )
         self.strength = widgets.FloatSlider(
             value=float(strength), min=min(0.0, strength), max=max(10.0, strength), step=0.1,
             description="strength", continuous_update=False, readout_format=".2f",
-            style={"description_width": "80px"}, layout=widgets.Layout(width="420px"),
+            style=_STYLE, layout={"width": "420px"},
         )
         self.max_new_tokens = widgets.IntSlider(
             value=int(max_new_tokens), min=1, max=max(256, int(max_new_tokens)), step=1,
-            description="max tokens", continuous_update=False,
-            style={"description_width": "80px"}, layout=widgets.Layout(width="420px"),
+            description="max tokens", continuous_update=False, style=_STYLE,
+            layout={"width": "420px"},
         )
-        self.zero_source = widgets.Checkbox(
-            value=bool(zero_source), description="also deactivate the source's neurons",
-            indent=False,
-        )
-        self.generate_button = widgets.Button(
+        self.zero_source = widgets.Checkbox(value=bool(zero_source), indent=False,
+                                            description="also deactivate the source's neurons")
+        self.generate_button = _tagged("lape-generate", widgets.Button(
             description="Generate", button_style="primary", icon="play",
             tooltip="generate the unsteered and the steered answer",
-        )
-        self.generate_button.add_class("lape-generate")
-        self.message = widgets.HTML(
+        ))
+        self.message = _tagged("lape-steering-message", widgets.HTML(
             render_message_html("press Generate to compare the two answers", "info")
-        )
-        self.message.add_class("lape-steering-message")
-        self.unsteered_html = widgets.HTML(layout=widgets.Layout(width="49%", margin="0 1% 0 0"))
-        self.unsteered_html.add_class("lape-unsteered")
-        self.steered_html = widgets.HTML(layout=widgets.Layout(width="49%"))
-        self.steered_html.add_class("lape-steered")
+        ))
+        self.unsteered_html = _tagged("lape-unsteered",
+                                      widgets.HTML(layout={"width": "49%", "margin": "0 1% 0 0"}))
+        self.steered_html = _tagged("lape-steered", widgets.HTML(layout={"width": "49%"}))
 
+        self.examples.observe(self._on_example, names="value")
         self.source.observe(self._on_source, names="value")
         for w in (self.prompt, self.target, self.mode, self.strength, self.max_new_tokens,
                   self.zero_source):
             w.observe(self._on_setting, names="value")
-        self.generate_button.on_click(self._on_generate)
+        self.generate_button.on_click(lambda _button: self.generate())
 
-        self.widget = widgets.VBox(
-            [
-                self.prompt,
-                self.examples,
-                widgets.HBox([self.source, self.target, self.zero_source],
-                             layout=widgets.Layout(flex_flow="row wrap")),
-                self.mode,
-                self.strength,
-                self.max_new_tokens,
-                widgets.HBox([self.generate_button]),
-                self.message,
-                widgets.HBox([self.unsteered_html, self.steered_html],
-                             layout=widgets.Layout(width="100%")),
-            ]
-        )
-        self.widget.add_class("lape-steering")
+        languages = widgets.HBox([self.source, self.target, self.zero_source],
+                                 layout={"flex_flow": "row wrap"})
+        answers = widgets.HBox([self.unsteered_html, self.steered_html], layout={"width": "100%"})
+        self.widget = _tagged("lape-steering", widgets.VBox([
+            self.prompt, self.examples, languages, self.mode, self.strength,
+            self.max_new_tokens, widgets.HBox([self.generate_button]), self.message, answers,
+        ]))
 
     # ------------------------------------------------------------------ prompts
 
@@ -1248,14 +961,14 @@ class SteeringPanel:
             self.prompt.value = change["new"]
 
     def _on_source(self, change: dict) -> None:
-        if self._builtin:
+        if self._builtin:  # the built-in questions follow the source language
             was_example = self.prompt.value in self.prompts or not self.prompt.value.strip()
             self.prompts = self._load_prompts(change["new"])
             self.examples.unobserve(self._on_example, names="value")
             self.examples.options = self._example_options()
             self.examples.value = None
             self.examples.observe(self._on_example, names="value")
-            if was_example and self.prompts:
+            if was_example and self.prompts:  # a typed question is kept
                 self.prompt.value = self.prompts[0]
         self._on_setting(change)
 
@@ -1265,18 +978,6 @@ class SteeringPanel:
 
     # ------------------------------------------------------------------ generation
 
-    def settings(self) -> dict[str, Any]:
-        """The current widget values, as :func:`run_steering` arguments."""
-        return {
-            "prompt": self.prompt.value,
-            "source": self.source.value,
-            "target": self.target.value,
-            "mode": self.mode.value,
-            "strength": float(self.strength.value),
-            "max_new_tokens": int(self.max_new_tokens.value),
-            "zero_source": bool(self.zero_source.value),
-        }
-
     def generate(self) -> dict[str, Any] | None:
         """Generate with the current settings and show both answers (what *Generate* does).
 
@@ -1284,16 +985,14 @@ class SteeringPanel:
             The :func:`run_steering` result, or ``None`` when it failed (the error is shown
             in the panel).
         """
-        settings = self.settings()
         button = self.generate_button
         button.disabled, button.description = True, "Generating…"
         self._show("generating the unsteered and the steered answer…", "info")
         try:
             result = run_steering(
-                self.model, self.neurons, self.stats, settings.pop("prompt"),
-                settings.pop("source"), settings.pop("target"), settings.pop("mode"),
-                settings.pop("strength"), settings.pop("max_new_tokens"),
-                **settings,
+                self.model, self.neurons, self.stats, self.prompt.value, self.source.value,
+                self.target.value, self.mode.value, float(self.strength.value),
+                int(self.max_new_tokens.value), zero_source=bool(self.zero_source.value),
             )
         except Exception as err:  # a panel never shows a traceback
             logger.debug("steering failed", exc_info=True)
@@ -1302,26 +1001,19 @@ class SteeringPanel:
         finally:
             button.disabled, button.description = False, "Generate"
         self.results.append(result)
-        self.unsteered_html.value = render_answer_html(
-            "unsteered", result["unsteered"], result["unsteered_lang"],
-            result["unsteered_score"], result["unsteered_label"], css_class="lape-unsteered-answer",
-        )
-        self.steered_html.value = render_answer_html(
-            _describe(result), result["steered"], result["steered_lang"],
-            result["steered_score"], result["steered_label"], css_class="lape-steered-answer",
-        )
-        self._show(
-            f"done in {result['seconds']:.1f} s · chrF of steered vs unsteered "
-            f"{result['chrf']:.0f}",
-            "ok",
-        )
+        setting = f"{result['mode']} × {result['strength']:g}"
+        if result["zero_source"]:
+            setting += f", {result['source']} neurons zeroed"
+        headings = {"unsteered": "unsteered",
+                    "steered": f"steered to {result['target']} ({setting})"}
+        for kind, box in (("unsteered", self.unsteered_html), ("steered", self.steered_html)):
+            box.value = render_answer_html(
+                headings[kind], result[kind], result[f"{kind}_lang"], result[f"{kind}_score"],
+                result[f"{kind}_label"], css_class=f"lape-{kind}-answer",
+            )
+        self._show(f"done in {result['seconds']:.1f} s · chrF of steered vs unsteered "
+                   f"{result['chrf']:.0f}", "ok")
         return result
-
-    def _on_generate(self, _button: widgets.Button | None = None) -> None:
-        self.generate()
-
-    def _show(self, text: str, level: str) -> None:
-        self.message.value = render_message_html(text, level)
 
     # ------------------------------------------------------------------ static copies
 
@@ -1332,17 +1024,16 @@ class SteeringPanel:
             DataFrame with ``prompt``, ``target``, ``mode``, ``strength``, ``unsteered``,
             ``unsteered_detected``, ``steered``, ``steered_detected`` and ``chrf``.
         """
-        cols = ["prompt", "target", "mode", "strength", "unsteered", "unsteered_detected",
-                "steered", "steered_detected", "chrf"]
         rows = []
         for r in self.results:
-            rows.append({
-                **{k: r[k] for k in ("prompt", "target", "mode", "strength", "unsteered",
-                                     "steered", "chrf")},
-                "unsteered_detected": f"{r['unsteered_label']} ({r['unsteered_score']:.2f})",
-                "steered_detected": f"{r['steered_label']} ({r['steered_score']:.2f})",
-            })
-        return pd.DataFrame(rows, columns=cols)
+            row = dict(r)
+            for kind in ("unsteered", "steered"):
+                row[f"{kind}_detected"] = f"{r[kind + '_label']} ({r[kind + '_score']:.2f})"
+            rows.append(row)
+        return pd.DataFrame(rows, columns=[
+            "prompt", "target", "mode", "strength", "unsteered", "unsteered_detected",
+            "steered", "steered_detected", "chrf",
+        ])
 
     def display_static(self) -> None:
         """Display :meth:`static_table` as a normal HTML output (survives HTML export)."""
@@ -1351,13 +1042,8 @@ class SteeringPanel:
         table = self.static_table()
         if table.empty:
             display(HTML(render_message_html("no answer generated yet", "info")))
-            return
-        display(HTML(table.to_html(index=False, classes="lape-steering-table")))
-
-    # ------------------------------------------------------------------ display
-
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
-        return _bundle(self, self.widget, **kwargs)
+        else:
+            display(HTML(table.to_html(index=False, classes="lape-steering-table")))
 
     def __repr__(self) -> str:
         return (
@@ -1366,43 +1052,5 @@ class SteeringPanel:
         )
 
 
-def steering_panel(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    *,
-    prompts: Sequence[str] | str | None = None,
-    source: str | None = None,
-    target: str | None = None,
-    mode: str = "set",
-    strength: float = 1.0,
-    max_new_tokens: int = 32,
-    zero_source: bool = False,
-) -> SteeringPanel:
-    """A panel to steer generation towards a language and compare with the plain answer.
-
-    Prompt, source and target language, mode, strength, max new tokens and a *Generate*
-    button; a click runs :func:`run_steering` (:func:`lape_utils.steering.steer`) and shows the
-    unsteered and the steered answer side by side with the detected language and its
-    confidence. Nothing generates before the click; errors appear in the panel.
-
-    Args:
-        model: The loaded model (:func:`lape_utils.load_model`).
-        neurons: Its language-specific neurons.
-        stats: Its activation statistics (``set``/``add`` use their mean activations).
-        prompts: Questions to offer (default: ``data/prompts/<source>.txt`` via
-            :func:`lape_utils.corpus.load_prompts`); the first fills the prompt box.
-        source: The prompts' language (default ``"en"`` when the neuron set has it).
-        target: The language to steer to (default the first other language).
-        mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
-        strength: Initial strength.
-        max_new_tokens: Initial number of tokens to generate.
-        zero_source: Initially also deactivate the source's neurons.
-
-    Returns:
-        A :class:`SteeringPanel`; the last expression of a cell displays it.
-    """
-    return SteeringPanel(
-        model, neurons, stats, prompts=prompts, source=source, target=target, mode=mode,
-        strength=strength, max_new_tokens=max_new_tokens, zero_source=zero_source,
-    )
+#: The steering panel under the name the notebooks use: ``steering_panel(model, ...)``.
+steering_panel = SteeringPanel
