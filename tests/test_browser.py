@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from lape_utils.job.config import SMOKE as JOB_SMOKE
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,13 +42,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SMOKE = {
-    "model_name": "tiny-llama",
-    "languages": ["en", "fr", "zh"],
-    "tokens_per_language": 630,
+SMOKE = {  # the notebooks' smoke settings (as in test_notebooks.py)
+    "model_name": JOB_SMOKE["model"],
+    "languages": list(JOB_SMOKE["languages"]),
+    "tokens_per_language": JOB_SMOKE["tokens_per_language"],
     "smoke": True,
+    "options": {k: list(v) if isinstance(v, tuple) else v for k, v in JOB_SMOKE.items()
+                if k not in ("model", "languages", "tokens_per_language")},
 }
-STEERING = {"source": "en", "targets": ["fr"]}  # targets the tiny run has neurons for
+# the steering notebook steers to a target the tiny run has neurons for
+STEERING = {"options": SMOKE["options"] | {"steer_source": "en", "steer_targets": ["fr"]}}
 
 SERVER_START_S = 90
 RUN_ALL_MS = 240_000

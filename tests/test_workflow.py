@@ -108,9 +108,13 @@ def test_every_lape_run_option_reaches_the_stage_that_uses_it(tmp_path, monkeypa
     argv, values = _every_option()
     argv = [str(corpus) if a == "CORPUS" else a for a in argv]
     filtered = []
-    real_filter = corpus_mod._filter_lines
-    monkeypatch.setattr(corpus_mod, "_filter_lines",
-                        lambda lines, lang: filtered.append(lang) or real_filter(lines, lang))
+
+    class Recorded(corpus_mod._Kept):  # notes every language whose lines get filtered
+        def __post_init__(self):
+            if self.filter_language:
+                filtered.append(self.lang)
+
+    monkeypatch.setattr(corpus_mod, "_Kept", Recorded)
     out = tmp_path / "out"
     assert main(argv + ["--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
