@@ -22,13 +22,10 @@ Example (adding a family)::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-log = logging.getLogger(__name__)
 
 WidthRule = str | Callable[[object], int]
 
@@ -61,16 +58,12 @@ class Architecture:
 
     def text_cfg(self, config):
         """Returns the config object that holds the language model's sizes."""
-        if self.text_config is None:
-            return config
-        return getattr(config, self.text_config)
+        return config if self.text_config is None else getattr(config, self.text_config)
 
     def n_neurons(self, config) -> int:
         """Neurons per layer according to the config."""
         cfg = self.text_cfg(config)
-        if callable(self.width):
-            return int(self.width(cfg))
-        return int(getattr(cfg, self.width))
+        return int(self.width(cfg) if callable(self.width) else getattr(cfg, self.width))
 
     def n_layers(self, config) -> int:
         """Number of decoder layers according to the config."""
@@ -128,23 +121,14 @@ def register_architecture(
     Raises:
         ValueError: if a model type is already registered and ``replace`` is false.
     """
-    arch = Architecture(
-        family=family,
-        model_types=tuple(model_types),
-        layers=layers,
-        site=site,
-        width=width,
-        gated=gated,
-        text_config=text_config,
-    )
-    for mt in arch.model_types:
-        if mt in _REGISTRY and not replace:
-            raise ValueError(
-                f"model type {mt!r} is already registered as family "
-                f"{_REGISTRY[mt].family!r}; pass replace=True to override it"
-            )
-    for mt in arch.model_types:
-        _REGISTRY[mt] = arch
+    arch = Architecture(family, tuple(model_types), layers, site, width, gated, text_config)
+    taken = [mt for mt in arch.model_types if mt in _REGISTRY]
+    if taken and not replace:
+        raise ValueError(
+            f"model type {taken[0]!r} is already registered as family "
+            f"{_REGISTRY[taken[0]].family!r}; pass replace=True to override it"
+        )
+    _REGISTRY.update(dict.fromkeys(arch.model_types, arch))
     return arch
 
 
@@ -184,58 +168,41 @@ def architecture_for(config) -> Architecture:
 
 
 def _gpt2_width(cfg) -> int:
-    return int(cfg.n_inner) if cfg.n_inner is not None else 4 * int(cfg.n_embd)
+    return 4 * int(cfg.n_embd) if cfg.n_inner is None else int(cfg.n_inner)
 
 
-def _bloom_width(cfg) -> int:
-    return 4 * int(cfg.hidden_size)
-
-
-for _family, _types in [
-    ("llama", ("llama",)),
-    ("mistral", ("mistral",)),
-    ("qwen2", ("qwen2",)),
-    ("qwen3", ("qwen3",)),
-    ("gemma", ("gemma",)),
-    ("gemma2", ("gemma2",)),
-    ("gemma3", ("gemma3_text",)),
+# The built-in families. Gated MLPs keep the activation at mlp.act_fn (or activation_fn).
+for _arch in [
+    Architecture("llama", ("llama",), "model.layers", "mlp.act_fn"),
+    Architecture("mistral", ("mistral",), "model.layers", "mlp.act_fn"),
+    Architecture("qwen2", ("qwen2",), "model.layers", "mlp.act_fn"),
+    Architecture("qwen3", ("qwen3",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma", ("gemma",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma3", ("gemma3_text",), "model.layers", "mlp.act_fn"),
+    Architecture(
+        "gemma3-multimodal", ("gemma3",), "model.language_model.layers", "mlp.act_fn",
+        text_config="text_config",
+    ),
+    Architecture("phi3", ("phi3",), "model.layers", "mlp.activation_fn"),
+    Architecture("phi", ("phi",), "model.layers", "mlp.activation_fn", gated=False),
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.act", _gpt2_width, gated=False),
+    Architecture("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "mlp.act", gated=False),
+    Architecture(
+        "bloom", ("bloom",), "transformer.h", "mlp.gelu_impl",
+        lambda cfg: 4 * int(cfg.hidden_size), gated=False,
+    ),
+    Architecture("opt", ("opt",), "model.decoder.layers", "activation_fn", "ffn_dim", gated=False),
 ]:
-    register_architecture(_family, model_types=_types, layers="model.layers", site="mlp.act_fn")
-register_architecture(
-    "gemma3-multimodal",
-    model_types=("gemma3",),
-    layers="model.language_model.layers",
-    site="mlp.act_fn",
-    text_config="text_config",
-)
-register_architecture("phi3", model_types=("phi3",), layers="model.layers", site="mlp.activation_fn")
-register_architecture(
-    "phi", model_types=("phi",), layers="model.layers", site="mlp.activation_fn", gated=False
-)
-register_architecture(
-    "gpt2", model_types=("gpt2",), layers="transformer.h", site="mlp.act", width=_gpt2_width,
-    gated=False,
-)
-register_architecture(
-    "gpt-neox", model_types=("gpt_neox",), layers="gpt_neox.layers", site="mlp.act", gated=False
-)
-register_architecture(
-    "bloom", model_types=("bloom",), layers="transformer.h", site="mlp.gelu_impl",
-    width=_bloom_width, gated=False,
-)
-register_architecture(
-    "opt", model_types=("opt",), layers="model.decoder.layers", site="activation_fn",
-    width="ffn_dim", gated=False,
-)
+    _REGISTRY.update(dict.fromkeys(_arch.model_types, _arch))
 
 
 class SelfCheckError(RuntimeError):
     """Raised when a registry entry does not fit the loaded model."""
 
 
-def _find_sites(hf_model, arch: Architecture) -> list[torch.nn.Module]:
+def _find_sites(hf_model, arch: Architecture, n_layers: int) -> list[torch.nn.Module]:
     """The neuron-site module of every layer, or a :class:`SelfCheckError` saying what is off."""
-    n_layers = arch.n_layers(hf_model.config)
     try:
         layers = arch.layer_modules(hf_model)
     except AttributeError as err:
@@ -264,8 +231,48 @@ def _find_sites(hf_model, arch: Architecture) -> list[torch.nn.Module]:
     return sites
 
 
-def _check_widths(arch: Architecture, widths: dict[int, int], n_layers: int, n_neurons: int):
-    """Every layer's site was called and has the config's width, or a :class:`SelfCheckError`."""
+def _forward(hf_model, input_ids: torch.Tensor, hooks: dict[torch.nn.Module, Callable]):
+    """One forward pass with forward hooks ``{module: hook}``, removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        return hf_model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
+    """The structure checks on one forward pass (fake tensors for a model on the meta device).
+
+    Returns ``(facts, logits, sites, peak)``: ``facts`` is ``{"n_layers", "n_neurons"}``,
+    ``peak`` the largest absolute activation of each neuron of layer 0 on the forward.
+    """
+    cfg = hf_model.config
+    n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
+    sites = _find_sites(hf_model, arch, n_layers)
+    widths: dict[int, int] = {}
+    peak: list[torch.Tensor] = []
+
+    def record(i):
+        def hook(_module, _inputs, output):
+            widths[i] = output.shape[-1]
+            if i == 0:
+                peak.append(output.detach().reshape(-1, output.shape[-1]).abs().amax(0))
+
+        return hook
+
+    hooks = {s: record(i) for i, s in enumerate(sites)}
+    if any(p.is_meta for p in hf_model.parameters()):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        # use_cache=False: the KV cache allocates real (meta) tensors that fake mode refuses
+        # to mutate
+        shapes = ShapeEnv(assume_static_by_default=True)
+        with FakeTensorMode(allow_non_fake_inputs=True, shape_env=shapes):
+            logits = _forward(hf_model, input_ids.to("meta"), hooks)
+    else:
+        logits = _forward(hf_model, input_ids.to(next(hf_model.parameters()).device), hooks)
     missing = [i for i in range(n_layers) if i not in widths]
     if missing:
         raise SelfCheckError(f"{arch.family}: the neuron site was not called in layers {missing}")
@@ -274,6 +281,7 @@ def _check_widths(arch: Architecture, widths: dict[int, int], n_layers: int, n_n
         raise SelfCheckError(
             f"{arch.family}: site width {wrong} differs from the config's {n_neurons} neurons"
         )
+    return {"n_layers": n_layers, "n_neurons": n_neurons}, logits, sites, peak[0]
 
 
 @torch.inference_mode()
@@ -299,44 +307,18 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
     Raises:
         SelfCheckError: saying which of the checks failed and why.
     """
-    cfg = hf_model.config
-    n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
-    sites = _find_sites(hf_model, arch)
-    widths: dict[int, int] = {}
-    handles = [
-        s.register_forward_hook(lambda _m, _i, out, i=i: widths.__setitem__(i, out.shape[-1]))
-        for i, s in enumerate(sites)
-    ]
-    meta = any(p.is_meta for p in hf_model.parameters())
-    try:
-        if meta:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-            from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
-            # use_cache=False: the KV cache allocates real (meta) tensors that fake mode
-            # refuses to mutate
-            with FakeTensorMode(
-                allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)
-            ):
-                hf_model(input_ids=input_ids.to("meta"), use_cache=False)
-        else:
-            device = next(hf_model.parameters()).device
-            hf_model(input_ids=input_ids.to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    _check_widths(arch, widths, n_layers, n_neurons)
-    return {"n_layers": n_layers, "n_neurons": n_neurons, "weights": not meta}
+    facts = _structure_forward(hf_model, arch, input_ids)[0]
+    return {**facts, "weights": not any(p.is_meta for p in hf_model.parameters())}
 
 
 @torch.inference_mode()
 def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     """Proves on one short forward pass that ``arch`` describes ``hf_model``.
 
-    Checks that the neuron site exists in every layer, is called on that forward, has the
-    width the config declares, and that zeroing one neuron (the most active one of the first
-    layer) changes the logits. A model without weights (meta device) can only take
-    :func:`check_structure`.
+    Makes the checks of :func:`check_structure` (the neuron site exists in every layer, is
+    called on that forward and has the config's width), then checks that zeroing one neuron
+    (the most active one of the first layer) changes the logits. A model without weights
+    (meta device) can only take :func:`check_structure`.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).
@@ -349,47 +331,20 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     Raises:
         SelfCheckError: saying which of the checks failed and why.
     """
-    cfg = hf_model.config
-    n_layers = arch.n_layers(cfg)
-    n_neurons = arch.n_neurons(cfg)
-    sites = _find_sites(hf_model, arch)
+    input_ids = input_ids.to(next(hf_model.parameters()).device)
+    facts, base, sites, peak = _structure_forward(hf_model, arch, input_ids)
+    neuron = int(peak.argmax())
 
-    widths: dict[int, int] = {}
-    peak: dict[int, torch.Tensor] = {}
-
-    def make_hook(i):
-        def hook(_module, _inputs, output):
-            widths[i] = output.shape[-1]
-            if i == 0:
-                peak[0] = output.detach().reshape(-1, output.shape[-1]).abs().amax(0)
-
-        return hook
-
-    device = next(hf_model.parameters()).device
-    input_ids = input_ids.to(device)
-    handles = [s.register_forward_hook(make_hook(i)) for i, s in enumerate(sites)]
-    try:
-        base = hf_model(input_ids=input_ids).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
-    _check_widths(arch, widths, n_layers, n_neurons)
-    neuron = int(peak[0].argmax())
-
-    def zero_hook(_module, _inputs, output):
+    def zero(_module, _inputs, output):
         output = output.clone()
         output[..., neuron] = 0
         return output
 
-    handle = sites[0].register_forward_hook(zero_hook)
-    try:
-        edited = hf_model(input_ids=input_ids).logits.float()
-    finally:
-        handle.remove()
-    change = float((edited - base).abs().max())
+    edited = _forward(hf_model, input_ids, {sites[0]: zero})
+    change = float((edited.float() - base.float()).abs().max())
     if not change > 0:
         raise SelfCheckError(
             f"{arch.family}: zeroing neuron {neuron} of layer 0 at {arch.site!r} did not "
             "change the logits; the site is not on the model's computation path"
         )
-    return {"n_layers": n_layers, "n_neurons": n_neurons, "max_logit_change": change}
+    return {**facts, "max_logit_change": change}
