@@ -43,7 +43,6 @@ class Architecture:
             is the neuron activation, e.g. ``"mlp.act_fn"``.
         width: Name of the config attribute holding the number of neurons per layer, or a
             function ``config -> int``.
-        gated: Whether the MLP is gated (``act(gate(x)) * up(x)``).
         text_config: Name of a sub-config that holds the text model's settings (multimodal
             models), or ``None``.
     """
@@ -53,7 +52,6 @@ class Architecture:
     layers: str
     site: str
     width: WidthRule = "intermediate_size"
-    gated: bool = True
     text_config: str | None = None
 
     def text_cfg(self, config):
@@ -99,7 +97,6 @@ def register_architecture(
     layers: str,
     site: str,
     width: WidthRule = "intermediate_size",
-    gated: bool = True,
     text_config: str | None = None,
     replace: bool = False,
 ) -> Architecture:
@@ -111,7 +108,6 @@ def register_architecture(
         layers: Dotted path from the causal-LM module to the list of decoder layers.
         site: Dotted path from a decoder layer to the activation module.
         width: Config attribute (or function of the config) giving neurons per layer.
-        gated: Whether the MLP is gated.
         text_config: Sub-config name for multimodal models.
         replace: Allow replacing an existing entry for the same model type.
 
@@ -121,7 +117,7 @@ def register_architecture(
     Raises:
         ValueError: if a model type is already registered and ``replace`` is false.
     """
-    arch = Architecture(family, tuple(model_types), layers, site, width, gated, text_config)
+    arch = Architecture(family, tuple(model_types), layers, site, width, text_config)
     taken = [mt for mt in arch.model_types if mt in _REGISTRY]
     if taken and not replace:
         raise ValueError(
@@ -135,11 +131,6 @@ def register_architecture(
 def supported_families() -> list[str]:
     """Names of the registered families, sorted."""
     return sorted({a.family for a in _REGISTRY.values()})
-
-
-def supported_model_types() -> list[str]:
-    """The ``config.model_type`` values with a registered family, sorted."""
-    return sorted(_REGISTRY)
 
 
 class UnknownArchitectureError(ValueError):
@@ -158,7 +149,7 @@ def architecture_for(config) -> Architecture:
     raise UnknownArchitectureError(
         f"model type {model_type!r} is not in the architecture registry. Supported "
         f"families: {', '.join(supported_families())} (model types: "
-        f"{', '.join(supported_model_types())}). To add one, tell the registry where its "
+        f"{', '.join(sorted(_REGISTRY))}). To add one, tell the registry where its "
         "MLP activation lives, e.g.\n"
         "    from lape_utils.registry import register_architecture\n"
         f"    register_architecture('my-family', model_types=({model_type!r},),\n"
@@ -171,7 +162,7 @@ def _gpt2_width(cfg) -> int:
     return 4 * int(cfg.n_embd) if cfg.n_inner is None else int(cfg.n_inner)
 
 
-# The built-in families. Gated MLPs keep the activation at mlp.act_fn (or activation_fn).
+# The built-in families (see the module docstring for which MLPs are gated).
 for _arch in [
     Architecture("llama", ("llama",), "model.layers", "mlp.act_fn"),
     Architecture("mistral", ("mistral",), "model.layers", "mlp.act_fn"),
@@ -180,19 +171,15 @@ for _arch in [
     Architecture("gemma", ("gemma",), "model.layers", "mlp.act_fn"),
     Architecture("gemma2", ("gemma2",), "model.layers", "mlp.act_fn"),
     Architecture("gemma3", ("gemma3_text",), "model.layers", "mlp.act_fn"),
-    Architecture(
-        "gemma3-multimodal", ("gemma3",), "model.language_model.layers", "mlp.act_fn",
-        text_config="text_config",
-    ),
+    Architecture("gemma3-multimodal", ("gemma3",), "model.language_model.layers", "mlp.act_fn",
+                 text_config="text_config"),
     Architecture("phi3", ("phi3",), "model.layers", "mlp.activation_fn"),
-    Architecture("phi", ("phi",), "model.layers", "mlp.activation_fn", gated=False),
-    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.act", _gpt2_width, gated=False),
-    Architecture("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "mlp.act", gated=False),
-    Architecture(
-        "bloom", ("bloom",), "transformer.h", "mlp.gelu_impl",
-        lambda cfg: 4 * int(cfg.hidden_size), gated=False,
-    ),
-    Architecture("opt", ("opt",), "model.decoder.layers", "activation_fn", "ffn_dim", gated=False),
+    Architecture("phi", ("phi",), "model.layers", "mlp.activation_fn"),
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.act", _gpt2_width),
+    Architecture("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "mlp.act"),
+    Architecture("bloom", ("bloom",), "transformer.h", "mlp.gelu_impl",
+                 lambda cfg: 4 * cfg.hidden_size),
+    Architecture("opt", ("opt",), "model.decoder.layers", "activation_fn", "ffn_dim"),
 ]:
     _REGISTRY.update(dict.fromkeys(_arch.model_types, _arch))
 
