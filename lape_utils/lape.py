@@ -265,10 +265,10 @@ def _smallest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     O(N): one ``kthvalue`` plus two comparisons. ``+inf`` entries are never returned, so
     fewer than ``k`` come back when fewer are finite.
     """
-    finite = torch.isfinite(score)
-    n_finite = int(finite.sum())
     if k <= 0:
         return torch.zeros(0, dtype=torch.long)
+    finite = torch.isfinite(score)
+    n_finite = int(finite.sum())
     if k >= n_finite:
         return finite.nonzero().squeeze(1)
     v = score.kthvalue(k).values  # +inf sort last, and k < n_finite: v is finite
@@ -370,18 +370,13 @@ def identify(
     p = activation_probability(over_zero, n)
     n_layers, n_neurons, n_lang = p.shape
     langs = _check_languages(languages, n_lang)
-    if n_layers == 0 or n_neurons == 0:
-        raise ValueError(f"over_zero has no neurons (shape {tuple(p.shape)}).")
     values, value_name = p, "activation probability"
     if method == "mean_activation":
         if activation_sum is None:
             raise ValueError('method="mean_activation" needs activation_sum=[layer, neuron, lang].')
         values = mean_activation(activation_sum, n)
         if values.shape != p.shape:
-            raise ValueError(
-                f"activation_sum shape {tuple(values.shape)} differs from over_zero "
-                f"{tuple(p.shape)}."
-            )
+            raise ValueError(f"activation_sum is {tuple(values.shape)}, over_zero {tuple(p.shape)}")
         value_name = "mean activation (negatives clipped at 0)"
 
     # Thresholds and filter first, so that the score is only computed for candidates (the
@@ -686,15 +681,12 @@ class StabilityResult:
             ``mean_jaccard``, ``std_jaccard``, ``min_jaccard``, ``n_stable`` (neurons with
             frequency >= ``stable_at``).
         """
-        g = self.per_replicate.groupby("language", sort=False)
-        df = pd.DataFrame(
-            {
-                "count_reference": g["count_reference"].first(),
-                "mean_count": g["count"].mean(),
-                "mean_jaccard": g["jaccard"].mean(),
-                "std_jaccard": g["jaccard"].std(ddof=1),
-                "min_jaccard": g["jaccard"].min(),
-            }
+        df = self.per_replicate.groupby("language", sort=False).agg(
+            count_reference=("count_reference", "first"),
+            mean_count=("count", "mean"),
+            mean_jaccard=("jaccard", "mean"),
+            std_jaccard=("jaccard", "std"),  # ddof=1
+            min_jaccard=("jaccard", "min"),
         )
         stable = {lang: int((f >= stable_at).sum()) for lang, f in self.frequency.items()}
         df["n_stable"] = pd.Series(stable, dtype="Int64")

@@ -231,24 +231,17 @@ def _forward(hf_model, input_ids: torch.Tensor, hooks: dict[torch.nn.Module, Cal
 def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
     """The structure checks on one forward pass (fake tensors for a model on the meta device).
 
-    Returns ``(facts, logits, sites, peak)``: ``facts`` is ``{"n_layers", "n_neurons"}``,
-    ``peak`` the largest absolute activation of each neuron of layer 0 on the forward.
+    Returns ``(facts, logits, sites, first)``: ``facts`` is ``{"n_layers", "n_neurons"}``,
+    ``first`` the output of the first layer's site.
     """
     cfg = hf_model.config
     n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
     sites = _find_sites(hf_model, arch, n_layers)
-    widths: dict[int, int] = {}
-    peak: list[torch.Tensor] = []
-
-    def record(i):
-        def hook(_module, _inputs, output):
-            widths[i] = output.shape[-1]
-            if i == 0:
-                peak.append(output.detach().reshape(-1, output.shape[-1]).abs().amax(0))
-
-        return hook
-
-    hooks = {s: record(i) for i, s in enumerate(sites)}
+    outputs: dict[int, torch.Tensor] = {}  # the site outputs of a few tokens: small
+    hooks = {
+        site: lambda _module, _inputs, output, i=i: outputs.__setitem__(i, output.detach())
+        for i, site in enumerate(sites)
+    }
     if any(p.is_meta for p in hf_model.parameters()):
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -260,15 +253,15 @@ def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
             logits = _forward(hf_model, input_ids.to("meta"), hooks)
     else:
         logits = _forward(hf_model, input_ids.to(next(hf_model.parameters()).device), hooks)
-    missing = [i for i in range(n_layers) if i not in widths]
+    missing = [i for i in range(n_layers) if i not in outputs]
     if missing:
         raise SelfCheckError(f"{arch.family}: the neuron site was not called in layers {missing}")
-    wrong = {i: w for i, w in widths.items() if w != n_neurons}
+    wrong = {i: o.shape[-1] for i, o in outputs.items() if o.shape[-1] != n_neurons}
     if wrong:
         raise SelfCheckError(
             f"{arch.family}: site width {wrong} differs from the config's {n_neurons} neurons"
         )
-    return {"n_layers": n_layers, "n_neurons": n_neurons}, logits, sites, peak[0]
+    return {"n_layers": n_layers, "n_neurons": n_neurons}, logits, sites, outputs[0]
 
 
 @torch.inference_mode()
@@ -319,8 +312,8 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
         SelfCheckError: saying which of the checks failed and why.
     """
     input_ids = input_ids.to(next(hf_model.parameters()).device)
-    facts, base, sites, peak = _structure_forward(hf_model, arch, input_ids)
-    neuron = int(peak.argmax())
+    facts, base, sites, first = _structure_forward(hf_model, arch, input_ids)
+    neuron = int(first.reshape(-1, first.shape[-1]).abs().amax(0).argmax())  # the most active
 
     def zero(_module, _inputs, output):
         output = output.clone()

@@ -1,13 +1,10 @@
 """Activation statistics: the counts LAPE is computed from, saved with their provenance.
 
-:class:`ActivationStats` holds, per language, the number of tokens fed (``n``), how many of
-them made each neuron active (``over_zero``), the sum of each neuron's activation
-(``activation_sum``), optional Poisson-bootstrap replicates of ``n`` and ``over_zero``, and
-the counts of the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks (``budget_*``: how
-the selection would look with less text, recorded on the way for free).
-It is saved as a directory: ``stats.pt`` plus ``provenance.json``. Loading checks the
-provenance against what the caller expects and refuses a mismatch with a message saying
-what differs.
+:class:`ActivationStats` holds, per language, the tokens fed (``n``), how many of them made
+each neuron active (``over_zero``), activation sums, bootstrap replicates, and the counts at
+smaller token budgets (see its attributes). It is saved as a directory: ``stats.pt`` plus
+``provenance.json``. Loading checks the provenance against what the caller expects and
+refuses a mismatch with a message saying what differs; shards of one corpus can be merged.
 
 The reference implementation's per-language count files (``torch.save(dict(n=...,
 over_zero=...))``, one per language) can be imported and exported.
