@@ -174,10 +174,19 @@ class NeuronSelection:
         Returns:
             The selection, languages in the mapping's order.
         """
-        indices = {
-            lang: _split_flat(torch.as_tensor(f, dtype=torch.long), n_layers, n_neurons)
-            for lang, f in flat.items()
-        }
+        indices = {}
+        for lang, f in flat.items():
+            f = torch.as_tensor(f, dtype=torch.long).reshape(-1)
+            if not _increasing(f):
+                f = torch.unique(f)
+            if f.numel() and (int(f[0]) < 0 or int(f[-1]) >= n_layers * n_neurons):
+                raise ValueError(
+                    f"flat indices must lie in [0, {n_layers * n_neurons}), got "
+                    f"[{int(f[0])}, {int(f[-1])}]."
+                )
+            layer = torch.div(f, n_neurons, rounding_mode="floor")
+            sizes = torch.bincount(layer, minlength=n_layers).tolist()  # neurons per layer
+            indices[lang] = [t.clone() for t in (f - layer * n_neurons).split(sizes)]
         return cls(list(flat), indices, n_layers, n_neurons, **kwargs)
 
     @classmethod
@@ -420,22 +429,6 @@ class NeuronSelection:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _split_flat(flat: torch.Tensor, n_layers: int, n_neurons: int) -> list[torch.Tensor]:
-    """Sorted flat indices -> per-layer sorted neuron indices (one bincount, one split)."""
-    flat = flat.reshape(-1).to(torch.long)
-    if not _increasing(flat):
-        flat = torch.unique(flat)
-    if flat.numel() and (int(flat[0]) < 0 or int(flat[-1]) >= n_layers * n_neurons):
-        raise ValueError(
-            f"flat indices must lie in [0, {n_layers * n_neurons}), got "
-            f"[{int(flat[0])}, {int(flat[-1])}]."
-        )
-    layer = torch.div(flat, n_neurons, rounding_mode="floor")
-    neuron = flat - layer * n_neurons
-    sizes = torch.bincount(layer, minlength=n_layers).tolist()
-    return [t.clone() for t in neuron.split(sizes)]
 
 
 def _sidecar(path: Path) -> Path:
