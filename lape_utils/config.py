@@ -78,11 +78,11 @@ class LapeConfig:
         Raises:
             ValueError: ``data`` has a key that is not a field.
         """
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - set(_CONFIG_RANGES))
         if unknown:
             raise ValueError(
-                f"LapeConfig.from_dict: unknown field(s) {unknown}; allowed: {sorted(allowed)}."
+                f"LapeConfig.from_dict: unknown field(s) {unknown}; allowed: "
+                f"{sorted(_CONFIG_RANGES)}."
             )
         return cls(**dict(data))
 

@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 import torch
@@ -38,10 +38,9 @@ __all__ = [
     "normalized_probability", "probability_margin", "random_matched", "stability",
 ]
 
-#: Identification methods accepted by :func:`identify`.
-METHODS: tuple[str, ...] = ("lape", "probability", "mean_activation")
-
 Method = Literal["lape", "probability", "mean_activation"]
+#: Identification methods accepted by :func:`identify`.
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 # ============================================================================ formulas

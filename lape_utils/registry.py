@@ -13,17 +13,15 @@ does the part of it that needs no weights (for a model on the meta device, run o
 
 Example (adding a family)::
 
-    from lape_utils.registry import register_architecture
-    register_architecture(
-        "my-family", model_types=("my_model",),
-        layers="model.layers", site="mlp.act_fn", width="intermediate_size",
-    )
+    register_architecture("my-family", model_types=("my_model",), layers="model.layers",
+                          site="mlp.act_fn", width="intermediate_size")
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
 
@@ -73,18 +71,11 @@ class Architecture:
 
     def layer_modules(self, root) -> list:
         """The decoder layers of ``root`` (a transformers model or its nnsight envoy)."""
-        return resolve(root, self.layers)
+        return attrgetter(self.layers)(root)  # follows the dotted path
 
     def site_module(self, root, layer: int):
         """The neuron-site module of decoder layer ``layer`` of ``root``."""
-        return resolve(self.layer_modules(root)[layer], self.site)
-
-
-def resolve(obj, dotted: str):
-    """Follows a dotted attribute path, e.g. ``resolve(model, "model.layers")``."""
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+        return attrgetter(self.site)(self.layer_modules(root)[layer])
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -271,9 +262,7 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
     The neuron site exists in every layer, is called on a forward pass and has the width
     the config declares. A model on the meta device (built from its config only, as for
     NDIF) runs that forward on fake tensors, which carry shapes but no values, so this
-    costs no memory and reads no weights; a model with weights runs it for real. The
-    check that zeroing a neuron changes the logits needs values, so only
-    :func:`self_check` makes it.
+    costs no memory and reads no weights; a model with weights runs it for real.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).

@@ -193,15 +193,14 @@ class ActivationStats:
                 "these statistics (capture records them; imported counts have none)"
             )
         chunks = self.provenance.get("budget_chunks", {})
-        prov = dict(self.provenance)
-        prov["budget"] = {
+        budget = {
             "snapshot": snapshot,
             "fraction": BUDGET_FRACTIONS[snapshot] if snapshot < len(BUDGET_FRACTIONS) else None,
             "chunks": {lang: c[snapshot] for lang, c in chunks.items()},
         }
         return ActivationStats(
             self.languages, self.budget_n[snapshot], self.budget_over_zero[snapshot],
-            provenance=prov,
+            provenance={**self.provenance, "budget": budget},
         )
 
     @classmethod
