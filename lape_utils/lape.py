@@ -467,11 +467,8 @@ def random_matched(
         pool = torch.arange(selection.n_neurons) if union is None else (~union[li]).nonzero()[:, 0]
         for lang in selection.languages:
             k = _to_draw(selection, li, lang, pool, hint)
-            if k == 0:  # no draw: the generator moves on only for sets that need one
-                out[lang].append(torch.zeros(0, dtype=torch.long))
-            else:
-                pick = torch.randperm(pool.numel(), generator=gen)[:k]
-                out[lang].append(pool[pick].sort().values)
+            pick = torch.randperm(pool.numel(), generator=gen)[:k] if k else []  # 0: no draw
+            out[lang].append(pool[pick].sort().values)
     return _control(selection, out, "random_matched", seed, exclude_selected=exclude_selected)
 
 

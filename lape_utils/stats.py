@@ -143,12 +143,9 @@ class ActivationStats:
 
     def index(self, lang: str) -> int:
         """Position of ``lang`` on the language axis, with a helpful error."""
-        try:
-            return self.languages.index(lang)
-        except ValueError:
-            raise KeyError(
-                f"language {lang!r} is not in these statistics; they hold {self.languages}"
-            ) from None
+        if lang not in self.languages:
+            raise KeyError(f"language {lang!r} is not in these statistics: {self.languages}")
+        return self.languages.index(lang)
 
     def probability(self) -> torch.Tensor:
         """``[layer, neuron, lang]`` activation probability ``over_zero / n`` (float32)."""
