@@ -57,17 +57,14 @@ class LapeConfig:
                     f"LapeConfig.{f.name} must be a finite number in {allowed}, got {value!r}."
                 )
             object.__setattr__(self, f.name, value)
-        if not 0.0 < self.top_rate <= 1.0:
-            raise ValueError(
-                f"LapeConfig.top_rate = {self.top_rate!r} is outside (0, 1]; it is the "
-                "fraction of all neurons to select (paper: 0.01)."
-            )
-        for name in ("filter_rate", "activation_bar_ratio"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            top = f.name == "top_rate"
+            if not (0.0 < value <= 1.0 if top else 0.0 <= value < 1.0):
+                meaning = (
+                    "the fraction of all neurons to select (paper: 0.01)" if top
+                    else "a quantile of the pooled activation probabilities (paper: 0.95)"
+                )
                 raise ValueError(
-                    f"LapeConfig.{name} = {value!r} is outside [0, 1); it is a quantile of "
-                    "the pooled activation probabilities (paper: 0.95)."
+                    f"LapeConfig.{f.name} = {value!r} is outside {allowed}; it is {meaning}."
                 )
 
     def to_dict(self) -> dict[str, float]:
@@ -81,11 +78,11 @@ class LapeConfig:
         Raises:
             ValueError: ``data`` has a key that is not a field.
         """
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
+        unknown = sorted(set(data) - set(_CONFIG_RANGES))
         if unknown:
             raise ValueError(
-                f"LapeConfig.from_dict: unknown field(s) {unknown}; allowed: {sorted(allowed)}."
+                f"LapeConfig.from_dict: unknown field(s) {unknown}; allowed: "
+                f"{sorted(_CONFIG_RANGES)}."
             )
         return cls(**dict(data))
 

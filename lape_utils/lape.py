@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 import torch
@@ -33,26 +33,14 @@ from lape_utils.selection import NeuronSelection
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "METHODS",
-    "activity_matched",
-    "control_sets",
-    "StabilityResult",
-    "activation_probability",
-    "agreement",
-    "identify",
-    "kth_quantile",
-    "lape_entropy",
-    "mean_activation",
-    "normalized_probability",
-    "probability_margin",
-    "random_matched",
-    "stability",
+    "METHODS", "StabilityResult", "activation_probability", "activity_matched", "agreement",
+    "control_sets", "identify", "kth_quantile", "lape_entropy", "mean_activation",
+    "normalized_probability", "probability_margin", "random_matched", "stability",
 ]
 
-#: Identification methods accepted by :func:`identify`.
-METHODS: tuple[str, ...] = ("lape", "probability", "mean_activation")
-
 Method = Literal["lape", "probability", "mean_activation"]
+#: Identification methods accepted by :func:`identify`.
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 # ============================================================================ formulas
@@ -67,28 +55,28 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _check_n(n: Any, n_lang: int) -> torch.Tensor:
+def _check_counts(x: Any, name: str, n: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x: [layer, neuron, lang]`` and ``n: [lang]`` as tensors, checked; ``n > 0``."""
+    x = _as_tensor(x, name)
+    if x.dim() != 3:
+        raise ValueError(f"{name} must be [layer, neuron, lang], got shape {tuple(x.shape)}.")
     n = _as_tensor(n, "n")
-    if n.dim() != 1 or n.numel() != n_lang:
+    if n.dim() != 1 or n.numel() != x.shape[-1]:
         raise ValueError(
-            f"n must be [lang] with one token count per language ({n_lang}), got shape "
+            f"n must be [lang] with one token count per language ({x.shape[-1]}), got shape "
             f"{tuple(n.shape)}."
         )
-    bad = (n <= 0).nonzero()
-    if bad.numel():
-        k = int(bad[0, 0])
+    if bool((n <= 0).any()):
+        k = int((n <= 0).nonzero()[0, 0])
         raise ValueError(
             f"n[{k}] = {n[k].item()}: language index {k} has no tokens; every language needs "
             "n > 0 (drop it or feed it text)."
         )
-    return n
+    return x, n
 
 
 def activation_probability(
-    over_zero: torch.Tensor,
-    n: torch.Tensor | Sequence[int],
-    *,
-    dtype: torch.dtype = torch.float32,
+    over_zero: torch.Tensor, n: torch.Tensor | Sequence[int], *, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """Activation probability ``P[l, j, k] = over_zero[l, j, k] / n[k]``.
 
@@ -109,20 +97,12 @@ def activation_probability(
     """
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}.")
-    over_zero = _as_tensor(over_zero, "over_zero")
-    if over_zero.dim() != 3:
-        raise ValueError(
-            f"over_zero must be [layer, neuron, lang], got shape {tuple(over_zero.shape)}."
-        )
-    n = _check_n(n, over_zero.shape[-1])
-    n_lang = over_zero.shape[-1]
+    over_zero, n = _check_counts(over_zero, "over_zero", n)
     if over_zero.numel():
-        lo, hi = torch.aminmax(over_zero.reshape(-1, n_lang), dim=0)  # per language
+        lo, hi = torch.aminmax(over_zero.reshape(-1, over_zero.shape[-1]), dim=0)  # per language
         if bool((lo < 0).any()):
             li, j, k = (int(i) for i in (over_zero < 0).nonzero()[0])
-            raise ValueError(
-                f"over_zero[{li}, {j}, {k}] = {over_zero[li, j, k].item()} is negative."
-            )
+            raise ValueError(f"over_zero[{li}, {j}, {k}] = {over_zero[li, j, k]} is negative.")
         if bool((hi > n).any()):
             li, j, k = (int(i) for i in (over_zero > n).nonzero()[0])
             raise ValueError(
@@ -131,10 +111,8 @@ def activation_probability(
                 "over_zero and n from the same run, and in the same language order?"
             )
     over_zero = over_zero.contiguous()
-    if (
-        dtype == torch.get_default_dtype()
-        and not over_zero.dtype.is_floating_point
-        and not n.dtype.is_floating_point
+    if dtype == torch.get_default_dtype() and not (
+        over_zero.dtype.is_floating_point or n.dtype.is_floating_point
     ):
         return over_zero / n  # the reference's own operation
     return over_zero.to(dtype) / n.to(dtype)
@@ -160,16 +138,9 @@ def mean_activation(
     Returns:
         ``[layer, neuron, lang]`` in ``dtype``.
     """
-    activation_sum = _as_tensor(activation_sum, "activation_sum")
-    if activation_sum.dim() != 3:
-        raise ValueError(
-            f"activation_sum must be [layer, neuron, lang], got {tuple(activation_sum.shape)}."
-        )
-    n = _check_n(n, activation_sum.shape[-1])
+    activation_sum, n = _check_counts(activation_sum, "activation_sum", n)
     m = activation_sum.to(torch.float64) / n.to(torch.float64)
-    if clip_negative:
-        m = m.clamp_min(0.0)
-    return m.to(dtype)
+    return (m.clamp_min(0.0) if clip_negative else m).to(dtype)
 
 
 def normalized_probability(p: torch.Tensor) -> torch.Tensor:
@@ -249,15 +220,11 @@ def _kth_smallest(flat: torch.Tensor, k: int) -> float:
     lo = sample[max(math.floor((q - half) * m), 1) - 1]
     hi = sample[min(math.ceil((q + half) * m), m) - 1]
     below = int(torch.count_nonzero(flat < lo))
-    if below < k:
+    up_to_hi = flat <= hi
+    if below < k <= int(torch.count_nonzero(up_to_hi)):  # the bracket holds: lo <= x_k <= hi
         if bool(lo == hi):
-            if int(torch.count_nonzero(flat <= hi)) >= k:
-                return lo.item()
-        else:
-            band_mask = flat <= hi
-            if int(torch.count_nonzero(band_mask)) >= k:
-                band = flat[band_mask & (flat >= lo)]
-                return band.kthvalue(k - below).values.item()
+            return lo.item()
+        return flat[up_to_hi & (flat >= lo)].kthvalue(k - below).values.item()
     logger.debug("kth bracket missed (k=%d of %d); full kthvalue", k, n)
     return flat.kthvalue(k).values.item()
 
@@ -297,10 +264,10 @@ def _smallest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     O(N): one ``kthvalue`` plus two comparisons. ``+inf`` entries are never returned, so
     fewer than ``k`` come back when fewer are finite.
     """
-    finite = torch.isfinite(score)
-    n_finite = int(finite.sum())
     if k <= 0:
         return torch.zeros(0, dtype=torch.long)
+    finite = torch.isfinite(score)
+    n_finite = int(finite.sum())
     if k >= n_finite:
         return finite.nonzero().squeeze(1)
     v = score.kthvalue(k).values  # +inf sort last, and k < n_finite: v is finite
@@ -402,38 +369,25 @@ def identify(
     p = activation_probability(over_zero, n)
     n_layers, n_neurons, n_lang = p.shape
     langs = _check_languages(languages, n_lang)
-    if n_layers == 0 or n_neurons == 0:
-        raise ValueError(f"over_zero has no neurons (shape {tuple(p.shape)}).")
-
+    values, value_name = p, "activation probability"
     if method == "mean_activation":
         if activation_sum is None:
             raise ValueError('method="mean_activation" needs activation_sum=[layer, neuron, lang].')
         values = mean_activation(activation_sum, n)
         if values.shape != p.shape:
-            raise ValueError(
-                f"activation_sum shape {tuple(values.shape)} differs from over_zero "
-                f"{tuple(p.shape)}."
-            )
+            raise ValueError(f"activation_sum is {tuple(values.shape)}, over_zero {tuple(p.shape)}")
         value_name = "mean activation (negatives clipped at 0)"
-    else:
-        values = p
-        value_name = "activation probability"
 
     # Thresholds and filter first, so that the score is only computed for candidates (the
     # score of an excluded neuron is +inf whatever it is). Row-wise formulas give the same
     # bits on a subset of rows as on the full tensor (tested).
-    flat_values = values.reshape(-1)
-    tau = kth_quantile(flat_values, config.filter_rate)
-    bar = (
-        tau
-        if config.activation_bar_ratio == config.filter_rate
-        else kth_quantile(flat_values, config.activation_bar_ratio)
-    )
+    tau = kth_quantile(values, config.filter_rate)
+    one_threshold = config.activation_bar_ratio == config.filter_rate
+    bar = tau if one_threshold else kth_quantile(values, config.activation_bar_ratio)
     rows = values.reshape(-1, n_lang)
     cand_flat = (rows.amax(dim=1) > tau).nonzero().squeeze(1)  # == (P > tau).any(-1)
-    n_candidates = int(cand_flat.numel())
     score_fn = (lambda v: -probability_margin(v)) if method == "probability" else lape_entropy
-    if 2 * n_candidates > rows.shape[0]:  # most rows: score all, skip copying the values
+    if 2 * cand_flat.numel() > rows.shape[0]:  # most rows: score all, skip copying the values
         cand_score = score_fn(rows)[cand_flat]
     else:
         cand_score = score_fn(rows[cand_flat])
@@ -444,56 +398,41 @@ def identify(
     if sel_flat.numel() < n_requested:
         logger.warning(
             "only %d neurons pass the filter (tau=%.6g); selecting %d instead of %d. Lower "
-            "filter_rate to admit more.",
-            n_candidates,
-            tau,
-            sel_flat.numel(),
-            n_requested,
+            "filter_rate to admit more.", cand_flat.numel(), tau, sel_flat.numel(), n_requested
         )
-
-    sel_values = rows[sel_flat]
-    assign = sel_values > bar  # [n_selected, lang]
+    assign = rows[sel_flat] > bar  # [n_selected, lang]
     n_unassigned = int((~assign.any(dim=1)).sum())
     if n_unassigned:
-        logger.info(
-            "%d selected neurons exceed no language's bar (%.6g); dropped", n_unassigned, bar
-        )
-    flat = {lang: sel_flat[assign[:, k]] for k, lang in enumerate(langs)}
+        logger.info("%d selected neurons exceed no bar (%.6g); dropped", n_unassigned, bar)
 
     sel_prob = p.reshape(-1, n_lang)[sel_flat]
     sel_score = cand_score[pick]
-    if method == "lape":
-        sel_entropy, sel_score = sel_score, None
-    else:
-        sel_entropy = lape_entropy(sel_prob)
+    sel_entropy = sel_score if method == "lape" else lape_entropy(sel_prob)
     layer = torch.div(sel_flat, n_neurons, rounding_mode="floor")
-    selected = torch.stack([layer, sel_flat - layer * n_neurons], dim=1)
-
-    n_list = torch.as_tensor(n).tolist()
     prov = dict(provenance or {})
     prov["identification"] = {
         "method": method,
         "value": value_name,
         "shape": [n_layers, n_neurons, n_lang],
-        "tokens": dict(zip(langs, n_list, strict=True)),
+        "tokens": dict(zip(langs, torch.as_tensor(n).tolist(), strict=True)),
         "filter_threshold": tau,
         "activation_bar": bar,
-        "n_candidates": n_candidates,
+        "n_candidates": int(cand_flat.numel()),
         "n_requested": n_requested,
         "n_selected": int(sel_flat.numel()),
         "n_unassigned": n_unassigned,
     }
     return NeuronSelection.from_flat(
-        flat,
+        {lang: sel_flat[assign[:, k]] for k, lang in enumerate(langs)},
         n_layers,
         n_neurons,
         method=method,
         config=config.to_dict(),
         provenance=prov,
-        selected=selected,
+        selected=torch.stack([layer, sel_flat - layer * n_neurons], dim=1),
         selected_prob=sel_prob,
         selected_entropy=sel_entropy,
-        selected_score=sel_score,
+        selected_score=None if method == "lape" else sel_score,
     )
 
 
@@ -522,36 +461,15 @@ def random_matched(
     """
     gen = torch.Generator().manual_seed(int(seed))
     union = selection.union() if exclude_selected else None
-    all_neurons = torch.arange(selection.n_neurons)
+    hint = " (try exclude_selected=False)" if exclude_selected else ""
     out: dict[str, list[torch.Tensor]] = {lang: [] for lang in selection.languages}
     for li in range(selection.n_layers):
-        pool = all_neurons if union is None else (~union[li]).nonzero().squeeze(1)
+        pool = torch.arange(selection.n_neurons) if union is None else (~union[li]).nonzero()[:, 0]
         for lang in selection.languages:
-            k = int(selection.indices[lang][li].numel())
-            if k > pool.numel():
-                raise ValueError(
-                    f"layer {li}: {k} {lang} neurons to draw but only {pool.numel()} eligible"
-                    + (" (try exclude_selected=False)." if exclude_selected else ".")
-                )
-            if k == 0:
-                out[lang].append(torch.zeros(0, dtype=torch.long))
-            else:
-                pick = torch.randperm(pool.numel(), generator=gen)[:k]
-                out[lang].append(pool[pick].sort().values)
-    return NeuronSelection(
-        languages=list(selection.languages),
-        indices=out,
-        n_layers=selection.n_layers,
-        n_neurons=selection.n_neurons,
-        method="random_matched",
-        config=dict(selection.config),
-        provenance={
-            "matched_to": selection.method,
-            "seed": int(seed),
-            "exclude_selected": exclude_selected,
-            "matched_provenance": selection.provenance,
-        },
-    )
+            k = _to_draw(selection, li, lang, pool, hint)
+            pick = torch.randperm(pool.numel(), generator=gen)[:k] if k else []  # 0: no draw
+            out[lang].append(pool[pick].sort().values)
+    return _control(selection, out, "random_matched", seed, exclude_selected=exclude_selected)
 
 
 def activity_matched(
@@ -601,16 +519,11 @@ def activity_matched(
     union = selection.union()
     out: dict[str, list[torch.Tensor]] = {lang: [] for lang in selection.languages}
     for li in range(selection.n_layers):
-        pool = (~union[li]).nonzero().squeeze(1)
+        pool = (~union[li]).nonzero()[:, 0]
         pool = pool[torch.randperm(pool.numel(), generator=gen)]  # random tie-breaking
         for lang in selection.languages:
-            k = langs.index(lang)
-            targets = selection.indices[lang][li]
-            if targets.numel() > pool.numel():
-                raise ValueError(
-                    f"layer {li}: {targets.numel()} {lang} neurons to match but only "
-                    f"{pool.numel()} neurons outside the selection."
-                )
+            _to_draw(selection, li, lang, pool, " outside the selection")
+            k, targets = langs.index(lang), selection.indices[lang][li]
             values = p[li, pool, k].clone()
             picked = []
             for t in targets[torch.randperm(targets.numel(), generator=gen)].tolist():
@@ -618,17 +531,35 @@ def activity_matched(
                 picked.append(int(pool[j]))
                 values[j] = math.inf  # without replacement
             out[lang].append(torch.tensor(sorted(picked), dtype=torch.long))
+    on = "activation probability on the set's own language, per layer"
+    return _control(selection, out, "activity_matched", seed, matched_on=on)
+
+
+def _to_draw(selection: NeuronSelection, li: int, lang: str, pool: torch.Tensor, hint: str) -> int:
+    """How many neurons a control draws for ``lang`` in layer ``li``; refuses too small a pool."""
+    k = int(selection.indices[lang][li].numel())
+    if k > pool.numel():
+        raise ValueError(
+            f"layer {li}: {k} {lang} neurons to draw but only {pool.numel()} eligible{hint}."
+        )
+    return k
+
+
+def _control(
+    selection: NeuronSelection, indices: dict, method: str, seed: int, **facts: Any
+) -> NeuronSelection:
+    """A control selection: drawn ``indices``, the matched selection's shape and config."""
     return NeuronSelection(
-        languages=list(selection.languages),
-        indices=out,
-        n_layers=selection.n_layers,
-        n_neurons=selection.n_neurons,
-        method="activity_matched",
+        list(selection.languages),
+        indices,
+        selection.n_layers,
+        selection.n_neurons,
+        method=method,
         config=dict(selection.config),
         provenance={
             "matched_to": selection.method,
             "seed": int(seed),
-            "matched_on": "activation probability on the set's own language, per layer",
+            **facts,
             "matched_provenance": selection.provenance,
         },
     )
@@ -680,12 +611,9 @@ def agreement(a: NeuronSelection, b: NeuronSelection) -> pd.DataFrame:
             f"selections of different shapes: {a.n_layers}x{a.n_neurons} vs "
             f"{b.n_layers}x{b.n_neurons}."
         )
-    langs = list(a.languages) + [x for x in b.languages if x not in a.languages]
-    empty = torch.zeros(a.n_layers, a.n_neurons, dtype=torch.bool)
 
     def row(ma: torch.Tensor, mb: torch.Tensor) -> dict[str, float]:
-        inter = int((ma & mb).sum())
-        uni = int((ma | mb).sum())
+        inter, uni = int((ma & mb).sum()), int((ma | mb).sum())
         return {
             "count_a": int(ma.sum()),
             "count_b": int(mb.sum()),
@@ -694,19 +622,14 @@ def agreement(a: NeuronSelection, b: NeuronSelection) -> pd.DataFrame:
             "jaccard": inter / uni if uni else math.nan,
         }
 
-    rows = {
-        lang: row(
-            a.mask(lang) if lang in a.languages else empty,
-            b.mask(lang) if lang in b.languages else empty,
-        )
-        for lang in langs
-    }
+    def mask(s: NeuronSelection, lang: str) -> torch.Tensor:  # an absent language: empty
+        return s.mask(lang) if lang in s.languages else torch.zeros(shape, dtype=torch.bool)
+
+    shape = (a.n_layers, a.n_neurons)
+    langs = list(a.languages) + [x for x in b.languages if x not in a.languages]
+    rows = {lang: row(mask(a, lang), mask(b, lang)) for lang in langs}
     rows["all"] = row(a.union(), b.union())
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "language"
-    return df.astype(
-        {"count_a": int, "count_b": int, "intersection": int, "union": int, "jaccard": float}
-    )
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("language")
 
 
 @dataclass
@@ -754,15 +677,12 @@ class StabilityResult:
             ``mean_jaccard``, ``std_jaccard``, ``min_jaccard``, ``n_stable`` (neurons with
             frequency >= ``stable_at``).
         """
-        g = self.per_replicate.groupby("language", sort=False)
-        df = pd.DataFrame(
-            {
-                "count_reference": g["count_reference"].first(),
-                "mean_count": g["count"].mean(),
-                "mean_jaccard": g["jaccard"].mean(),
-                "std_jaccard": g["jaccard"].std(ddof=1),
-                "min_jaccard": g["jaccard"].min(),
-            }
+        df = self.per_replicate.groupby("language", sort=False).agg(
+            count_reference=("count_reference", "first"),
+            mean_count=("count", "mean"),
+            mean_jaccard=("jaccard", "mean"),
+            std_jaccard=("jaccard", "std"),  # ddof=1
+            min_jaccard=("jaccard", "min"),
         )
         stable = {lang: int((f >= stable_at).sum()) for lang, f in self.frequency.items()}
         df["n_stable"] = pd.Series(stable, dtype="Int64")
@@ -795,37 +715,29 @@ def stability(
 
     Returns:
         A :class:`StabilityResult`.
+
+    Raises:
+        ValueError: languages that differ from the reference's, no replicates, or shapes that
+            do not fit each other or the reference.
     """
     langs = list(languages)
     if langs != list(reference.languages):
+        raise ValueError(f"languages {langs} differ from the reference's {reference.languages}.")
+    if boot_over_zero.dim() != 4 or boot_over_zero.shape[0] == 0:
         raise ValueError(
-            f"languages {langs} differ from the reference's {reference.languages}."
-        )
-    if boot_over_zero.dim() != 4:
-        raise ValueError(
-            f"boot_over_zero must be [rep, layer, neuron, lang], got {tuple(boot_over_zero.shape)}."
+            "boot_over_zero must be [rep, layer, neuron, lang] with at least one replicate, "
+            f"got {tuple(boot_over_zero.shape)}."
         )
     n_rep, n_layers, n_neurons, n_lang = boot_over_zero.shape
     boot_n = torch.as_tensor(boot_n)
     if tuple(boot_n.shape) != (n_rep, n_lang):
         raise ValueError(f"boot_n must be [{n_rep}, {n_lang}], got {tuple(boot_n.shape)}.")
-    if (n_layers, n_neurons) != (reference.n_layers, reference.n_neurons):
-        raise ValueError(
-            f"replicates are {n_layers}x{n_neurons} but the reference is "
-            f"{reference.n_layers}x{reference.n_neurons}."
-        )
-    if n_rep == 0:
-        raise ValueError("stability needs at least one replicate.")
     hits = {lang: torch.zeros(n_layers, n_neurons, dtype=torch.int32) for lang in langs}
     frames = []
     for r in range(n_rep):
+        act_sum = None if boot_activation_sum is None else boot_activation_sum[r]
         sel = identify(
-            boot_over_zero[r],
-            boot_n[r],
-            langs,
-            config,
-            method=method,
-            activation_sum=None if boot_activation_sum is None else boot_activation_sum[r],
+            boot_over_zero[r], boot_n[r], langs, config, method=method, activation_sum=act_sum
         )
         for lang in langs:
             hits[lang] += sel.mask(lang)

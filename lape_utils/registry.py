@@ -13,22 +13,17 @@ does the part of it that needs no weights (for a model on the meta device, run o
 
 Example (adding a family)::
 
-    from lape_utils.registry import register_architecture
-    register_architecture(
-        "my-family", model_types=("my_model",),
-        layers="model.layers", site="mlp.act_fn", width="intermediate_size",
-    )
+    register_architecture("my-family", model_types=("my_model",), layers="model.layers",
+                          site="mlp.act_fn", width="intermediate_size")
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
-
-log = logging.getLogger(__name__)
 
 WidthRule = str | Callable[[object], int]
 
@@ -46,7 +41,6 @@ class Architecture:
             is the neuron activation, e.g. ``"mlp.act_fn"``.
         width: Name of the config attribute holding the number of neurons per layer, or a
             function ``config -> int``.
-        gated: Whether the MLP is gated (``act(gate(x)) * up(x)``).
         text_config: Name of a sub-config that holds the text model's settings (multimodal
             models), or ``None``.
     """
@@ -56,21 +50,16 @@ class Architecture:
     layers: str
     site: str
     width: WidthRule = "intermediate_size"
-    gated: bool = True
     text_config: str | None = None
 
     def text_cfg(self, config):
         """Returns the config object that holds the language model's sizes."""
-        if self.text_config is None:
-            return config
-        return getattr(config, self.text_config)
+        return config if self.text_config is None else getattr(config, self.text_config)
 
     def n_neurons(self, config) -> int:
         """Neurons per layer according to the config."""
         cfg = self.text_cfg(config)
-        if callable(self.width):
-            return int(self.width(cfg))
-        return int(getattr(cfg, self.width))
+        return int(self.width(cfg) if callable(self.width) else getattr(cfg, self.width))
 
     def n_layers(self, config) -> int:
         """Number of decoder layers according to the config."""
@@ -82,18 +71,11 @@ class Architecture:
 
     def layer_modules(self, root) -> list:
         """The decoder layers of ``root`` (a transformers model or its nnsight envoy)."""
-        return resolve(root, self.layers)
+        return attrgetter(self.layers)(root)  # follows the dotted path
 
     def site_module(self, root, layer: int):
         """The neuron-site module of decoder layer ``layer`` of ``root``."""
-        return resolve(self.layer_modules(root)[layer], self.site)
-
-
-def resolve(obj, dotted: str):
-    """Follows a dotted attribute path, e.g. ``resolve(model, "model.layers")``."""
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+        return attrgetter(self.site)(self.layer_modules(root)[layer])
 
 
 _REGISTRY: dict[str, Architecture] = {}
@@ -106,7 +88,6 @@ def register_architecture(
     layers: str,
     site: str,
     width: WidthRule = "intermediate_size",
-    gated: bool = True,
     text_config: str | None = None,
     replace: bool = False,
 ) -> Architecture:
@@ -118,7 +99,6 @@ def register_architecture(
         layers: Dotted path from the causal-LM module to the list of decoder layers.
         site: Dotted path from a decoder layer to the activation module.
         width: Config attribute (or function of the config) giving neurons per layer.
-        gated: Whether the MLP is gated.
         text_config: Sub-config name for multimodal models.
         replace: Allow replacing an existing entry for the same model type.
 
@@ -128,34 +108,20 @@ def register_architecture(
     Raises:
         ValueError: if a model type is already registered and ``replace`` is false.
     """
-    arch = Architecture(
-        family=family,
-        model_types=tuple(model_types),
-        layers=layers,
-        site=site,
-        width=width,
-        gated=gated,
-        text_config=text_config,
-    )
-    for mt in arch.model_types:
-        if mt in _REGISTRY and not replace:
-            raise ValueError(
-                f"model type {mt!r} is already registered as family "
-                f"{_REGISTRY[mt].family!r}; pass replace=True to override it"
-            )
-    for mt in arch.model_types:
-        _REGISTRY[mt] = arch
+    arch = Architecture(family, tuple(model_types), layers, site, width, text_config)
+    taken = [mt for mt in arch.model_types if mt in _REGISTRY]
+    if taken and not replace:
+        raise ValueError(
+            f"model type {taken[0]!r} is already registered as family "
+            f"{_REGISTRY[taken[0]].family!r}; pass replace=True to override it"
+        )
+    _REGISTRY.update(dict.fromkeys(arch.model_types, arch))
     return arch
 
 
 def supported_families() -> list[str]:
     """Names of the registered families, sorted."""
     return sorted({a.family for a in _REGISTRY.values()})
-
-
-def supported_model_types() -> list[str]:
-    """The ``config.model_type`` values with a registered family, sorted."""
-    return sorted(_REGISTRY)
 
 
 class UnknownArchitectureError(ValueError):
@@ -174,7 +140,7 @@ def architecture_for(config) -> Architecture:
     raise UnknownArchitectureError(
         f"model type {model_type!r} is not in the architecture registry. Supported "
         f"families: {', '.join(supported_families())} (model types: "
-        f"{', '.join(supported_model_types())}). To add one, tell the registry where its "
+        f"{', '.join(sorted(_REGISTRY))}). To add one, tell the registry where its "
         "MLP activation lives, e.g.\n"
         "    from lape_utils.registry import register_architecture\n"
         f"    register_architecture('my-family', model_types=({model_type!r},),\n"
@@ -184,58 +150,37 @@ def architecture_for(config) -> Architecture:
 
 
 def _gpt2_width(cfg) -> int:
-    return int(cfg.n_inner) if cfg.n_inner is not None else 4 * int(cfg.n_embd)
+    return 4 * int(cfg.n_embd) if cfg.n_inner is None else int(cfg.n_inner)
 
 
-def _bloom_width(cfg) -> int:
-    return 4 * int(cfg.hidden_size)
-
-
-for _family, _types in [
-    ("llama", ("llama",)),
-    ("mistral", ("mistral",)),
-    ("qwen2", ("qwen2",)),
-    ("qwen3", ("qwen3",)),
-    ("gemma", ("gemma",)),
-    ("gemma2", ("gemma2",)),
-    ("gemma3", ("gemma3_text",)),
+# The built-in families (see the module docstring for which MLPs are gated).
+for _arch in [
+    Architecture("llama", ("llama",), "model.layers", "mlp.act_fn"),
+    Architecture("mistral", ("mistral",), "model.layers", "mlp.act_fn"),
+    Architecture("qwen2", ("qwen2",), "model.layers", "mlp.act_fn"),
+    Architecture("qwen3", ("qwen3",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma", ("gemma",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma2", ("gemma2",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma3", ("gemma3_text",), "model.layers", "mlp.act_fn"),
+    Architecture("gemma3-multimodal", ("gemma3",), "model.language_model.layers", "mlp.act_fn",
+                 text_config="text_config"),
+    Architecture("phi3", ("phi3",), "model.layers", "mlp.activation_fn"),
+    Architecture("phi", ("phi",), "model.layers", "mlp.activation_fn"),
+    Architecture("gpt2", ("gpt2",), "transformer.h", "mlp.act", _gpt2_width),
+    Architecture("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "mlp.act"),
+    Architecture("bloom", ("bloom",), "transformer.h", "mlp.gelu_impl",
+                 lambda cfg: 4 * cfg.hidden_size),
+    Architecture("opt", ("opt",), "model.decoder.layers", "activation_fn", "ffn_dim"),
 ]:
-    register_architecture(_family, model_types=_types, layers="model.layers", site="mlp.act_fn")
-register_architecture(
-    "gemma3-multimodal",
-    model_types=("gemma3",),
-    layers="model.language_model.layers",
-    site="mlp.act_fn",
-    text_config="text_config",
-)
-register_architecture("phi3", model_types=("phi3",), layers="model.layers", site="mlp.activation_fn")
-register_architecture(
-    "phi", model_types=("phi",), layers="model.layers", site="mlp.activation_fn", gated=False
-)
-register_architecture(
-    "gpt2", model_types=("gpt2",), layers="transformer.h", site="mlp.act", width=_gpt2_width,
-    gated=False,
-)
-register_architecture(
-    "gpt-neox", model_types=("gpt_neox",), layers="gpt_neox.layers", site="mlp.act", gated=False
-)
-register_architecture(
-    "bloom", model_types=("bloom",), layers="transformer.h", site="mlp.gelu_impl",
-    width=_bloom_width, gated=False,
-)
-register_architecture(
-    "opt", model_types=("opt",), layers="model.decoder.layers", site="activation_fn",
-    width="ffn_dim", gated=False,
-)
+    _REGISTRY.update(dict.fromkeys(_arch.model_types, _arch))
 
 
 class SelfCheckError(RuntimeError):
     """Raised when a registry entry does not fit the loaded model."""
 
 
-def _find_sites(hf_model, arch: Architecture) -> list[torch.nn.Module]:
+def _find_sites(hf_model, arch: Architecture, n_layers: int) -> list[torch.nn.Module]:
     """The neuron-site module of every layer, or a :class:`SelfCheckError` saying what is off."""
-    n_layers = arch.n_layers(hf_model.config)
     try:
         layers = arch.layer_modules(hf_model)
     except AttributeError as err:
@@ -264,16 +209,50 @@ def _find_sites(hf_model, arch: Architecture) -> list[torch.nn.Module]:
     return sites
 
 
-def _check_widths(arch: Architecture, widths: dict[int, int], n_layers: int, n_neurons: int):
-    """Every layer's site was called and has the config's width, or a :class:`SelfCheckError`."""
-    missing = [i for i in range(n_layers) if i not in widths]
+def _forward(hf_model, input_ids: torch.Tensor, hooks: dict[torch.nn.Module, Callable]):
+    """One forward pass with forward hooks ``{module: hook}``, removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        return hf_model(input_ids=input_ids, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
+    """The structure checks on one forward pass (fake tensors for a model on the meta device).
+
+    Returns ``(facts, logits, sites, first)``: ``facts`` is ``{"n_layers", "n_neurons"}``,
+    ``first`` the output of the first layer's site.
+    """
+    cfg = hf_model.config
+    n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
+    sites = _find_sites(hf_model, arch, n_layers)
+    outputs: dict[int, torch.Tensor] = {}  # the site outputs of a few tokens: small
+    hooks = {
+        site: lambda _module, _inputs, output, i=i: outputs.__setitem__(i, output.detach())
+        for i, site in enumerate(sites)
+    }
+    if any(p.is_meta for p in hf_model.parameters()):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        # use_cache=False: the KV cache allocates real (meta) tensors that fake mode refuses
+        # to mutate
+        shapes = ShapeEnv(assume_static_by_default=True)
+        with FakeTensorMode(allow_non_fake_inputs=True, shape_env=shapes):
+            logits = _forward(hf_model, input_ids.to("meta"), hooks)
+    else:
+        logits = _forward(hf_model, input_ids.to(next(hf_model.parameters()).device), hooks)
+    missing = [i for i in range(n_layers) if i not in outputs]
     if missing:
         raise SelfCheckError(f"{arch.family}: the neuron site was not called in layers {missing}")
-    wrong = {i: w for i, w in widths.items() if w != n_neurons}
+    wrong = {i: o.shape[-1] for i, o in outputs.items() if o.shape[-1] != n_neurons}
     if wrong:
         raise SelfCheckError(
             f"{arch.family}: site width {wrong} differs from the config's {n_neurons} neurons"
         )
+    return {"n_layers": n_layers, "n_neurons": n_neurons}, logits, sites, outputs[0]
 
 
 @torch.inference_mode()
@@ -283,9 +262,7 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
     The neuron site exists in every layer, is called on a forward pass and has the width
     the config declares. A model on the meta device (built from its config only, as for
     NDIF) runs that forward on fake tensors, which carry shapes but no values, so this
-    costs no memory and reads no weights; a model with weights runs it for real. The
-    check that zeroing a neuron changes the logits needs values, so only
-    :func:`self_check` makes it.
+    costs no memory and reads no weights; a model with weights runs it for real.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).
@@ -299,44 +276,18 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
     Raises:
         SelfCheckError: saying which of the checks failed and why.
     """
-    cfg = hf_model.config
-    n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
-    sites = _find_sites(hf_model, arch)
-    widths: dict[int, int] = {}
-    handles = [
-        s.register_forward_hook(lambda _m, _i, out, i=i: widths.__setitem__(i, out.shape[-1]))
-        for i, s in enumerate(sites)
-    ]
-    meta = any(p.is_meta for p in hf_model.parameters())
-    try:
-        if meta:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-            from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
-            # use_cache=False: the KV cache allocates real (meta) tensors that fake mode
-            # refuses to mutate
-            with FakeTensorMode(
-                allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)
-            ):
-                hf_model(input_ids=input_ids.to("meta"), use_cache=False)
-        else:
-            device = next(hf_model.parameters()).device
-            hf_model(input_ids=input_ids.to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    _check_widths(arch, widths, n_layers, n_neurons)
-    return {"n_layers": n_layers, "n_neurons": n_neurons, "weights": not meta}
+    facts = _structure_forward(hf_model, arch, input_ids)[0]
+    return {**facts, "weights": not any(p.is_meta for p in hf_model.parameters())}
 
 
 @torch.inference_mode()
 def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     """Proves on one short forward pass that ``arch`` describes ``hf_model``.
 
-    Checks that the neuron site exists in every layer, is called on that forward, has the
-    width the config declares, and that zeroing one neuron (the most active one of the first
-    layer) changes the logits. A model without weights (meta device) can only take
-    :func:`check_structure`.
+    Makes the checks of :func:`check_structure` (the neuron site exists in every layer, is
+    called on that forward and has the config's width), then checks that zeroing one neuron
+    (the most active one of the first layer) changes the logits. A model without weights
+    (meta device) can only take :func:`check_structure`.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).
@@ -349,47 +300,20 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     Raises:
         SelfCheckError: saying which of the checks failed and why.
     """
-    cfg = hf_model.config
-    n_layers = arch.n_layers(cfg)
-    n_neurons = arch.n_neurons(cfg)
-    sites = _find_sites(hf_model, arch)
+    input_ids = input_ids.to(next(hf_model.parameters()).device)
+    facts, base, sites, first = _structure_forward(hf_model, arch, input_ids)
+    neuron = int(first.reshape(-1, first.shape[-1]).abs().amax(0).argmax())  # the most active
 
-    widths: dict[int, int] = {}
-    peak: dict[int, torch.Tensor] = {}
-
-    def make_hook(i):
-        def hook(_module, _inputs, output):
-            widths[i] = output.shape[-1]
-            if i == 0:
-                peak[0] = output.detach().reshape(-1, output.shape[-1]).abs().amax(0)
-
-        return hook
-
-    device = next(hf_model.parameters()).device
-    input_ids = input_ids.to(device)
-    handles = [s.register_forward_hook(make_hook(i)) for i, s in enumerate(sites)]
-    try:
-        base = hf_model(input_ids=input_ids).logits.float()
-    finally:
-        for h in handles:
-            h.remove()
-    _check_widths(arch, widths, n_layers, n_neurons)
-    neuron = int(peak[0].argmax())
-
-    def zero_hook(_module, _inputs, output):
+    def zero(_module, _inputs, output):
         output = output.clone()
         output[..., neuron] = 0
         return output
 
-    handle = sites[0].register_forward_hook(zero_hook)
-    try:
-        edited = hf_model(input_ids=input_ids).logits.float()
-    finally:
-        handle.remove()
-    change = float((edited - base).abs().max())
+    edited = _forward(hf_model, input_ids, {sites[0]: zero})
+    change = float((edited.float() - base.float()).abs().max())
     if not change > 0:
         raise SelfCheckError(
             f"{arch.family}: zeroing neuron {neuron} of layer 0 at {arch.site!r} did not "
             "change the logits; the site is not on the model's computation path"
         )
-    return {"n_layers": n_layers, "n_neurons": n_neurons, "max_logit_change": change}
+    return {**facts, "max_logit_change": change}

@@ -45,6 +45,11 @@ def _as_index_tensor(x: Any, where: str) -> torch.Tensor:
     return t.to(torch.long)
 
 
+def _increasing(t: torch.Tensor) -> bool:
+    """Whether a 1-D tensor is strictly increasing (sorted, no duplicates)."""
+    return t.numel() < 2 or bool((t[1:] > t[:-1]).all())
+
+
 @dataclass(eq=False)
 class NeuronSelection:
     """Language-specific neurons: for each language, the sorted neuron indices of each layer.
@@ -101,83 +106,67 @@ class NeuronSelection:
                 f"indices must have exactly one entry per language; missing {missing}, "
                 f"unexpected {extra} (languages={self.languages})."
             )
-        checked: dict[str, list[torch.Tensor]] = {}
-        for lang in self.languages:
-            layers = list(self.indices[lang])
-            if len(layers) != self.n_layers:
-                raise ValueError(
-                    f"indices[{lang!r}] has {len(layers)} layers, expected n_layers="
-                    f"{self.n_layers}."
-                )
-            out = []
-            for li, t in enumerate(layers):
-                where = f"indices[{lang!r}][{li}]"
-                t = _as_index_tensor(t, where)
-                if t.numel():
-                    if int(t.min()) < 0 or int(t.max()) >= self.n_neurons:
-                        raise ValueError(
-                            f"{where}: indices must lie in [0, {self.n_neurons}), got min "
-                            f"{int(t.min())}, max {int(t.max())}."
-                        )
-                    if t.numel() > 1 and not bool((t[1:] > t[:-1]).all()):
-                        t = torch.unique(t)  # sorts and de-duplicates
-                out.append(t)
-            checked[lang] = out
-        self.indices = checked
+        self.indices = {lang: self._checked_layers(lang) for lang in self.languages}
         self._check_tables()
         self.config = dict(self.config)
         self.provenance = dict(self.provenance)
 
+    def _checked_layers(self, lang: str) -> list[torch.Tensor]:
+        """``indices[lang]`` validated, as sorted duplicate-free LongTensors."""
+        layers = list(self.indices[lang])
+        if len(layers) != self.n_layers:
+            raise ValueError(
+                f"indices[{lang!r}] has {len(layers)} layers, expected n_layers={self.n_layers}."
+            )
+        out = []
+        for li, t in enumerate(layers):
+            t = _as_index_tensor(t, f"indices[{lang!r}][{li}]")
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.n_neurons):
+                raise ValueError(
+                    f"indices[{lang!r}][{li}]: indices must lie in [0, {self.n_neurons}), got "
+                    f"min {int(t.min())}, max {int(t.max())}."
+                )
+            out.append(t if _increasing(t) else torch.unique(t))  # unique sorts, too
+        return out
+
     def _check_tables(self) -> None:
-        others = {
-            "selected_prob": self.selected_prob,
-            "selected_entropy": self.selected_entropy,
-            "selected_score": self.selected_score,
-        }
-        if self.selected is None:
-            given = [k for k, v in others.items() if v is not None]
+        tables = {name: getattr(self, name) for name in _TABLES[1:]}
+        sel = self.selected
+        if sel is None:
+            given = [k for k, v in tables.items() if v is not None]
             if given:
                 raise ValueError(f"{given} given without `selected` (the rows they describe).")
             return
-        sel = self.selected
         if sel.dim() != 2 or sel.shape[1] != 2 or sel.dtype != torch.long:
             raise ValueError(
                 f"selected must be a LongTensor [n_selected, 2], got {sel.dtype} "
                 f"{tuple(sel.shape)}."
             )
-        flat = sel[:, 0] * self.n_neurons + sel[:, 1]
-        if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
+        if not _increasing(sel[:, 0] * self.n_neurons + sel[:, 1]):
             raise ValueError("selected must be sorted layer-major without duplicates.")
-        for name, t in others.items():
+        for name, t in tables.items():
             if t is not None and t.shape[0] != sel.shape[0]:
-                raise ValueError(
-                    f"{name} has {t.shape[0]} rows but selected has {sel.shape[0]}."
-                )
-        if self.selected_prob is not None and tuple(self.selected_prob.shape[1:]) != (
-            len(self.languages),
-        ):
+                raise ValueError(f"{name} has {t.shape[0]} rows but selected has {sel.shape[0]}.")
+        prob = self.selected_prob
+        if prob is not None and tuple(prob.shape[1:]) != (len(self.languages),):
             raise ValueError(
                 f"selected_prob must be [n_selected, {len(self.languages)}], got "
-                f"{tuple(self.selected_prob.shape)}."
+                f"{tuple(prob.shape)}."
             )
 
     # ------------------------------------------------------------------ constructors
 
     @classmethod
     def from_flat(
-        cls,
-        flat: Mapping[str, torch.Tensor],
-        n_layers: int,
-        n_neurons: int,
-        **kwargs: Any,
+        cls, flat: Mapping[str, torch.Tensor], n_layers: int, n_neurons: int, **kwargs: Any
     ) -> NeuronSelection:
         """Build from flat indices ``layer * n_neurons + neuron`` per language.
 
         Vectorised: one sort (skipped when already sorted) and one ``bincount`` per language.
 
         Args:
-            flat: ``{lang: LongTensor [n]}`` flat neuron indices (any order, no duplicates
-                needed; duplicates are removed).
+            flat: ``{lang: LongTensor [n]}`` flat neuron indices (any order; duplicates are
+                removed).
             n_layers: Number of layers ``L``.
             n_neurons: Neurons per layer ``D``.
             **kwargs: Other :class:`NeuronSelection` fields (``method``, ``config``, ...).
@@ -185,10 +174,19 @@ class NeuronSelection:
         Returns:
             The selection, languages in the mapping's order.
         """
-        indices = {
-            lang: _split_flat(torch.as_tensor(f, dtype=torch.long), n_layers, n_neurons)
-            for lang, f in flat.items()
-        }
+        indices = {}
+        for lang, f in flat.items():
+            f = torch.as_tensor(f, dtype=torch.long).reshape(-1)
+            if not _increasing(f):
+                f = torch.unique(f)
+            if f.numel() and (int(f[0]) < 0 or int(f[-1]) >= n_layers * n_neurons):
+                raise ValueError(
+                    f"flat indices must lie in [0, {n_layers * n_neurons}), got "
+                    f"[{int(f[0])}, {int(f[-1])}]."
+                )
+            layer = torch.div(f, n_neurons, rounding_mode="floor")
+            sizes = torch.bincount(layer, minlength=n_layers).tolist()  # neurons per layer
+            indices[lang] = [t.clone() for t in (f - layer * n_neurons).split(sizes)]
         return cls(list(flat), indices, n_layers, n_neurons, **kwargs)
 
     @classmethod
@@ -211,50 +209,36 @@ class NeuronSelection:
 
     # ------------------------------------------------------------------ views
 
-    def _check_lang(self, lang: str) -> None:
-        if lang not in self.indices:
-            raise KeyError(f"language {lang!r} not in this selection; it has {self.languages}.")
-
     def flat(self, lang: str) -> torch.Tensor:
         """Sorted flat indices ``layer * n_neurons + neuron`` of one language.
 
-        Args:
-            lang: A language of :attr:`languages`.
-
-        Returns:
-            ``LongTensor [n]``, ascending.
+        Raises:
+            KeyError: ``lang`` is not one of :attr:`languages`.
         """
-        self._check_lang(lang)
-        parts = [t + li * self.n_neurons for li, t in enumerate(self.indices[lang])]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        if lang not in self.indices:
+            raise KeyError(f"language {lang!r} not in this selection; it has {self.languages}.")
+        return torch.cat([t + li * self.n_neurons for li, t in enumerate(self.indices[lang])])
 
-    def mask(self, lang: str) -> torch.Tensor:
-        """Boolean membership mask of one language.
-
-        Args:
-            lang: A language of :attr:`languages`.
-
-        Returns:
-            ``bool [layer, neuron]``.
-        """
+    def _mask(self, languages: list[str]) -> torch.Tensor:
         m = torch.zeros(self.n_layers * self.n_neurons, dtype=torch.bool)
-        m[self.flat(lang)] = True
-        return m.view(self.n_layers, self.n_neurons)
-
-    def union(self) -> torch.Tensor:
-        """Neurons that belong to at least one language.
-
-        Returns:
-            ``bool [layer, neuron]``.
-        """
-        m = torch.zeros(self.n_layers * self.n_neurons, dtype=torch.bool)
-        for lang in self.languages:
+        for lang in languages:
             m[self.flat(lang)] = True
         return m.view(self.n_layers, self.n_neurons)
+
+    def mask(self, lang: str) -> torch.Tensor:
+        """``bool [layer, neuron]`` membership mask of one language."""
+        return self._mask([lang])
+
+    def union(self) -> torch.Tensor:
+        """``bool [layer, neuron]``: the neurons that belong to at least one language."""
+        return self._mask(self.languages)
 
     def total_distinct(self) -> int:
         """Number of distinct neurons over all languages (a neuron in 2 languages counts once)."""
         return int(self.union().sum())
+
+    def _totals(self) -> dict[str, int]:
+        return {lang: sum(int(t.numel()) for t in self.indices[lang]) for lang in self.languages}
 
     def counts(self) -> pd.DataFrame:
         """Neurons per layer and language.
@@ -262,9 +246,7 @@ class NeuronSelection:
         Returns:
             DataFrame, index ``layer`` (0..L-1), one int column per language.
         """
-        data = {
-            lang: [int(t.numel()) for t in self.indices[lang]] for lang in self.languages
-        }
+        data = {lang: [int(t.numel()) for t in self.indices[lang]] for lang in self.languages}
         df = pd.DataFrame(data, index=pd.RangeIndex(self.n_layers, name="layer"))
         df.columns.name = "language"
         return df
@@ -282,30 +264,32 @@ class NeuronSelection:
         """
         flats = [self.flat(lang) for lang in self.languages]
         flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
-        lang_col = [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())]
         layer = torch.div(flat, self.n_neurons, rounding_mode="floor")
         df = pd.DataFrame(
             {
-                "language": pd.Categorical(lang_col, categories=self.languages),
+                "language": pd.Categorical(
+                    [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())],
+                    categories=self.languages,
+                ),
                 "layer": layer.numpy(),
                 "neuron": (flat - layer * self.n_neurons).numpy(),
             }
         )
-        if self.selected is not None and self.selected_prob is not None:
-            sel_flat = self.selected[:, 0] * self.n_neurons + self.selected[:, 1]
-            pos = torch.searchsorted(sel_flat, flat)
-            if flat.numel() and (
-                sel_flat.numel() == 0
-                or not bool((sel_flat[pos.clamp_max(sel_flat.numel() - 1)] == flat).all())
-            ):
-                raise ValueError("selected table does not cover every member neuron.")
-            probs = self.selected_prob[pos]
-            for k, lang in enumerate(self.languages):
-                df[f"prob_{lang}"] = probs[:, k].double().numpy()
-            if self.selected_entropy is not None:  # + 0.0 turns the reference's -0.0 into 0.0
-                df["entropy"] = (self.selected_entropy[pos].double() + 0.0).numpy()
-            if self.selected_score is not None:
-                df["score"] = (self.selected_score[pos].double() + 0.0).numpy()
+        if self.selected is None or self.selected_prob is None:
+            return df
+        sel_flat = self.selected[:, 0] * self.n_neurons + self.selected[:, 1]
+        pos = torch.searchsorted(sel_flat, flat)
+        if flat.numel() and (
+            sel_flat.numel() == 0
+            or not bool((sel_flat[pos.clamp_max(sel_flat.numel() - 1)] == flat).all())
+        ):
+            raise ValueError("selected table does not cover every member neuron.")
+        for k, lang in enumerate(self.languages):
+            df[f"prob_{lang}"] = self.selected_prob[pos, k].double().numpy()
+        # + 0.0 turns the reference's -0.0 into 0.0
+        for column, table in (("entropy", self.selected_entropy), ("score", self.selected_score)):
+            if table is not None:
+                df[column] = (table[pos].double() + 0.0).numpy()
         return df
 
     def equals(self, other: NeuronSelection) -> bool:
@@ -313,23 +297,12 @@ class NeuronSelection:
 
         Method, config, provenance and tables are not compared.
         """
-        if (
-            self.languages != other.languages
-            or self.n_layers != other.n_layers
-            or self.n_neurons != other.n_neurons
-        ):
-            return False
-        return all(
-            torch.equal(a, b)
-            for lang in self.languages
-            for a, b in zip(self.indices[lang], other.indices[lang], strict=True)
-        )
+        return (self.languages, self.n_layers, self.n_neurons) == (
+            other.languages, other.n_layers, other.n_neurons
+        ) and all(torch.equal(self.flat(lang), other.flat(lang)) for lang in self.languages)
 
     def __repr__(self) -> str:
-        per_lang = ", ".join(
-            f"{lang} {sum(int(t.numel()) for t in self.indices[lang])}"
-            for lang in self.languages
-        )
+        per_lang = ", ".join(f"{lang} {c}" for lang, c in self._totals().items())
         cfg = ", ".join(f"{k}={v}" for k, v in self.config.items())
         return (
             f"NeuronSelection(method={self.method!r}, {self.n_layers} layers x "
@@ -339,6 +312,20 @@ class NeuronSelection:
         )
 
     # ------------------------------------------------------------------ persistence
+
+    def _meta(self) -> dict[str, Any]:
+        """What the sidecar says about the selection (for people and tools)."""
+        return {
+            "format": _FORMAT,
+            "format_version": _FORMAT_VERSION,
+            "method": self.method,
+            "languages": list(self.languages),
+            "shape": {"n_layers": self.n_layers, "n_neurons": self.n_neurons},
+            "counts": self._totals(),
+            "total_distinct": self.total_distinct(),
+            "config": self.config,
+            "provenance": self.provenance,
+        }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Save to a torch file plus a ``<path>.json`` sidecar.
@@ -362,43 +349,24 @@ class NeuronSelection:
         path = Path(path)
         sidecar = _sidecar(path)
         refuse_overwrite([path, sidecar], overwrite)
-        config_json = _to_json(self.config, "config")
-        provenance_json = _to_json(self.provenance, "provenance")
+        meta = self._meta()
         payload = {
             "format": _FORMAT,
             "format_version": _FORMAT_VERSION,
+            "method": self.method,
             "languages": list(self.languages),
             "indices": [list(self.indices[lang]) for lang in self.languages],
             "n_layers": self.n_layers,
             "n_neurons": self.n_neurons,
-            "method": self.method,
-            "config_json": config_json,
-            "provenance_json": provenance_json,
-            "tables": {
-                "selected": self.selected,
-                "selected_prob": self.selected_prob,
-                "selected_entropy": self.selected_entropy,
-                "selected_score": self.selected_score,
-            },
+            "config_json": _to_json(self.config, "config"),
+            "provenance_json": _to_json(self.provenance, "provenance"),
+            "tables": {name: getattr(self, name) for name in _TABLES},
         }
-        meta = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
-            "languages": list(self.languages),
-            "shape": {"n_layers": self.n_layers, "n_neurons": self.n_neurons},
-            "counts": {
-                lang: sum(int(t.numel()) for t in self.indices[lang]) for lang in self.languages
-            },
-            "total_distinct": self.total_distinct(),
-            "config": self.config,
-            "provenance": self.provenance,
-            "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "torch_version": torch.__version__,
-        }
+        meta["saved_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        meta["torch_version"] = torch.__version__
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(payload, path)
-        sidecar.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
         logger.info("saved %r to %s (+ %s)", self, path, sidecar.name)
         return path
 
@@ -414,7 +382,8 @@ class NeuronSelection:
 
         Raises:
             ValueError: The file is not a saved NeuronSelection (use
-                :func:`lape_utils.published.from_official` for the paper's format), or the sidecar disagrees with it.
+                :func:`lape_utils.published.from_official` for the paper's format), or the
+                sidecar disagrees with it.
         """
         path = Path(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -442,14 +411,12 @@ class NeuronSelection:
         )
         sidecar = _sidecar(path)
         if sidecar.exists():
-            meta = json.loads(sidecar.read_text())
-            expected = {
-                "method": sel.method,
-                "languages": sel.languages,
-                "shape": {"n_layers": sel.n_layers, "n_neurons": sel.n_neurons},
-                "config": sel.config,
+            meta, ours = json.loads(sidecar.read_text()), sel._meta()
+            bad = {
+                k: (meta.get(k), ours[k])
+                for k in ("method", "languages", "shape", "config")
+                if meta.get(k) != ours[k]
             }
-            bad = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
             if bad:
                 raise ValueError(
                     f"sidecar {sidecar} disagrees with {path} on {sorted(bad)}: "
@@ -462,22 +429,6 @@ class NeuronSelection:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _split_flat(flat: torch.Tensor, n_layers: int, n_neurons: int) -> list[torch.Tensor]:
-    """Sorted flat indices -> per-layer sorted neuron indices (one bincount, one split)."""
-    flat = flat.reshape(-1).to(torch.long)
-    if flat.numel() > 1 and not bool((flat[1:] > flat[:-1]).all()):
-        flat = torch.unique(flat)
-    if flat.numel() and (int(flat[0]) < 0 or int(flat[-1]) >= n_layers * n_neurons):
-        raise ValueError(
-            f"flat indices must lie in [0, {n_layers * n_neurons}), got "
-            f"[{int(flat[0])}, {int(flat[-1])}]."
-        )
-    layer = torch.div(flat, n_neurons, rounding_mode="floor")
-    neuron = flat - layer * n_neurons
-    sizes = torch.bincount(layer, minlength=n_layers).tolist()
-    return [t.clone() for t in neuron.split(sizes)]
 
 
 def _sidecar(path: Path) -> Path:

@@ -1,13 +1,10 @@
 """Activation statistics: the counts LAPE is computed from, saved with their provenance.
 
-:class:`ActivationStats` holds, per language, the number of tokens fed (``n``), how many of
-them made each neuron active (``over_zero``), the sum of each neuron's activation
-(``activation_sum``), optional Poisson-bootstrap replicates of ``n`` and ``over_zero``, and
-the counts of the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks (``budget_*``: how
-the selection would look with less text, recorded on the way for free).
-It is saved as a directory: ``stats.pt`` plus ``provenance.json``. Loading checks the
-provenance against what the caller expects and refuses a mismatch with a message saying
-what differs.
+:class:`ActivationStats` holds, per language, the tokens fed (``n``), how many of them made
+each neuron active (``over_zero``), activation sums, bootstrap replicates, and the counts at
+smaller token budgets (see its attributes). It is saved as a directory: ``stats.pt`` plus
+``provenance.json``. Loading checks the provenance against what the caller expects and
+refuses a mismatch with a message saying what differs; shards of one corpus can be merged.
 
 The reference implementation's per-language count files (``torch.save(dict(n=...,
 over_zero=...))``, one per language) can be imported and exported.
@@ -51,8 +48,10 @@ RUN_KEYS = (
 #: Fractions of each language's chunks at which capture records the counts so far.
 BUDGET_FRACTIONS: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
-# tensors a statistics object may carry besides n and over_zero
-_OPTIONAL = ("activation_sum", "boot_n", "boot_over_zero", "budget_n", "budget_over_zero")
+# the tensors of a statistics object, each with the language on its last axis
+_TENSORS = (
+    "n", "over_zero", "activation_sum", "boot_n", "boot_over_zero", "budget_n", "budget_over_zero"
+)
 
 
 class ProvenanceMismatchError(ValueError):
@@ -144,12 +143,9 @@ class ActivationStats:
 
     def index(self, lang: str) -> int:
         """Position of ``lang`` on the language axis, with a helpful error."""
-        try:
-            return self.languages.index(lang)
-        except ValueError:
-            raise KeyError(
-                f"language {lang!r} is not in these statistics; they hold {self.languages}"
-            ) from None
+        if lang not in self.languages:
+            raise KeyError(f"language {lang!r} is not in these statistics: {self.languages}")
+        return self.languages.index(lang)
 
     def probability(self) -> torch.Tensor:
         """``[layer, neuron, lang]`` activation probability ``over_zero / n`` (float32)."""
@@ -169,17 +165,9 @@ class ActivationStats:
     def subset(self, languages: Sequence[str]) -> ActivationStats:
         """The same statistics restricted to (and ordered as) ``languages``."""
         idx = [self.index(lang) for lang in languages]
-
-        def pick(t):
-            return None if t is None else t[..., idx]
-
-        return ActivationStats(
-            languages=list(languages),
-            n=self.n[idx],
-            over_zero=self.over_zero[..., idx],
-            **{name: pick(getattr(self, name)) for name in _OPTIONAL},
-            provenance=dict(self.provenance),
-        )
+        picked = {name: getattr(self, name) for name in _TENSORS}
+        picked = {name: None if t is None else t[..., idx] for name, t in picked.items()}
+        return ActivationStats(list(languages), **picked, provenance=dict(self.provenance))
 
     @property
     def n_budgets(self) -> int:
@@ -202,15 +190,14 @@ class ActivationStats:
                 "these statistics (capture records them; imported counts have none)"
             )
         chunks = self.provenance.get("budget_chunks", {})
-        prov = dict(self.provenance)
-        prov["budget"] = {
+        budget = {
             "snapshot": snapshot,
             "fraction": BUDGET_FRACTIONS[snapshot] if snapshot < len(BUDGET_FRACTIONS) else None,
             "chunks": {lang: c[snapshot] for lang, c in chunks.items()},
         }
         return ActivationStats(
             self.languages, self.budget_n[snapshot], self.budget_over_zero[snapshot],
-            provenance=prov,
+            provenance={**self.provenance, "budget": budget},
         )
 
     @classmethod
@@ -246,10 +233,10 @@ class ActivationStats:
         first = parts[0]
         diffs = []
         for i, part in enumerate(parts[1:], start=2):
-            for key in MERGE_KEYS:
-                a, b = first.provenance.get(key), part.provenance.get(key)
-                if _norm(a) != _norm(b):
-                    diffs.append(f"{key}: part 1 has {a!r}, part {i} has {b!r}")
+            diffs += [
+                f"{key}: part 1 has {a!r}, part {i} has {b!r}"
+                for key, a, b in _differing(MERGE_KEYS, first.provenance, part.provenance)
+            ]
             if sorted(part.languages) != sorted(first.languages):
                 diffs.append(
                     f"languages: part 1 has {first.languages}, part {i} has {part.languages}"
@@ -266,11 +253,11 @@ class ActivationStats:
         langs = first.languages
         chunks = _union_chunks([counted_chunks(p.provenance) for p in parts], langs)
         aligned = [p.subset(langs) for p in parts]
-
-        def total(name):
+        summed = {}
+        for name in _TENSORS:  # a tensor that some part lacks is left out
             values = [getattr(p, name) for p in aligned]
-            return None if any(v is None for v in values) else sum(values[1:], values[0].clone())
-
+            missing = any(v is None for v in values)
+            summed[name] = None if missing else sum(values[1:], values[0].clone())
         prov = {k: v for k, v in first.provenance.items()
                 if k not in (*RUN_KEYS, "merged_from", "tokens_counted", "shape")}
         prov["chunks"] = chunks
@@ -285,13 +272,7 @@ class ActivationStats:
                  if c != corpus.get(lang)}
         if short:
             log.warning("the merged statistics do not cover every chunk: %s", short)
-        return cls(
-            languages=langs,
-            n=total("n"),
-            over_zero=total("over_zero"),
-            **{name: total(name) for name in _OPTIONAL},
-            provenance=prov,
-        )
+        return cls(langs, **summed, provenance=prov)
 
     def __repr__(self) -> str:
         tokens = ", ".join(f"{lang}={int(c):,}" for lang, c in zip(self.languages, self.n))
@@ -312,12 +293,7 @@ class ActivationStats:
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / STATS_FILE
         refuse_overwrite([target], overwrite)
-        payload = {
-            "languages": self.languages,
-            "n": self.n,
-            "over_zero": self.over_zero,
-            **{name: getattr(self, name) for name in _OPTIONAL},
-        }
+        payload = {"languages": self.languages, **{name: getattr(self, name) for name in _TENSORS}}
         tmp = target.with_suffix(".tmp")
         torch.save(payload, tmp)
         os.replace(tmp, target)
@@ -352,13 +328,8 @@ class ActivationStats:
         if expect:
             check_provenance(prov, expect, where=str(directory))
         data = torch.load(target, weights_only=True)
-        return cls(
-            languages=data["languages"],
-            n=data["n"],
-            over_zero=data["over_zero"],
-            **{name: data.get(name) for name in _OPTIONAL},
-            provenance=prov,
-        )
+        tensors = {name: data.get(name) for name in _TENSORS}
+        return cls(data["languages"], **tensors, provenance=prov)
 
     # ------------------------------------------------- the reference's count files
     def export_reference(self, directory: str | os.PathLike, tag: str, overwrite: bool = False):
@@ -438,18 +409,17 @@ class ActivationStats:
             provenance={
                 "source": "reference count files",
                 "files": {lang: str(files[lang]) for lang in order},
-                "imported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "imported": now_utc(),
             },
         )
 
 
 def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> None:
     """Raises :class:`ProvenanceMismatchError` listing every expected field that differs."""
-    diffs = []
-    for key, want in expect.items():
-        have = found.get(key)
-        if _norm(have) != _norm(want):
-            diffs.append(f"{key}: cached {have!r}, asked {want!r}")
+    diffs = [
+        f"{key}: cached {have!r}, asked {want!r}"
+        for key, have, want in _differing(expect, found, expect)
+    ]
     if diffs:
         raise ProvenanceMismatchError(
             f"the statistics in {where} were made for something else:\n  "
@@ -516,8 +486,13 @@ def _union_chunks(records: Sequence[Mapping[str, list]], languages: Sequence[str
     return union
 
 
-def _norm(value):
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
+def _differing(keys, a: Mapping, b: Mapping) -> list[tuple[str, object, object]]:
+    """``(key, a[key], b[key])`` for each key whose values differ once written as JSON."""
+
+    def norm(value):
+        return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+    return [(k, a.get(k), b.get(k)) for k in keys if norm(a.get(k)) != norm(b.get(k))]
 
 
 def package_versions() -> dict[str, str]:
