@@ -110,7 +110,8 @@ def test_every_lape_run_option_reaches_the_stage_that_uses_it(tmp_path, monkeypa
     filtered = []
 
     class Recorded(corpus_mod._Kept):  # notes every language whose lines get filtered
-        def __post_init__(self):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             if self.filter_language:
                 filtered.append(self.lang)
 
