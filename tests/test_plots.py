@@ -590,3 +590,44 @@ def test_ppl_comparison_draws_every_control_and_marks_intervals_excluding_zero()
     assert all(t.get_fontweight() != "bold" for t in axes[1].texts + axes[2].texts)
     ax = plots.plot_ppl_heatmap(df, kind="matched")
     assert np.asarray(mesh(ax).get_array())[2, 0] == pytest.approx(-0.06)
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def test_convergence_plot_shows_jaccard_and_sizes_per_budget():
+    table = pd.DataFrame({
+        "snapshot": [0, 0, "full", "full"], "fraction": [0.5, 0.5, 1.0, 1.0],
+        "tokens": [500.0, 500.0, 1000.0, 1000.0], "language": ["zh", "en", "zh", "en"],
+        "count": [3, 1, 4, 2], "jaccard": [0.6, 1.0, 1.0, 1.0],
+    })
+    jac, size = plots.plot_convergence(table, config=CFG)
+    lines = {line.get_label(): line for line in jac.get_lines() if not line.get_label().startswith("_")}
+    assert list(lines) == ["en", "zh"]  # the module order
+    assert lines["zh"].get_xdata().tolist() == [500.0, 1000.0]
+    assert lines["zh"].get_ydata().tolist() == [0.6, 1.0]
+    assert mcolors.to_hex(lines["zh"].get_color()) == plots.LANGUAGE_COLORS["zh"]
+    assert jac.get_xscale() == "log" and jac.get_ylim() == (0, 1.05)
+    assert any(line.get_ydata()[0] == 0.9 for line in jac.get_lines())  # the verdict line
+    sizes = {line.get_label(): line.get_ydata().tolist() for line in size.get_lines()}
+    assert sizes["zh"] == [3, 4] and size.get_ylim()[0] == 0
+    assert CFG.label() in jac.get_title()
+
+
+def test_threshold_effect_plot_shows_own_and_other_languages():
+    table = pd.DataFrame({
+        "top_rate": [0.005, 0.01, 0.005, 0.01], "language": ["fr", "fr", "zh", "zh"],
+        "n_neurons": [30, 70, 20, 60], "diag_delta": [0.5, 1.4, 0.7, 2.6],
+        "diag_lo": [0.4, 1.2, 0.6, 2.4], "diag_hi": [0.6, 1.6, 0.8, 2.8],
+        "offdiag_mean_delta": [0.01, 0.04, 0.2, 0.4],
+    })
+    effect, size = plots.plot_threshold_effect(table)
+    lines = {line.get_label(): line for line in effect.get_lines()}
+    assert lines["zh"].get_xdata().tolist() == [0.5, 1.0]  # percent
+    assert lines["zh"].get_ydata().tolist() == [0.7, 2.6]
+    assert lines["zh (others)"].get_ydata().tolist() == [0.2, 0.4]
+    assert lines["zh (others)"].get_linestyle() == "--"
+    assert len(effect.collections) == 2  # one interval band per language
+    assert effect.get_xscale() == "log"
+    sizes = {line.get_label(): line.get_ydata().tolist() for line in size.get_lines()}
+    assert sizes == {"fr": [30, 70], "zh": [20, 60]} and size.get_ylim()[0] == 0
