@@ -726,14 +726,19 @@ def plot_convergence(
         ``[jaccard, counts]``: per language (and ``"all"``, grey) the Jaccard of the
         selection at each budget to the full-budget one (y from 0 to 1, the 0.9 line of
         :data:`lape_utils.analysis.CONVERGED_AT` dotted), and the neurons selected per
-        language; x = tokens per language (log scale, ticked at the budgets).
+        language (the distinct total in the title: on the same axis it would flatten the
+        languages); x = tokens per language (log scale, ticked at the budgets).
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
+    total = table.loc[table["language"].astype(str) == _ALL, "count"]
+    size_title = "Selection size with the budget" + (
+        f" (distinct, all languages: {int(total.iloc[-1]):,})" if len(total) else "")
     panels = (("jaccard", "Jaccard to the full-budget selection", 1.05,
-               "Convergence of the selection with the budget"),
-              ("count", "neurons selected", None, "Selection size with the budget"))
-    for ax, (y, label, top, base) in zip(axes, panels):
-        _lines(ax, table, "tokens", y, marker="o", ms=4, lw=1.4)
+               "Convergence of the selection with the budget", table),
+              ("count", "neurons selected", None, size_title,  # "all" would flatten the others
+               table[table["language"].astype(str) != _ALL]))
+    for ax, (y, label, top, base, data) in zip(axes, panels):
+        _lines(ax, data, "tokens", y, marker="o", ms=4, lw=1.4)
         _log_x(ax, table["tokens"], "tokens per language")
         ax.set(ylabel=label, ylim=(0, top))
         ax.legend(title="language", fontsize="small", ncols=2)
