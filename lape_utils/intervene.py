@@ -681,7 +681,7 @@ def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = 
             (plain hooks need local weights and cannot travel to NDIF).
         MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
     """
-    from .models import prepare_remote
+    from .remote import prepare_remote
 
     _check_backend(backend)
     remote = model.remote if remote is None else remote
