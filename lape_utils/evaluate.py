@@ -79,12 +79,11 @@ def _token_nll(
     Args:
         logits: ``[batch, pos, vocab]``.
         ids: ``[batch, pos]``.
-        predict: ``[batch, pos - 1]`` bool: the prediction made at position ``t`` (of token
-            ``t + 1``) is scored; ``None`` scores all.
+        predict: ``[batch, pos - 1]`` bool, True where the prediction made at ``t`` (of
+            token ``t + 1``) is scored; ``None`` scores all.
 
     Returns:
-        ``(nll_sum [batch] float64, tokens [batch] int64)``: summed NLL (nats) and number of
-        scored predictions per sequence.
+        ``(nll_sum [batch] float64, tokens [batch] int64)``: nats, scored predictions.
     """
     targets = ids[:, 1:].to(logits.device)
     if predict is None:
@@ -204,9 +203,7 @@ def score_continuations(
         scored), ``nll`` (mean; NaN for an empty continuation).
     """
     if len(prompt_ids) != len(continuation_ids):
-        raise ValueError(
-            f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations"
-        )
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
     ps = [torch.as_tensor(p).long().cpu() for p in prompt_ids]
     cs = [torch.as_tensor(c).long().cpu() for c in continuation_ids]
     sums = torch.zeros(len(cs), dtype=torch.float64)

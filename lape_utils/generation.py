@@ -136,9 +136,7 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         InterventionError: naming the offending prompt.
     """
     if isinstance(prompts, str):
-        raise InterventionError(
-            "prompts must be a list of strings, got a single str; wrap it in a list"
-        )
+        raise InterventionError("prompts must be a list of strings, got a single str; wrap it")
     prompts = list(prompts)
     if not prompts:
         raise InterventionError("no prompts given; pass at least one non-empty prompt")

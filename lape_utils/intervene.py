@@ -20,9 +20,8 @@ cache: step 0 runs the whole (left-padded) prompt, every later step runs one new
   generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
   use ``"all"`` to steer every generated token.
 
-A single forward pass (:func:`forward_logits`) is step 0. It runs where the model's
-``remote`` setting says (here, on NDIF, or nnsight's local dry run of the NDIF path) and
-can reduce the logits inside the trace (``reduce=``), so that only the reduction leaves it.
+A single forward pass (:func:`forward_logits`) is step 0; it runs here or, for a model
+loaded with ``remote=``, on NDIF, and can reduce the logits before they leave the trace.
 
 Several interventions compose: per layer, in list order, on the output of the previous one
 (e.g. zero a source language's neurons, then set the target language's). Each layer's site
@@ -233,11 +232,6 @@ class Intervention:
         """Total neurons touched."""
         return sum(int(t.numel()) for t in self.neurons.values())
 
-    @property
-    def layers(self) -> list[int]:
-        """Layers touched, ascending."""
-        return list(self.neurons)
-
     def layer_value(self, layer: int) -> float | torch.Tensor:
         """The value applied at ``layer``: a float, or ``[k]`` float64 per neuron."""
         return self.value[layer] if isinstance(self.value, Mapping) else self.value
@@ -261,10 +255,7 @@ class Intervention:
         positions: str = "all",
         label: str | None = None,
     ) -> Intervention:
-        """``op`` with ``value`` on the neurons of ``lang`` in ``selection``.
-
-        The constructors below all end here; the intervention records the selection's
-        shape, so that it is refused on a model of another shape.
+        """``op`` with ``value`` on the neurons of ``lang`` in ``selection`` (and its shape).
 
         Raises:
             InterventionError: ``lang`` is not in the selection, or a bad op/value/positions.
@@ -327,7 +318,7 @@ class Intervention:
             lang: Whose neurons are changed.
             value: The amount (a strength when ``stats`` is given).
             stats: If given, each neuron gets ``value`` x its mean activation on
-                ``source_lang`` (default ``lang``).
+                ``source_lang`` (default ``lang``), as in :meth:`set_to`.
             source_lang: See ``stats``.
             positions: Position scope.
         """
@@ -472,15 +463,10 @@ def _active(ops: list[_LayerOp], step: int) -> list[tuple[_LayerOp, str]]:
 
 
 def _edit(act: torch.Tensor, active: list[tuple[_LayerOp, str]], batch: int) -> torch.Tensor:
-    """Applies the active ops of one layer to its site output, in order.
+    """Applies the ``(op, scope)`` pairs of :func:`_active` to one site output, in order.
 
-    Args:
-        act: ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT).
-        active: ``(op, scope)`` pairs from :func:`_active`.
-        batch: Rows of the batch (to reshape a 2-D output).
-
-    Returns:
-        The edited output, shaped like ``act``.
+    ``act`` is ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT: reshaped with
+    ``batch``); the result has its shape.
     """
     x = act.reshape(batch, -1, act.shape[-1]) if act.ndim == 2 else act
     last = None
@@ -597,9 +583,7 @@ def _model_inputs(
 ) -> dict:
     """Model inputs on the model's device; left-padded rows get mask-derived position ids."""
     if input_ids.ndim != 2:
-        raise InterventionError(
-            f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}"
-        )
+        raise InterventionError(f"input_ids must be [batch, pos], got {tuple(input_ids.shape)}")
     inputs = {"input_ids": input_ids.to(model.device)}
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
@@ -626,21 +610,11 @@ def _left_pad(rows: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, tor
 
 
 def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = "nnsight"):
-    """The ``remote`` setting a call runs with, checked and readied before its first trace.
+    """The ``remote`` setting of a call (``None``: the model's), checked before any trace.
 
-    Args:
-        model: The loaded model.
-        remote: ``None`` (the model's own ``model.remote``), ``False``, ``True`` (NDIF) or
-            ``"local"`` (nnsight's local dry run of the NDIF serialisation).
-        backend: ``"nnsight"`` or ``"hooks"``.
-
-    Returns:
-        ``False``, ``True`` or ``"local"``.
-
-    Raises:
-        InterventionError: an unknown backend, or ``backend="hooks"`` with a remote setting
-            (plain hooks need local weights and cannot travel to NDIF).
-        MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
+    Refuses an unknown backend, and ``backend="hooks"`` with a remote setting (plain hooks
+    need local weights), with :class:`InterventionError`; ``remote=True`` needs an NDIF key
+    (:func:`~lape_utils.remote.prepare_remote`).
     """
     from .remote import prepare_remote
 

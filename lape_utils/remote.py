@@ -210,25 +210,22 @@ def measure_remote_request(model, run: Callable) -> RemoteRequest:
     )
 
 
-def _tensors(value) -> list[torch.Tensor]:
+def _map_tensors(value, fn):
+    """``value`` with ``fn`` applied to every tensor in it (through dicts, lists, tuples)."""
     if isinstance(value, torch.Tensor):
-        return [value]
+        return fn(value)
     if isinstance(value, dict):
-        value = list(value.values())
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def _materialise(value):
-    """The same structure with every (fake) tensor replaced by zeros of its shape and dtype."""
-    if isinstance(value, torch.Tensor):
-        return torch.zeros(tuple(value.shape), dtype=value.dtype)
-    if isinstance(value, dict):
-        return {k: _materialise(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_materialise(v) for v in value)
+        return type(value)(_map_tensors(v, fn) for v in value)
     return value
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """Every tensor in ``value``, in order."""
+    found: list[torch.Tensor] = []
+    _map_tensors(value, found.append)
+    return found
 
 
 def _measure(model, tracer) -> None:
@@ -259,8 +256,8 @@ def _measure(model, tracer) -> None:
         config.use_cache = use_cache
     saves = _saves()
     saved = {k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in saves}
-    buffer = io.BytesIO()
-    torch.save({k: _materialise(v) for k, v in saved.items()}, buffer)
+    buffer = io.BytesIO()  # what comes back: the saved values, as zeros of the same shapes
+    torch.save(_map_tensors(saved, lambda t: torch.zeros(tuple(t.shape), dtype=t.dtype)), buffer)
     raise _Measured(RemoteRequest(
         request_bytes=len(blob),
         request_bytes_zstd=len(compressed),
