@@ -197,14 +197,11 @@ def load_model(
         check: Run the registry self-check (recommended; it costs one tiny forward; with
             ``remote=True`` only the structural part, on fake tensors).
         seed: Weight seed of tiny models.
-        remote: ``False``: weights here, traces run here. ``True``: no weights read; the
-            model is built on the meta device from its config (a hub id, or a local
-            directory of config and tokenizer files) and its traces must run on NDIF
-            (``remote=True``), which needs an API key (``NDIF_API_KEY`` or
-            ``nnsight.CONFIG.set_default_api_key``) and, for a real run, a hub id NDIF
-            hosts. ``"local"``: weights here, as ``False``; marks the model for nnsight's
-            offline dry run of the NDIF serialisation (it executes locally, so it needs
-            the weights).
+        remote: ``False``: weights here, traces run here. ``True``: no weight is read; the
+            model is built on the meta device from its config (a hub id, or a directory of
+            config and tokenizer files) and its traces run on NDIF, which needs an API key
+            and, for a real run, a hub id NDIF hosts (:mod:`lape_utils.remote`).
+            ``"local"``: weights here; traces dry-run the NDIF serialisation locally.
         **hf_kwargs: Passed on to ``from_pretrained`` (not accepted with ``remote=True``,
             which loads nothing).
 
@@ -215,8 +212,7 @@ def load_model(
         ModelLoadError: the name is neither a known alias, an existing path nor a reachable
             hub id; a ``device_map`` naming a device that does not exist; ``remote=True``
             for a model NDIF cannot serve (tiny, GGUF, the embedded default).
-        MissingNDIFKeyError: ``remote=True`` without an NDIF API key
-            (:mod:`lape_utils.remote`).
+        MissingNDIFKeyError: ``remote=True`` without an NDIF API key.
         UnknownArchitectureError: the family is not registered.
         SelfCheckError: the registry entry does not fit the model.
     """

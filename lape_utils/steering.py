@@ -571,13 +571,12 @@ def steer(
         A :class:`SteerResult` (rows for ``"lape"``, then one set of rows per control).
 
     Raises:
-        InterventionError: bad input, all checked before generation: empty prompts, a
-            language absent from the neuron set or statistics, a neuron set or statistics
-            of another model.
+        InterventionError: (like the two below, before any generation) empty prompts, a
+            language absent from the neuron set or statistics, a neuron set (controls
+            included) or statistics of another model.
         ChatTemplateError: a chat template asked for (``spec.chat``) and missing, or one
-            that fails to render a prompt; before generation.
-        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key; before
-            any trace.
+            that fails to render a prompt.
+        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key.
     """
     prompts = _check_setup(model, neurons, stats, spec, prompts, controls)
     run, target_ids = _runner(model, neurons, stats, prompts, spec, generation, controls)
