@@ -506,8 +506,11 @@ def _rows(name: str, prompts, base: tuple, out: tuple, target_ids) -> pd.DataFra
         cols[f"{which}_nll"] = scores["nll_sum"].tolist()
         cols[f"{which}_tokens"] = scores["tokens"].tolist()
         cols[f"target_mass_{which}"] = target_mass(gen.first_step_probs, target_ids).tolist()
-    cols["chrf"] = [chrf(s, u) for s, u in zip(out[0].texts, base[0].texts)]
-    cols["top1_changed"] = top1_changed(base[0].first_step_probs, out[0].first_step_probs).tolist()
+    unsteered, steered = base[0], out[0]  # the two Generations
+    cols["chrf"] = [chrf(s, u) for s, u in zip(steered.texts, unsteered.texts)]
+    cols["top1_changed"] = top1_changed(
+        unsteered.first_step_probs, steered.first_step_probs
+    ).tolist()
     return pd.DataFrame(cols, columns=ROW_COLUMNS)
 
 
