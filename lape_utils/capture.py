@@ -35,7 +35,8 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .models import LapeModel, parse_dtype, prepare_remote
+from .models import LapeModel, parse_dtype
+from .remote import prepare_remote
 from .stats import (
     BUDGET_FRACTIONS,
     IDENTITY_KEYS,

@@ -41,6 +41,7 @@ from .config import LapeConfig
 from .intervene import (
     Intervention,
     InterventionError,
+    _left_pad,
     check_interventions,
     check_selection,
     forward_logits,
@@ -63,8 +64,6 @@ __all__ = [
 ]
 
 NONE_ROW = "none"
-
-
 _IGNORE = -100  # target id that F.cross_entropy leaves out
 
 
@@ -80,12 +79,11 @@ def _token_nll(
     Args:
         logits: ``[batch, pos, vocab]``.
         ids: ``[batch, pos]``.
-        predict: ``[batch, pos - 1]`` bool: the prediction made at position ``t`` (of token
-            ``t + 1``) is scored; ``None`` scores all.
+        predict: ``[batch, pos - 1]`` bool, True where the prediction made at ``t`` (of
+            token ``t + 1``) is scored; ``None`` scores all.
 
     Returns:
-        ``(nll_sum [batch] float64, tokens [batch] int64)``: summed NLL (nats) and number of
-        scored predictions per sequence.
+        ``(nll_sum [batch] float64, tokens [batch] int64)``: nats, scored predictions.
     """
     targets = ids[:, 1:].to(logits.device)
     if predict is None:
@@ -205,36 +203,23 @@ def score_continuations(
         scored), ``nll`` (mean; NaN for an empty continuation).
     """
     if len(prompt_ids) != len(continuation_ids):
-        raise ValueError(
-            f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations"
-        )
-    pad = model.tokenizer.pad_token_id or 0
-    rows: list[dict] = []
-    for start in range(0, len(prompt_ids), int(batch_size)):
-        ps = [torch.as_tensor(p).long().cpu() for p in prompt_ids[start : start + int(batch_size)]]
-        cs = [
-            torch.as_tensor(c).long().cpu()
-            for c in continuation_ids[start : start + int(batch_size)]
-        ]
-        todo = [i for i, c in enumerate(cs) if c.numel() > 0]
-        scored: dict[int, tuple[float, int]] = {}
-        if todo:
-            seqs = [torch.cat([ps[i], cs[i]]) for i in todo]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            target = torch.zeros((len(seqs), width), dtype=torch.bool)
-            for r, (i, s) in enumerate(zip(todo, seqs)):
-                ids[r, width - len(s) :] = s
-                mask[r, width - len(s) :] = 1
-                target[r, width - len(cs[i]) :] = True
-            sums, counts = _batch_nll(model, ids, mask, target[:, 1:], [])
-            for r, i in enumerate(todo):
-                scored[i] = (float(sums[r]), int(counts[r]))
-        for i in range(len(ps)):
-            s, c = scored.get(i, (0.0, 0))
-            rows.append({"nll_sum": s, "tokens": c, "nll": s / c if c else math.nan})
-    return pd.DataFrame(rows)
+        raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
+    ps = [torch.as_tensor(p).long().cpu() for p in prompt_ids]
+    cs = [torch.as_tensor(c).long().cpu() for c in continuation_ids]
+    sums = torch.zeros(len(cs), dtype=torch.float64)
+    counts = torch.zeros(len(cs), dtype=torch.int64)
+    for start in range(0, len(cs), int(batch_size)):
+        todo = [i for i in range(start, min(start + int(batch_size), len(cs))) if cs[i].numel()]
+        if todo:  # an empty continuation has nothing to score: 0 tokens, NaN mean
+            ids, mask = _left_pad([torch.cat([ps[i], cs[i]]) for i in todo],
+                                  model.tokenizer.pad_token_id or 0)
+            first = ids.shape[1] - torch.tensor([len(cs[i]) for i in todo])
+            target = torch.arange(ids.shape[1]) >= first[:, None]  # the continuation's tokens
+            s, c = _batch_nll(model, ids, mask, target[:, 1:], [])
+            sums[todo], counts[todo] = s.cpu(), c.cpu()
+    df = pd.DataFrame({"nll_sum": sums.tolist(), "tokens": counts.tolist()})
+    df["nll"] = (df["nll_sum"] / df["tokens"]).where(df["tokens"] > 0)
+    return df
 
 
 # ============================================================================ the matrix
@@ -242,12 +227,6 @@ def score_continuations(
 #: Confidence level of every interval of the matrix.
 CONFIDENCE = 0.95
 _RESAMPLES = 9999
-
-
-def _row_label(kind: str, lang: str) -> str:
-    if kind == "none":
-        return NONE_ROW
-    return lang if kind == "lape" else f"{lang} ({kind})"
 
 
 def delta_interval(
@@ -409,37 +388,22 @@ class PplMatrix:
         mean is not positive); then for LAPE rows, per control ``c`` of the matrix:
         ``c_diag_delta``, ``c_diag_lo``, ``c_diag_hi`` (the matched control's diagonal),
         and ``beats_c``: the LAPE diagonal is larger than the control's with
-        non-overlapping intervals (by the point estimates when there are no intervals).
-        ``random_diag_delta`` and ``lape_minus_random`` as before.
+        non-overlapping intervals (by the point estimates when there are no intervals);
+        with a ``random`` control, ``lape_minus_random`` (LAPE minus random diagonal).
         """
         df = self.tidy()
-        out = []
-        for row in self.rows:
-            part = df[df["row"] == row]
-            kind = part["kind"].iloc[0]
-            if kind == "none":
-                continue
-            lang = part["deactivated"].iloc[0]
-            diag = part[part["evaluated"] == lang]
-            off = part.loc[part["evaluated"] != lang, "delta_nll"]
-            d = float(diag["delta_nll"].iloc[0]) if len(diag) else math.nan
-            o = float(off.mean()) if len(off) else math.nan
-            out.append(
-                {
-                    "row": row,
-                    "kind": kind,
-                    "deactivated": lang,
-                    "n_neurons": int(part["n_neurons"].iloc[0]),
-                    "diag_delta": d,
-                    "diag_lo": float(diag["delta_nll_lo"].iloc[0]) if len(diag) else math.nan,
-                    "diag_hi": float(diag["delta_nll_hi"].iloc[0]) if len(diag) else math.nan,
-                    "offdiag_mean_delta": o,
-                    "ratio": d / o if o > 0 else math.nan,
-                }
-            )
-        summ = pd.DataFrame(out)
-        if summ.empty:
-            return summ.set_index(pd.Index([], name="row")) if "row" in summ else summ
+        df = df[df["kind"] != "none"]
+        if df.empty:
+            return pd.DataFrame()
+        own = df["evaluated"] == df["deactivated"]
+        diag = df[own].set_index("row")
+        summ = df.groupby("row", sort=False)[["kind", "deactivated", "n_neurons"]].first()
+        summ["n_neurons"] = summ["n_neurons"].astype(int)
+        summ["diag_delta"] = diag["delta_nll"].astype(float)
+        summ["diag_lo"] = diag["delta_nll_lo"].astype(float)
+        summ["diag_hi"] = diag["delta_nll_hi"].astype(float)
+        off = summ["offdiag_mean_delta"] = df[~own].groupby("row")["delta_nll"].mean()
+        summ["ratio"] = (summ["diag_delta"] / off).where(off > 0)
         summ["diag_excludes_zero"] = (summ["diag_lo"] > 0) | (summ["diag_hi"] < 0)
         lape = summ["kind"] == "lape"
         for c in self.controls:
@@ -453,7 +417,7 @@ class PplMatrix:
             summ[f"beats_{c}"] = beats.where(summ[f"{c}_diag_delta"].notna())
         if "random" in self.controls:
             summ["lape_minus_random"] = summ["diag_delta"] - summ["random_diag_delta"]
-        return summ.set_index("row")
+        return summ
 
     # ------------------------------------------------------------------ files
     def to_csv(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -542,24 +506,16 @@ def perplexity_matrix(
     check_selection(model, selection)
     if controls is None:
         controls = {"random": random_matched(selection, 0)}
-    rows_langs = list(languages) if languages is not None else list(selection.languages)
-    for lang in rows_langs:
-        if lang not in selection.languages:
-            raise InterventionError(
-                f"language {lang!r} is not in the neuron set; it holds {selection.languages}"
-            )
+    if {"none", "lape"} & set(controls):
+        raise ValueError(f"controls cannot be called 'none' or 'lape', got {list(controls)}")
     cols = list(heldout.languages)
     if not cols:
         raise ValueError("the held-out corpus has no language")
+    rows_langs = list(languages) if languages is not None else list(selection.languages)
     specs: list[tuple[str, str, Intervention | None]] = [("none", "", None)]
-    if {"none", "lape"} & set(controls):
-        raise ValueError(f"controls cannot be called 'none' or 'lape', got {list(controls)}")
-    for kind, sel in [("lape", selection), *controls.items()]:
+    for kind, sel in [("lape", selection), *controls.items()]:  # all checks before any forward
         check_selection(model, sel)
         specs += [(kind, lang, Intervention.zero(sel, lang)) for lang in rows_langs]
-    for _, _, iv in specs:  # every check before the first forward
-        if iv is not None:
-            check_interventions(model, [iv])
     missing = [lang for lang in rows_langs if lang not in cols]
     if missing:
         log.warning("no held-out text for %s: their diagonal will be NaN", missing)
@@ -576,34 +532,25 @@ def perplexity_matrix(
     base: tuple[torch.Tensor, torch.Tensor] | None = None
     records, per_chunk = [], []
     for kind, lang, iv in specs:
-        label = _row_label(kind, lang)
+        label = NONE_ROW if kind == "none" else lang if kind == "lape" else f"{lang} ({kind})"
         if iv is not None and iv.n_neurons == 0:
             sums, counts = base
         else:
             bar.set_postfix_str(label)
-            ivs = [] if iv is None else [iv]
-            if same_len:
-                sums, counts = _chunk_nll(model, torch.cat(chunks), ivs, batch_size, bar)
-            else:  # chunks of different lengths: one language at a time
-                parts = [_chunk_nll(model, c, ivs, batch_size, bar) for c in chunks]
-                sums = torch.cat([p[0] for p in parts])
-                counts = torch.cat([p[1] for p in parts])
+            # chunks of different lengths cannot share a batch: one language at a time
+            parts = [_chunk_nll(model, c, [] if iv is None else [iv], batch_size, bar)
+                     for c in ([torch.cat(chunks)] if same_len else chunks)]
+            sums, counts = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
             if kind == "none":
                 base = (sums, counts)
         for j, col in enumerate(cols):
-            mine = owner == j
-            total = int(counts[mine].sum())
-            records.append(
-                {
-                    "row": label,
-                    "kind": kind,
-                    "deactivated": lang,
-                    "n_neurons": 0 if iv is None else iv.n_neurons,
-                    "evaluated": col,
-                    "nll": float(sums[mine].sum() / total) if total else math.nan,
-                    "tokens": total,
-                }
-            )
+            total = int(counts[owner == j].sum())
+            records.append({
+                "row": label, "kind": kind, "deactivated": lang,
+                "n_neurons": 0 if iv is None else iv.n_neurons, "evaluated": col,
+                "nll": float(sums[owner == j].sum() / total) if total else math.nan,
+                "tokens": total,
+            })
         per_chunk.append(pd.DataFrame({
             "row": label, "evaluated": [cols[int(j)] for j in owner], "chunk": index.numpy(),
             "nll_sum": sums.numpy(), "tokens": counts.numpy(),
@@ -612,13 +559,9 @@ def perplexity_matrix(
     bar.close()
     meta = {
         "model": model.describe(),
-        "selection": {
-            "method": selection.method,
-            "languages": list(selection.languages),
-            "config": selection.config,
-            "n_layers": selection.n_layers,
-            "n_neurons": selection.n_neurons,
-        },
+        "selection": {"method": selection.method, "languages": list(selection.languages),
+                      "config": selection.config, "n_layers": selection.n_layers,
+                      "n_neurons": selection.n_neurons},
         "heldout": heldout.provenance(),
         "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
                      for name, sel in controls.items()},

@@ -21,7 +21,6 @@ with that setting, interventions or not; only the generated ids come back.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,12 +32,14 @@ from tqdm.auto import tqdm
 from .intervene import (
     Intervention,
     InterventionError,
+    _check_finite,
     _edit_step_nnsight,
-    _hooks,
+    _left_pad,
     _plan,
     _resolve_remote,
     check_interventions,
     forward_logits,
+    hooked,
 )
 
 if TYPE_CHECKING:
@@ -82,21 +83,15 @@ class GenerationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value:
                 raise InterventionError(f"{name} must be an integer, got {value!r}")
+            if name != "seed" and value < 1:
+                raise InterventionError(f"{name} must be >= 1, got {int(value)}")
             object.__setattr__(self, name, int(value))
-        for name in ("max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise InterventionError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("temperature", "top_p", "repetition_penalty"):
             value = getattr(self, name)
-            if value is None and name == "repetition_penalty":
-                continue
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise InterventionError(f"{name} must be a number, got {value!r}") from None
-            if not math.isfinite(value) or value <= 0:
-                raise InterventionError(f"{name} must be a finite number > 0, got {value!r}")
-            object.__setattr__(self, name, value)
+            if value is not None or name != "repetition_penalty":
+                if _check_finite(value, name) <= 0:
+                    raise InterventionError(f"{name} must be a finite number > 0, got {value!r}")
+                object.__setattr__(self, name, float(value))
         if self.top_p > 1:
             raise InterventionError(f"top_p must be in (0, 1], got {self.top_p}")
         object.__setattr__(self, "do_sample", bool(self.do_sample))
@@ -141,9 +136,7 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
         InterventionError: naming the offending prompt.
     """
     if isinstance(prompts, str):
-        raise InterventionError(
-            "prompts must be a list of strings, got a single str; wrap it in a list"
-        )
+        raise InterventionError("prompts must be a list of strings, got a single str; wrap it")
     prompts = list(prompts)
     if not prompts:
         raise InterventionError("no prompts given; pass at least one non-empty prompt")
@@ -155,35 +148,25 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
-def _eos_ids(model: LapeModel) -> set[int]:
-    eos = getattr(model.hf.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = model.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+def _generate_batch(model: LapeModel, ivs, plan, inputs: dict, kwargs: dict, backend, remote):
+    """One batch of generation with the interventions applied at every step they cover.
 
-
-def _generate_batch(model: LapeModel, plan, inputs: dict, kwargs: dict, backend: str, remote):
-    """One batch of generation with the plan applied at every step it covers.
-
-    Locally without intervention it is ``model.hf.generate``; a remote setting always goes
-    through ``model.nn.generate`` (the model may have no local weights).
+    Locally, ``model.hf.generate`` under :func:`~lape_utils.intervene.hooked` serves the
+    hooks backend and any call without intervention; otherwise (and always with a remote
+    setting: the model may have no local weights) it is ``model.nn.generate``.
     """
-    if plan.empty and not remote:
-        return model.hf.generate(**inputs, **kwargs)
-    if backend == "hooks":
-        with _hooks(model, plan):
+    if backend == "hooks" or not (plan or remote):
+        with hooked(model, ivs):
             return model.hf.generate(**inputs, **kwargs)
     batch = int(inputs["input_ids"].shape[0])
-    later = plan.after_prompt
+    later = any(o.positions in ("all", "generated") for _, ops in plan for o in ops)
     if remote:
         kwargs = kwargs | {"remote": remote}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_DANGLING)
         with model.nn.generate(**kwargs) as tracer:
             with tracer.invoke(inputs):
-                if not plan.empty:
+                if plan:
                     for step in tracer.all():
                         _edit_step_nnsight(model, plan, step, batch)
                         if not later:
@@ -206,26 +189,17 @@ def _encode_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor
     """
     bos = getattr(tokenizer, "bos_token", None)
     rows = [
-        tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"]
+        torch.tensor(tokenizer(p, add_special_tokens=not (bos and p.startswith(bos)))["input_ids"])
         for p in prompts
     ]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+    ids, mask = _left_pad(rows, int(tokenizer.pad_token_id or 0))
     return {"input_ids": ids, "attention_mask": mask}
 
 
 def _new_tokens(row: torch.Tensor, eos: set[int], pad: int | None) -> torch.Tensor:
     """Generated ids of one row: cut after the first EOS (kept), padding dropped."""
-    cut = len(row)
-    for i, t in enumerate(row.tolist()):
-        if t in eos:
-            cut = i + 1
-            break
-    row = row[:cut]
+    ends = [i for i, t in enumerate(row.tolist()) if t in eos]
+    row = row[: ends[0] + 1] if ends else row
     return row[row != pad] if pad is not None and pad not in eos else row
 
 
@@ -271,15 +245,15 @@ def generate(
     """
     remote = _resolve_remote(model, remote, backend)
     if not isinstance(config, GenerationConfig):
-        raise InterventionError(
-            f"config must be a GenerationConfig, got {type(config).__name__}"
-        )
+        raise InterventionError(f"config must be a GenerationConfig, got {type(config).__name__}")
     prompts = check_prompts(prompts)
     ivs = check_interventions(model, interventions)
     plan = _plan(model, ivs)
     tok = model.tokenizer
     kwargs = config.hf_kwargs(tok.pad_token_id)
-    eos, pad = _eos_ids(model), tok.pad_token_id
+    eos = getattr(model.hf.generation_config, "eos_token_id", None)
+    eos = tok.eos_token_id if eos is None else eos
+    eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
     out = Generation([], [], [], None)
     probs: list[torch.Tensor] = []
     starts = range(0, len(prompts), config.batch_size)
@@ -290,11 +264,11 @@ def generate(
         inputs = {k: v.to(model.device) for k, v in enc.items()}
         torch.manual_seed(config.seed + b)
         with torch.inference_mode():
-            result = _generate_batch(model, plan, inputs, kwargs, backend, remote)
+            result = _generate_batch(model, ivs, plan, inputs, kwargs, backend, remote)
         seqs = result.sequences if hasattr(result, "sequences") else result
         n_prompt = inputs["input_ids"].shape[1]
         for row in range(len(chunk)):
-            new = _new_tokens(seqs[row, n_prompt:].cpu(), eos, pad)
+            new = _new_tokens(seqs[row, n_prompt:].cpu(), eos, tok.pad_token_id)
             out.prompt_ids.append(enc["input_ids"][row][enc["attention_mask"][row].bool()])
             out.new_ids.append(new)
             out.texts.append(tok.decode(new, skip_special_tokens=True))

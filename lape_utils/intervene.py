@@ -20,9 +20,8 @@ cache: step 0 runs the whole (left-padded) prompt, every later step runs one new
   generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
   use ``"all"`` to steer every generated token.
 
-A single forward pass (:func:`forward_logits`) is step 0. It runs where the model's
-``remote`` setting says (here, on NDIF, or nnsight's local dry run of the NDIF path) and
-can reduce the logits inside the trace (``reduce=``), so that only the reduction leaves it.
+A single forward pass (:func:`forward_logits`) is step 0; it runs here or, for a model
+loaded with ``remote=``, on NDIF, and can reduce the logits before they leave the trace.
 
 Several interventions compose: per layer, in list order, on the output of the previous one
 (e.g. zero a source language's neurons, then set the target language's). Each layer's site
@@ -34,12 +33,11 @@ Generation with interventions is :func:`lape_utils.generation.generate`.
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -47,8 +45,6 @@ if TYPE_CHECKING:
     from .models import LapeModel
     from .selection import NeuronSelection
     from .stats import ActivationStats
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
@@ -64,9 +60,6 @@ __all__ = [
     "hooked",
 ]
 
-Op = Literal["zero", "set", "add", "scale"]
-Positions = Literal["all", "prompt", "generated", "last_prompt"]
-
 OPS: tuple[str, ...] = ("zero", "set", "add", "scale")
 """Operations: ``zero`` (activation := 0), ``set`` (:= value), ``add`` (+= value),
 ``scale`` (*= value)."""
@@ -81,19 +74,13 @@ class InterventionError(ValueError):
     """An intervention that cannot be applied to this model or these inputs."""
 
 
-# ============================================================================ the dataclass
+# ============================================================================ checks
+# shared with generation, evaluate and steering, so that each error reads the same everywhere
 
-
-def _as_neurons(idx, where: str) -> torch.Tensor:
-    t = torch.as_tensor(idx)
-    if t.numel() == 0:
-        return torch.zeros(0, dtype=torch.long)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise InterventionError(f"{where}: neuron indices must be integers, got dtype {t.dtype}")
-    t = t.reshape(-1).to(torch.long)
-    if int(t.min()) < 0:
-        raise InterventionError(f"{where}: negative neuron index {int(t.min())}")
-    return torch.unique(t)  # sorted, duplicate-free
+_ANOTHER_MODEL = (
+    "it comes from another model. Select neurons on this model (lape capture + lape "
+    "identify), or load the matching model"
+)
 
 
 def _check_finite(value: float, what: str) -> float:
@@ -104,6 +91,69 @@ def _check_finite(value: float, what: str) -> float:
     if not math.isfinite(v):
         raise InterventionError(f"{what} must be finite, got {value!r}; pass a finite number")
     return v
+
+
+def _check_shape(what: str, have, other: str, want, consequence: str) -> None:
+    """Refuses ``have`` = ``(layers, neurons)`` unlike ``other``'s ``want``, naming both."""
+    if tuple(have) != tuple(want):
+        raise InterventionError(
+            f"{what} for {have[0]} layers x {have[1]} neurons, but {other} has {want[0]} "
+            f"layers x {want[1]} neurons: {consequence}"
+        )
+
+
+def _require_language(lang: str | None, languages, where: str, role: str = "language") -> None:
+    """Refuses a language missing from a neuron set or statistics, naming what they hold."""
+    if lang not in languages:
+        raise InterventionError(f"{role} {lang!r} is not in the {where} (languages: {languages})")
+
+
+def check_selection(model: LapeModel, selection: NeuronSelection) -> None:
+    """Checks that a neuron set was made for a model of this shape.
+
+    Raises:
+        InterventionError: naming both shapes when layers or width differ.
+    """
+    made_for = selection.provenance.get("model") or selection.provenance.get("matched_to")
+    hint = f" (made for {made_for})" if isinstance(made_for, str) else ""
+    have, want = (selection.n_layers, selection.n_neurons), (model.n_layers, model.n_neurons)
+    _check_shape(f"the neuron set{hint} is", have, model.name, want, _ANOTHER_MODEL)
+
+
+def check_interventions(
+    model: LapeModel, interventions: Sequence[Intervention] | Intervention
+) -> list[Intervention]:
+    """Validates interventions against a model, before any forward.
+
+    Returns:
+        The interventions as a list.
+
+    Raises:
+        InterventionError: not an :class:`Intervention`; a neuron set made for a model of
+            another shape (both shapes named); a layer or neuron out of range.
+    """
+    out = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+    L, D = model.n_layers, model.n_neurons
+    for i, iv in enumerate(out):
+        if not isinstance(iv, Intervention):
+            raise InterventionError(
+                f"interventions[{i}] is a {type(iv).__name__}, not an Intervention; build one "
+                "with Intervention.zero/set_to/add/scale"
+            )
+        where = f"interventions[{i}] ({iv.label or iv.op})"
+        if iv.shape is not None:
+            _check_shape(f"{where} is", iv.shape, model.name, (L, D), _ANOTHER_MODEL)
+        for layer, idx in iv.neurons.items():
+            if layer >= L or int(idx[-1]) >= D:
+                raise InterventionError(
+                    f"{where} touches neuron {int(idx[-1])} of layer {layer}, but {model.name} "
+                    f"has {L} layers (0..{L - 1}) x {D} neurons: the neuron set is from another "
+                    "model"
+                )
+    return out
+
+
+# ============================================================================ the dataclass
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,28 +199,27 @@ class Intervention:
         if self.op == "zero":
             value = 0.0
         elif isinstance(value, Mapping):
-            per: dict[int, torch.Tensor] = {}
-            given = {int(k): v for k, v in value.items()}
+            given, value = {int(k): v for k, v in value.items()}, {}
             for layer, idx in neurons.items():
                 if layer not in given:
                     raise InterventionError(
                         f"value has no entry for layer {layer}, which holds {idx.numel()} neurons"
                     )
                 v = torch.as_tensor(given[layer], dtype=torch.float64).reshape(-1)
-                if v.numel() == 1 and idx.numel() != 1:
+                if v.numel() == 1:
                     v = v.expand(idx.numel()).clone()
                 if v.numel() != idx.numel():
                     raise InterventionError(
                         f"value[{layer}] has {v.numel()} entries for {idx.numel()} neurons"
                     )
-                if not bool(torch.isfinite(v).all()):
-                    bad = int((~torch.isfinite(v)).nonzero()[0, 0])
+                bad = (~torch.isfinite(v)).nonzero()
+                if len(bad):
                     raise InterventionError(
-                        f"value[{layer}] is not finite for neuron {int(idx[bad])} "
-                        f"({float(v[bad])}); the statistics may lack tokens for that language"
+                        f"value[{layer}] is not finite for neuron {int(idx[bad[0, 0]])} "
+                        f"({float(v[bad[0, 0]])}); the statistics may lack tokens for that "
+                        "language"
                     )
-                per[layer] = v
-            value = per
+                value[layer] = v
         else:
             value = _check_finite(value, f"value of op {self.op!r}")
         object.__setattr__(self, "neurons", neurons)
@@ -178,24 +227,14 @@ class Intervention:
         if self.shape is not None:
             object.__setattr__(self, "shape", (int(self.shape[0]), int(self.shape[1])))
 
-    # ------------------------------------------------------------------ views
     @property
     def n_neurons(self) -> int:
         """Total neurons touched."""
         return sum(int(t.numel()) for t in self.neurons.values())
 
-    @property
-    def layers(self) -> list[int]:
-        """Layers touched, ascending."""
-        return list(self.neurons)
-
     def layer_value(self, layer: int) -> float | torch.Tensor:
         """The value applied at ``layer``: a float, or ``[k]`` float64 per neuron."""
         return self.value[layer] if isinstance(self.value, Mapping) else self.value
-
-    def with_positions(self, positions: str) -> Intervention:
-        """The same intervention at other positions."""
-        return Intervention(self.neurons, self.op, self.value, positions, self.label, self.shape)
 
     def __repr__(self) -> str:
         v = "per-neuron" if isinstance(self.value, Mapping) else f"{self.value:g}"
@@ -216,27 +255,20 @@ class Intervention:
         positions: str = "all",
         label: str | None = None,
     ) -> Intervention:
-        """``op`` with ``value`` on the neurons of ``lang`` in ``selection``.
+        """``op`` with ``value`` on the neurons of ``lang`` in ``selection`` (and its shape).
 
         Raises:
             InterventionError: ``lang`` is not in the selection, or a bad op/value/positions.
         """
+        if label is None:
+            label = f"{op} {lang} ({selection.method})"
         neurons = _selection_neurons(selection, lang)
-        return cls(
-            neurons,
-            op,
-            value,
-            positions,
-            label if label is not None else f"{op} {lang} ({selection.method})",
-            (selection.n_layers, selection.n_neurons),
-        )
+        return cls(neurons, op, value, positions, label, (selection.n_layers, selection.n_neurons))
 
     @classmethod
     def zero(cls, selection: NeuronSelection, lang: str, *, positions: str = "all") -> Intervention:
         """Deactivate ``lang``'s neurons (activation := 0), the paper's §3 setting."""
-        return cls.from_selection(
-            selection, lang, "zero", positions=positions, label=f"zero {lang} ({selection.method})"
-        )
+        return cls.from_selection(selection, lang, "zero", positions=positions)
 
     @classmethod
     def set_to(
@@ -261,16 +293,11 @@ class Intervention:
             positions: Position scope.
         """
         strength = _check_finite(strength, "strength")
-        mean = _stats_mean(selection, stats, source_lang or lang)
-        neurons = _selection_neurons(selection, lang)
-        value = {layer: mean[layer, idx] * strength for layer, idx in neurons.items()}
-        return cls(
-            neurons,
-            "set",
-            value,
-            positions,
-            f"set {lang} := mean on {source_lang or lang} x{strength:g} ({selection.method})",
-            (selection.n_layers, selection.n_neurons),
+        source = source_lang or lang
+        return cls.from_selection(
+            selection, lang, "set", _mean_values(selection, stats, lang, source, strength),
+            positions=positions,
+            label=f"set {lang} := mean on {source} x{strength:g} ({selection.method})",
         )
 
     @classmethod
@@ -291,20 +318,17 @@ class Intervention:
             lang: Whose neurons are changed.
             value: The amount (a strength when ``stats`` is given).
             stats: If given, each neuron gets ``value`` x its mean activation on
-                ``source_lang`` (default ``lang``).
+                ``source_lang`` (default ``lang``), as in :meth:`set_to`.
             source_lang: See ``stats``.
             positions: Position scope.
         """
         value = _check_finite(value, "value of add")
-        neurons = _selection_neurons(selection, lang)
-        if stats is None:
-            per: float | dict = value
-            label = f"add {value:g} to {lang} ({selection.method})"
-        else:
-            mean = _stats_mean(selection, stats, source_lang or lang)
-            per = {layer: mean[layer, idx] * value for layer, idx in neurons.items()}
-            label = f"add {value:g} x mean on {source_lang or lang} to {lang} ({selection.method})"
-        return cls(neurons, "add", per, positions, label, (selection.n_layers, selection.n_neurons))
+        label = f"add {value:g} to {lang} ({selection.method})"
+        if stats is not None:
+            source = source_lang or lang
+            label = f"add {value:g} x mean on {source} to {lang} ({selection.method})"
+            value = _mean_values(selection, stats, lang, source, value)
+        return cls.from_selection(selection, lang, "add", value, positions=positions, label=label)
 
     @classmethod
     def scale(
@@ -312,38 +336,45 @@ class Intervention:
     ) -> Intervention:
         """Multiply ``lang``'s neurons' activation by ``factor``."""
         factor = _check_finite(factor, "scale factor")
-        return cls.from_selection(
-            selection, lang, "scale", factor, positions=positions,
-            label=f"scale {lang} x{factor:g} ({selection.method})",
-        )
+        return cls.from_selection(selection, lang, "scale", factor, positions=positions,
+                                  label=f"scale {lang} x{factor:g} ({selection.method})")
+
+
+def _as_neurons(idx, where: str) -> torch.Tensor:
+    t = torch.as_tensor(idx)
+    if t.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise InterventionError(f"{where}: neuron indices must be integers, got dtype {t.dtype}")
+    t = t.reshape(-1).to(torch.long)
+    if int(t.min()) < 0:
+        raise InterventionError(f"{where}: negative neuron index {int(t.min())}")
+    return torch.unique(t)  # sorted, duplicate-free
 
 
 def _selection_neurons(selection: NeuronSelection, lang: str) -> dict[int, torch.Tensor]:
-    if lang not in selection.languages:
-        raise InterventionError(
-            f"language {lang!r} is not in the neuron set; it holds {selection.languages}"
-        )
+    _require_language(lang, selection.languages, "neuron set")
     return {li: t for li, t in enumerate(selection.indices[lang]) if t.numel()}
 
 
-def _stats_mean(selection: NeuronSelection, stats: ActivationStats, lang: str) -> torch.Tensor:
-    if (stats.n_layers, stats.n_neurons) != (selection.n_layers, selection.n_neurons):
-        raise InterventionError(
-            f"the statistics are [{stats.n_layers} layers x {stats.n_neurons} neurons] but the "
-            f"neuron set is [{selection.n_layers} x {selection.n_neurons}]: they come from "
-            "different models; use statistics captured on the model the neurons were selected for"
-        )
-    if lang not in stats.languages:
-        raise InterventionError(
-            f"language {lang!r} is not in the statistics; they hold {stats.languages}"
-        )
+def _mean_values(
+    selection: NeuronSelection, stats: ActivationStats, lang: str, source: str, factor: float
+) -> dict[int, torch.Tensor]:
+    """Per layer, ``factor`` x the mean activation on ``source`` of each of ``lang``'s neurons."""
+    _check_shape(
+        "the statistics are", (stats.n_layers, stats.n_neurons), "the neuron set",
+        (selection.n_layers, selection.n_neurons), "they come from different models; use "
+        "statistics captured on the model the neurons were selected for",
+    )
+    _require_language(source, stats.languages, "statistics")
     if stats.activation_sum is None:
         raise InterventionError(
             "these statistics hold no activation sums, so no mean activation; capture them again"
         )
-    if int(stats.n[stats.index(lang)]) == 0:
-        raise InterventionError(f"the statistics counted no token of {lang!r}; no mean activation")
-    return stats.mean_activation(lang)
+    if int(stats.n[stats.index(source)]) == 0:
+        raise InterventionError(f"the statistics counted no {source!r} token; no mean activation")
+    mean = stats.mean_activation(source)
+    return {li: mean[li, idx] * factor for li, idx in _selection_neurons(selection, lang).items()}
 
 
 # ============================================================================ the op
@@ -395,147 +426,65 @@ def apply_op(
 
 @dataclass
 class _LayerOp:
+    """One intervention's part at one layer, on the model's device and dtype."""
+
     neurons: torch.Tensor
     op: str
     value: float | torch.Tensor
     positions: str
 
 
-@dataclass
-class _Plan:
-    """Prepared interventions: per layer (ascending), the ops in list order, on device."""
-
-    layers: list[tuple[int, list[_LayerOp]]] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return not self.layers
-
-    @property
-    def after_prompt(self) -> bool:
-        """Whether any op applies to steps after the first."""
-        return any(o.positions in ("all", "generated") for _, ops in self.layers for o in ops)
-
-
-def check_interventions(
-    model: LapeModel, interventions: Sequence[Intervention] | Intervention
-) -> list[Intervention]:
-    """Validates interventions against a model, before any forward.
-
-    Returns:
-        The interventions as a list.
-
-    Raises:
-        InterventionError: not an :class:`Intervention`; a neuron set made for a model of
-            another shape (both shapes named); a layer or neuron out of range.
-    """
-    if isinstance(interventions, Intervention):
-        interventions = [interventions]
-    out = list(interventions)
-    L, D = model.n_layers, model.n_neurons
-    for i, iv in enumerate(out):
-        if not isinstance(iv, Intervention):
-            raise InterventionError(
-                f"interventions[{i}] is a {type(iv).__name__}, not an Intervention; build one "
-                "with Intervention.zero/set_to/add/scale"
-            )
-        if iv.shape is not None and iv.shape != (L, D):
-            raise InterventionError(
-                f"interventions[{i}] ({iv.label or iv.op}) comes from a neuron set of "
-                f"{iv.shape[0]} layers x {iv.shape[1]} neurons, but {model.name} has {L} layers x "
-                f"{D} neurons: the neuron set is from another model; select neurons on this one"
-            )
-        for layer, idx in iv.neurons.items():
-            if layer >= L:
-                raise InterventionError(
-                    f"interventions[{i}] touches layer {layer}, but {model.name} has {L} layers "
-                    f"(0..{L - 1}); the neuron set is from another model"
-                )
-            if int(idx[-1]) >= D:
-                raise InterventionError(
-                    f"interventions[{i}] touches neuron {int(idx[-1])} of layer {layer}, but "
-                    f"{model.name} has {D} neurons per layer; the neuron set is from another model"
-                )
-    return out
-
-
-def check_selection(model: LapeModel, selection: NeuronSelection) -> None:
-    """Checks that a neuron set was made for a model of this shape.
-
-    Raises:
-        InterventionError: naming both shapes when layers or width differ.
-    """
-    have = (selection.n_layers, selection.n_neurons)
-    want = (model.n_layers, model.n_neurons)
-    if have != want:
-        made_for = selection.provenance.get("model") or selection.provenance.get("matched_to")
-        hint = f" (made for {made_for})" if isinstance(made_for, str) else ""
-        raise InterventionError(
-            f"the neuron set{hint} is for {have[0]} layers x {have[1]} neurons, but {model.name} "
-            f"has {want[0]} layers x {want[1]} neurons: it comes from another model. Select "
-            "neurons on this model (lape capture + lape identify), or load the matching model"
-        )
+_Plan = list[tuple[int, list[_LayerOp]]]
+"""Prepared interventions: per layer (ascending), the ops in list order."""
 
 
 def _plan(model: LapeModel, interventions) -> _Plan:
-    ivs = check_interventions(model, interventions)
+    """Checks the interventions (:func:`check_interventions`) and prepares them by layer."""
     device, dtype = model.device, model.dtype
     per_layer: dict[int, list[_LayerOp]] = {}
-    for iv in ivs:
+    for iv in check_interventions(model, interventions):
         for layer, idx in iv.neurons.items():
             v = iv.layer_value(layer)
             if torch.is_tensor(v):
                 v = v.to(device=device, dtype=dtype)
             per_layer.setdefault(layer, []).append(_LayerOp(idx.to(device), iv.op, v, iv.positions))
-    return _Plan(sorted(per_layer.items()))
-
-
-def _scope(positions: str, step: int) -> str | None:
-    """What ``positions`` covers at ``step``: ``"all"``, ``"last"`` or ``None`` (nothing)."""
-    if positions == "all":
-        return "all"
-    if step == 0:
-        return {"prompt": "all", "last_prompt": "last"}.get(positions)
-    return "all" if positions == "generated" else None
+    return sorted(per_layer.items())
 
 
 def _active(ops: list[_LayerOp], step: int) -> list[tuple[_LayerOp, str]]:
-    return [(o, s) for o in ops if (s := _scope(o.positions, step)) is not None]
+    """The ops covering ``step``, each with its scope there: ``"all"`` or ``"last"``."""
+    out = []
+    for o in ops:
+        if o.positions == "all" or (step > 0 and o.positions == "generated"):
+            out.append((o, "all"))
+        elif step == 0 and o.positions in ("prompt", "last_prompt"):
+            out.append((o, "all" if o.positions == "prompt" else "last"))
+    return out
 
 
 def _edit(act: torch.Tensor, active: list[tuple[_LayerOp, str]], batch: int) -> torch.Tensor:
-    """Applies the active ops of one layer to its site output, in order.
+    """Applies the ``(op, scope)`` pairs of :func:`_active` to one site output, in order.
 
-    Args:
-        act: ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT).
-        active: ``(op, scope)`` pairs from :func:`_active`.
-        batch: Rows of the batch (to reshape a 2-D output).
-
-    Returns:
-        The edited output, shaped like ``act``.
+    ``act`` is ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT: reshaped with
+    ``batch``); the result has its shape.
     """
-    shape = act.shape
-    x = act.reshape(batch, -1, shape[-1]) if act.ndim == 2 else act
+    x = act.reshape(batch, -1, act.shape[-1]) if act.ndim == 2 else act
     last = None
+    if any(scope == "last" for _, scope in active):
+        last = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        last[..., -1] = True
     for o, scope in active:
-        mask = None
-        if scope == "last":
-            if last is None:
-                last = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
-                last[..., -1] = True
-            mask = last
-        x = apply_op(x, o.neurons, o.op, o.value, mask)
-    return x.reshape(shape)
+        x = apply_op(x, o.neurons, o.op, o.value, last if scope == "last" else None)
+    return x.reshape(act.shape)
 
 
 def _edit_step_nnsight(model: LapeModel, plan: _Plan, step: int, batch: int) -> None:
     """Inside a trace: edits every layer's site output for ``step`` (forward order, read once)."""
-    for layer, ops in plan.layers:
+    for layer, ops in plan:
         active = _active(ops, step)
-        if not active:
-            continue
-        site = model.site(layer)
-        site.output = _edit(site.output, active, batch)
+        if active:
+            site = model.site(layer)
+            site.output = _edit(site.output, active, batch)
 
 
 def apply_in_trace(
@@ -595,20 +544,12 @@ def hooked(
     Yields:
         A :class:`HookState` with the step counter.
     """
-    with _hooks(model, _plan(model, interventions)) as state:
-        yield state
-
-
-@contextmanager
-def _hooks(model: LapeModel, plan: _Plan) -> Iterator[HookState]:
-    state = HookState()
+    plan, state = _plan(model, interventions), HookState()
 
     def pre_hook(_module, args, kwargs):
         state.step += 1
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            ids = kwargs.get("inputs_embeds")
-        state.batch = int(ids.shape[0])
+        state.batch = int((kwargs.get("inputs_embeds") if ids is None else ids).shape[0])
 
     def make_hook(ops: list[_LayerOp]):
         def hook(_module, _inputs, output):
@@ -619,7 +560,7 @@ def _hooks(model: LapeModel, plan: _Plan) -> Iterator[HookState]:
 
     handles = [model.hf.register_forward_pre_hook(pre_hook, with_kwargs=True)]
     try:
-        for layer, ops in plan.layers:
+        for layer, ops in plan:
             handles.append(model.hf_site(layer).register_forward_hook(make_hook(ops)))
         yield state
     finally:
@@ -642,9 +583,7 @@ def _model_inputs(
 ) -> dict:
     """Model inputs on the model's device; left-padded rows get mask-derived position ids."""
     if input_ids.ndim != 2:
-        raise InterventionError(
-            f"input_ids must be [batch, pos], got shape {tuple(input_ids.shape)}"
-        )
+        raise InterventionError(f"input_ids must be [batch, pos], got {tuple(input_ids.shape)}")
     inputs = {"input_ids": input_ids.to(model.device)}
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
@@ -659,31 +598,28 @@ def _model_inputs(
     return inputs
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise InterventionError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+def _left_pad(rows: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one left-padded batch: ``(ids, attention mask)``, ``[batch, pos]``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask
 
 
 def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = "nnsight"):
-    """The ``remote`` setting a call runs with, checked and readied before its first trace.
+    """The ``remote`` setting of a call (``None``: the model's), checked before any trace.
 
-    Args:
-        model: The loaded model.
-        remote: ``None`` (the model's own ``model.remote``), ``False``, ``True`` (NDIF) or
-            ``"local"`` (nnsight's local dry run of the NDIF serialisation).
-        backend: ``"nnsight"`` or ``"hooks"``.
-
-    Returns:
-        ``False``, ``True`` or ``"local"``.
-
-    Raises:
-        InterventionError: an unknown backend, or ``backend="hooks"`` with a remote setting
-            (plain hooks need local weights and cannot travel to NDIF).
-        MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
+    Refuses an unknown backend, and ``backend="hooks"`` with a remote setting (plain hooks
+    need local weights), with :class:`InterventionError`; ``remote=True`` needs an NDIF key
+    (:func:`~lape_utils.remote.prepare_remote`).
     """
-    from .models import prepare_remote
+    from .remote import prepare_remote
 
-    _check_backend(backend)
+    if backend not in BACKENDS:
+        raise InterventionError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     remote = model.remote if remote is None else remote
     if remote and backend == "hooks":
         raise InterventionError(
@@ -743,16 +679,15 @@ def forward_logits(
     inputs = _model_inputs(model, input_ids, attention_mask)
     if last_only and _accepts(model, "logits_to_keep"):
         inputs["logits_to_keep"] = 1
-    batch = int(input_ids.shape[0])
     kwargs = {"remote": remote} if remote else {}
     with torch.inference_mode():
         if backend == "hooks":
-            with _hooks(model, plan):
+            with hooked(model, interventions):
                 logits = model.hf(**inputs).logits
             logits = logits[:, -1:] if last_only else logits
             return logits if reduce is None else reduce(logits)
         with model.nn.trace(inputs, **kwargs) as tracer:
-            _edit_step_nnsight(model, plan, 0, batch)
+            _edit_step_nnsight(model, plan, 0, int(input_ids.shape[0]))
             logits = tracer.result.logits
             logits = logits[:, -1:] if last_only else logits
             out = nnsight.save(logits if reduce is None else reduce(logits))

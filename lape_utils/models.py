@@ -5,53 +5,39 @@ transformers model, its nnsight wrapper, the tokenizer, the registry entry and a
 fingerprint of the weights for provenance. Every load runs the registry's self-check.
 :func:`wrap_model` does the wrapping for a transformers model built some other way.
 
-Remote execution on NDIF (``remote=``):
-
-* ``load_model(hub_id, remote=True)`` reads no weights. The model is built from its config
-  on the meta device (shapes, no storage: a 70B model costs the memory of its config) and
-  wrapped by nnsight without dispatching; traces run with ``remote=True`` execute on NDIF,
-  which holds the weights. Only the checks that need no values run here
-  (:func:`~lape_utils.registry.check_structure`); running such a model locally raises
-  :class:`RemoteModelError`. An NDIF API key is required up front
-  (:class:`MissingNDIFKeyError`), so nothing is built or sent without one.
-* ``load_model(name, remote="local")`` loads the weights as usual: nnsight's local dry run
-  serialises each trace exactly as for NDIF, deserialises it with local modules hidden and
-  then executes it *here*, so it needs real weights. It needs no key and no network.
-
-:func:`measure_remote_request` tells, without sending anything, how large the request of a
-trace is and which values would come back.
+``load_model(hub_id, remote=True)`` reads no weights: the model is built from its config on
+the meta device and its traces run on NDIF; ``remote="local"`` loads the weights and marks
+the model for nnsight's local dry run of the NDIF path. What NDIF needs (the key, the
+package shipped by value, request sizes) is :mod:`lape_utils.remote`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .registry import Architecture, architecture_for, check_structure, self_check
+from .remote import (
+    DEFAULT_MODEL,
+    ModelLoadError,
+    RemoteModelError,
+    config_fingerprint,
+    prepare_remote,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gemma-3-270m"
-"""Name of the embedded default model (Gemma 3 270M base, from the package index)."""
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
+_PROBE_TEXT = "Hello, bonjour, 你好."
 
 
 def cache_dir() -> Path:
@@ -69,24 +55,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}") from None
-
-
-class ModelLoadError(ValueError):
-    """A model name or path that cannot be loaded, with the reason."""
-
-
-class MissingNDIFKeyError(RuntimeError):
-    """``remote=True`` without an NDIF API key (raised before anything is built or sent)."""
-
-
-class RemoteModelError(RuntimeError):
-    """A model loaded with ``remote=True`` (no local weights) was asked to run locally."""
-
-
-REMOTE_MODES = (False, True, "local")
-"""Values of ``remote``: local only, NDIF, or nnsight's local dry run of the NDIF path."""
-
-_PROBE_TEXT = "Hello, bonjour, 你好."
 
 
 @dataclass
@@ -229,14 +197,11 @@ def load_model(
         check: Run the registry self-check (recommended; it costs one tiny forward; with
             ``remote=True`` only the structural part, on fake tensors).
         seed: Weight seed of tiny models.
-        remote: ``False``: weights here, traces run here. ``True``: no weights read; the
-            model is built on the meta device from its config (a hub id, or a local
-            directory of config and tokenizer files) and its traces must run on NDIF
-            (``remote=True``), which needs an API key (``NDIF_API_KEY`` or
-            ``nnsight.CONFIG.set_default_api_key``) and, for a real run, a hub id NDIF
-            hosts. ``"local"``: weights here, as ``False``; marks the model for nnsight's
-            offline dry run of the NDIF serialisation (it executes locally, so it needs
-            the weights).
+        remote: ``False``: weights here, traces run here. ``True``: no weight is read; the
+            model is built on the meta device from its config (a hub id, or a directory of
+            config and tokenizer files) and its traces run on NDIF, which needs an API key
+            and, for a real run, a hub id NDIF hosts (:mod:`lape_utils.remote`).
+            ``"local"``: weights here; traces dry-run the NDIF serialisation locally.
         **hf_kwargs: Passed on to ``from_pretrained`` (not accepted with ``remote=True``,
             which loads nothing).
 
@@ -251,27 +216,20 @@ def load_model(
         UnknownArchitectureError: the family is not registered.
         SelfCheckError: the registry entry does not fit the model.
     """
-    remote = prepare_remote(remote, name=str(name_or_path))
+    name = str(name_or_path)
+    remote = prepare_remote(remote, name=name)
     torch_dtype = parse_dtype(dtype)
     started = time.perf_counter()
-    name = str(name_or_path)
-    if remote is True:
-        if device_map is not None or hf_kwargs:
-            given = ["device_map"] * (device_map is not None) + sorted(hf_kwargs)
-            raise ValueError(
-                f"remote=True loads no weights, so {', '.join(given)} would have no effect; "
-                "NDIF places the model itself. Drop them, or load with remote=False."
-            )
-        hf, tok, fingerprint = _load_meta(name, torch_dtype, revision)
-        lm = wrap_model(
-            hf, tok, name=name, fingerprint=fingerprint, check=check, remote=True,
-            revision=revision,
+    if remote is True and (device_map is not None or hf_kwargs):
+        given = ["device_map"] * (device_map is not None) + sorted(hf_kwargs)
+        raise ValueError(
+            f"remote=True loads no weights, so {', '.join(given)} would have no effect; "
+            "NDIF places the model itself. Drop them, or load with remote=False."
         )
-        log.info("built %r on the meta device in %.1f s (no weights read)", lm,
-                 time.perf_counter() - started)
-        return lm
     check_device_map(device_map)
-    if name.startswith("tiny-"):
+    if remote is True:
+        hf, tok, fingerprint = _load_pretrained(name, torch_dtype, None, revision, meta=True)
+    elif name.startswith("tiny-"):
         from .tiny import build_tiny
 
         hf, tok = build_tiny(name[len("tiny-"):], seed=seed, dtype=torch_dtype or torch.float32)
@@ -281,9 +239,13 @@ def load_model(
     elif name.endswith(".gguf"):
         hf, tok, fingerprint = _load_gguf(Path(name), torch_dtype, device_map, **hf_kwargs)
     else:
-        hf, tok, fingerprint = _load_pretrained(name, torch_dtype, device_map, revision, **hf_kwargs)
-    lm = wrap_model(hf, tok, name=name, fingerprint=fingerprint, check=check, remote=remote)
-    log.info("loaded %r in %.1f s", lm, time.perf_counter() - started)
+        hf, tok, fingerprint = _load_pretrained(
+            name, torch_dtype, device_map, revision, **hf_kwargs
+        )
+    lm = wrap_model(hf, tok, name=name, fingerprint=fingerprint, check=check, remote=remote,
+                    revision=revision if remote is True else None)
+    log.info("loaded %r in %.1f s%s", lm, time.perf_counter() - started,
+             " (no weights read)" if remote is True else "")
     return lm
 
 
@@ -396,118 +358,6 @@ def _refuse_local_forward(name: str):
     return hook
 
 
-# ---------------------------------------------------------------------------- remote
-def ndif_api_key() -> str | None:
-    """The NDIF API key nnsight will send, or ``None``.
-
-    nnsight reads ``NDIF_API_KEY`` (and its user config file) once, at import; a key
-    exported later is copied into ``nnsight.CONFIG`` here so that the request carries it.
-    """
-    from nnsight import CONFIG
-
-    if not CONFIG.API.APIKEY and os.environ.get("NDIF_API_KEY"):
-        CONFIG.API.APIKEY = os.environ["NDIF_API_KEY"]
-    return CONFIG.API.APIKEY or None
-
-
-def prepare_remote(remote: bool | str, *, name: str | None = None) -> bool | str:
-    """Checks a ``remote`` setting and readies this process for it, before any work.
-
-    * ``True`` requires an NDIF API key and a model NDIF can serve;
-    * ``True`` and ``"local"`` register this package with nnsight for pickling *by value*,
-      so that the functions a trace calls (e.g. the count reduction of
-      :mod:`lape_utils.capture`) travel with the request: NDIF does not have
-      ``lape_utils`` installed, and by reference they would fail to load there. (nnsight
-      only does this by itself for modules that are not pip-installed.)
-
-    Args:
-        remote: ``False``, ``True`` or ``"local"``.
-        name: The model name, to refuse the ones NDIF cannot serve.
-
-    Returns:
-        ``remote`` (a bool or ``"local"``).
-
-    Raises:
-        ValueError: any other value.
-        ModelLoadError: ``remote=True`` for a tiny model, a GGUF file or the embedded default.
-        MissingNDIFKeyError: ``remote=True`` and no key is set.
-    """
-    if not any(remote is mode or (isinstance(remote, str) and remote == mode)
-               for mode in REMOTE_MODES):
-        raise ValueError(
-            f"remote must be False, True (run on NDIF) or 'local' (dry-run the NDIF "
-            f"serialisation here), got {remote!r}"
-        )
-    local_only = name is not None and (
-        name.startswith("tiny-") or name == DEFAULT_MODEL or name.endswith(".gguf")
-    )
-    if remote is True and local_only:
-        hint = " (its hub twin is 'google/gemma-3-270m')" if name == DEFAULT_MODEL else ""
-        raise ModelLoadError(
-            f"NDIF runs models it hosts, named by hub id; {name!r} exists only on this "
-            f"machine{hint}. Use a hub id with remote=True, or remote='local' to dry-run "
-            "the serialisation offline with local weights."
-        )
-    if remote is True and ndif_api_key() is None:
-        from nnsight import CONFIG
-
-        raise MissingNDIFKeyError(
-            f"remote=True runs traces on NDIF ({CONFIG.API.HOST}), which needs an API key, "
-            "and none is set (nnsight.CONFIG.API.APIKEY is empty, NDIF_API_KEY is unset). "
-            "Nothing was loaded or sent. Get a key at https://login.ndif.us, then "
-            "`export NDIF_API_KEY=...` or call nnsight.CONFIG.set_default_api_key(key); or "
-            "use remote='local' to dry-run the serialisation offline with local weights."
-        )
-    if remote:
-        import nnsight
-
-        nnsight.register(sys.modules[__name__.partition(".")[0]])
-    return remote
-
-
-def config_fingerprint(config) -> str:
-    """A hash of a transformers config's content (private and version keys left out)."""
-
-    def clean(value):
-        if isinstance(value, dict):
-            return {
-                k: clean(v) for k, v in value.items()
-                if not str(k).startswith("_") and k != "transformers_version"
-            }
-        return value
-
-    text = json.dumps(clean(config.to_dict()), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _load_meta(name: str, dtype, revision):
-    """Builds the model on the meta device from its config: no weight is read."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config, local = _pretrained_config(name, revision)
-    architecture_for(config)
-    digest = config_fingerprint(config)
-    try:
-        tok = AutoTokenizer.from_pretrained(name, revision=revision)
-    except Exception as err:
-        raise ModelLoadError(
-            f"cannot load the tokenizer of {name!r} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); remote=True needs the config "
-            "and tokenizer files (no weights)"
-        ) from err
-    declared = getattr(config, "dtype", None)
-    if isinstance(declared, str):
-        declared = parse_dtype(declared)
-    with torch.device("meta"):
-        hf = AutoModelForCausalLM.from_config(config, dtype=dtype or declared or torch.float32)
-    if local.is_dir():
-        fingerprint = f"ndif:config-dir:{digest}"
-    else:
-        rev = getattr(config, "_commit_hash", None) or revision or "main"
-        fingerprint = f"ndif:hub:{name}@{rev}:config-{digest}"
-    return hf, tok, fingerprint
-
-
 _PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
@@ -522,8 +372,7 @@ def check_device_map(device_map: str | dict | None) -> None:
     """
     if device_map is None or (isinstance(device_map, str) and device_map in _PLACEMENTS):
         return
-    targets = device_map.values() if isinstance(device_map, dict) else [device_map]
-    for target in targets:
+    for target in device_map.values() if isinstance(device_map, dict) else [device_map]:
         problem = _missing_device(target)
         if problem:
             raise ModelLoadError(
@@ -555,148 +404,13 @@ def _missing_device(target) -> str | None:
         count = int(module.device_count()) if available and hasattr(module, "device_count") else 0
     if not available:
         return f"this machine has no {device.type.upper()} device"
-    index = device.index or 0
-    if index >= count:
+    if (device.index or 0) >= count:
         names = ", ".join(f"{device.type}:{i}" for i in range(count))
         return f"this machine has {count} {device.type.upper()} device(s) ({names})"
     return None
 
 
-@dataclass(frozen=True)
-class RemoteRequest:
-    """What one trace would send to NDIF and get back, measured without sending it.
-
-    Attributes:
-        request_bytes: The request payload as nnsight serialises it
-            (``RequestModel.serialize``: the block's source, the values it references,
-            the tracer; the model itself only by reference), uncompressed.
-        request_bytes_zstd: The same, zstd-compressed as nnsight sends it when
-            ``nnsight.CONFIG.API.COMPRESS`` is on (the default).
-        saved: For each value the trace saves (what NDIF sends back), the
-            ``(shape, dtype)`` of every tensor in it, in order.
-        response_bytes: Size of those values written with ``torch.save`` (what NDIF
-            returns, before its optional compression).
-        payload: The serialised request itself (uncompressed), e.g. to inspect it or to
-            replay it against a stand-in server.
-    """
-
-    request_bytes: int
-    request_bytes_zstd: int
-    saved: dict[str, list[tuple[tuple[int, ...], str]]]
-    response_bytes: int
-    payload: bytes = field(repr=False, compare=False)
-
-
-class _Measured(Exception):
-    """Carries a :class:`RemoteRequest` out of the trace that was measured."""
-
-    def __init__(self, request: RemoteRequest):
-        super().__init__("measured")
-        self.request = request
-
-
-def measure_remote_request(model: LapeModel, run: Callable[[LapeModel], object]) -> RemoteRequest:
-    """Measures the NDIF request of the first remote trace ``run(model)`` opens.
-
-    ``run`` must open a trace with ``remote=True`` or ``"local"``, e.g.
-    ``lambda m: count_batch(m, ids, remote=True)``. That trace is not sent: it is
-    serialised exactly as nnsight's remote backend would, then executed on fake tensors
-    (shapes only; no weights or network needed, so a 70B model loaded with
-    ``remote=True`` can be measured offline) to see which values it saves; then ``run``
-    is stopped.
-
-    Args:
-        model: A loaded model (any ``remote`` setting; a meta model works).
-        run: Function of the model that opens the trace to measure.
-
-    Returns:
-        A :class:`RemoteRequest`.
-
-    Raises:
-        ValueError: ``run`` finished without opening a remote trace.
-    """
-    nn = model.nn
-    probe = _RequestProbe(model)
-    prepare_remote("local")  # ship this package by value, as a remote run does
-    # nnsight asks the model for its remote backend; an instance attribute answers first
-    object.__setattr__(nn, "_remote_backend", lambda *args, **kwargs: probe)
-    try:
-        run(model)
-    except _Measured as done:
-        return done.request
-    finally:
-        nn.__dict__.pop("_remote_backend", None)
-    raise ValueError(
-        "run(model) finished without opening a trace with remote=True or 'local'; pass "
-        "remote=True to the call it makes (e.g. count_batch(m, ids, remote=True))"
-    )
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def _materialise(value):
-    """The same structure with every (fake) tensor replaced by zeros of its shape and dtype."""
-    if isinstance(value, torch.Tensor):
-        return torch.zeros(tuple(value.shape), dtype=value.dtype)
-    if isinstance(value, dict):
-        return {k: _materialise(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_materialise(v) for v in value)
-    return value
-
-
-class _RequestProbe:
-    """An nnsight backend that serialises a trace, runs it on fake tensors and stops."""
-
-    def __init__(self, model: LapeModel):
-        self.model = model
-
-    def __call__(self, tracer) -> None:
-        import zstandard
-        from nnsight.ndif import pull_env
-        from nnsight.schema.request import RequestModel
-        from nnsight.tracing.tracer import _saves
-        from torch._subclasses.fake_tensor import FakeTensorMode
-        from torch.fx.experimental.symbolic_shapes import ShapeEnv
-
-        self.model.nn.__dict__.pop("_remote_backend", None)  # not part of the request
-        pull_env()
-        blob = RequestModel.serialize(tracer, compress=False)
-        compressed = zstandard.ZstdCompressor(level=6).compress(blob)
-        config = self.model.hf.config
-        use_cache, config.use_cache = config.use_cache, False  # fake mode refuses the cache
-        try:
-            with FakeTensorMode(
-                allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True)
-            ):
-                tracer.execute(tracer.info.code)
-        finally:
-            config.use_cache = use_cache
-        saves = _saves()
-        saved = {k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in saves}
-        shapes = {
-            k: [(tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in _tensors(v)]
-            for k, v in saved.items()
-        }
-        buffer = io.BytesIO()
-        torch.save({k: _materialise(v) for k, v in saved.items()}, buffer)
-        raise _Measured(RemoteRequest(
-            request_bytes=len(blob),
-            request_bytes_zstd=len(compressed),
-            saved=shapes,
-            response_bytes=len(buffer.getvalue()),
-            payload=blob,
-        ))
-
-
+# ---------------------------------------------------------------------------- loaders
 def _default_dir() -> Path:
     return cache_dir() / "models" / DEFAULT_MODEL
 
@@ -737,7 +451,9 @@ def convert_default(target: Path | None = None) -> Path:
     log.info("converting the embedded Gemma 3 270M GGUF once into %s (about a minute)", target)
     gguf = Path(package.assemble())
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -796,20 +512,40 @@ def _pretrained_config(name: str, revision):
     return config, local
 
 
-def _load_pretrained(name: str, dtype, device_map, revision, **kwargs):
+def _load_pretrained(name: str, dtype, device_map, revision, *, meta: bool = False, **kwargs):
+    """A local directory or hub id; with ``meta`` (``remote=True``) its config only.
+
+    With ``meta`` no weight is read: the model is built from its config on the meta device,
+    in ``dtype`` or the one the config declares.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config, local = _pretrained_config(name, revision)
     architecture_for(config)  # fail early, before downloading weights
-    tok = AutoTokenizer.from_pretrained(name, revision=revision)
-    hf = AutoModelForCausalLM.from_pretrained(
-        name, dtype=dtype, device_map=device_map, revision=revision, **kwargs
-    )
-    if local.is_dir():
-        fingerprint = f"local:{_dir_digest(local)}"
-    else:
-        fingerprint = f"hub:{name}@{getattr(config, '_commit_hash', None) or revision or 'main'}"
-    return hf, tok, fingerprint
+    rev = getattr(config, "_commit_hash", None) or revision or "main"
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=revision)
+    except Exception as err:
+        if not meta:
+            raise
+        raise ModelLoadError(
+            f"cannot load the tokenizer of {name!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); remote=True needs the config "
+            "and tokenizer files (no weights)"
+        ) from err
+    if not meta:
+        hf = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, device_map=device_map, revision=revision, **kwargs
+        )
+        return hf, tok, f"local:{_dir_digest(local)}" if local.is_dir() else f"hub:{name}@{rev}"
+    declared = getattr(config, "dtype", None)
+    if isinstance(declared, str):
+        declared = parse_dtype(declared)
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config, dtype=dtype or declared or torch.float32)
+    digest = config_fingerprint(config)
+    where = "config-dir:" if local.is_dir() else f"hub:{name}@{rev}:config-"
+    return hf, tok, f"ndif:{where}{digest}"
 
 
 def _file_digest(path: Path, chunk: int = 1 << 20) -> str:

@@ -59,12 +59,14 @@ from sacrebleu.metrics import CHRF
 from ._files import refuse_overwrite
 from .corpus import chat_turn, load_corpus, tokenizer_identity
 from .evaluate import score_continuations
-from .generation import Generation, GenerationConfig, check_prompts, generate
+from .generation import GenerationConfig, check_prompts, generate
 from .intervene import (
     POSITIONS,
     Intervention,
     InterventionError,
     _check_finite,
+    _check_shape,
+    _require_language,
     _resolve_remote,
     check_interventions,
     check_selection,
@@ -154,9 +156,7 @@ class SteerSpec:
         if self.mode not in MODES:
             raise InterventionError(f"unknown steering mode {self.mode!r}; use one of {MODES}")
         if self.positions not in POSITIONS:
-            raise InterventionError(
-                f"unknown positions {self.positions!r}; use one of {POSITIONS}"
-            )
+            raise InterventionError(f"unknown positions {self.positions!r}; use one of {POSITIONS}")
         object.__setattr__(self, "strength", _check_finite(self.strength, "strength"))
         object.__setattr__(self, "zero_source", bool(self.zero_source))
         if self.source is not None and self.source == self.target:
@@ -465,127 +465,83 @@ def _jsonable(obj):
 # ============================================================================ running
 
 
-def _check_setup(model, selection, stats, spec: SteerSpec, prompts) -> list[str]:
-    """Every check that can fail, before any generation."""
+def _check_setup(model, selection, stats, spec: SteerSpec, prompts, controls) -> list[str]:
+    """Every check that can fail, before any generation; returns the prompts as a list."""
     prompts = check_prompts(prompts)
     if not isinstance(spec, SteerSpec):
         raise InterventionError(f"spec must be a SteerSpec, got {type(spec).__name__}")
     check_selection(model, selection)
-    if stats is not None and (stats.n_layers, stats.n_neurons) != (model.n_layers, model.n_neurons):
-        raise InterventionError(
-            f"the statistics are for {stats.n_layers} layers x {stats.n_neurons} neurons, but "
-            f"{model.name} has {model.n_layers} x {model.n_neurons}: they come from another "
-            "model; capture statistics on this one"
-        )
-    if spec.target not in selection.languages:
-        raise InterventionError(
-            f"target language {spec.target!r} is not in the neuron set; it holds "
-            f"{selection.languages}"
-        )
-    if stats is not None and spec.target not in stats.languages:
-        raise InterventionError(
-            f"target language {spec.target!r} is not in the statistics; they hold "
-            f"{stats.languages}"
-        )
-    if spec.zero_source and spec.source not in selection.languages:
-        raise InterventionError(
-            f"source language {spec.source!r} is not in the neuron set; it holds "
-            f"{selection.languages}"
-        )
+    if stats is not None:
+        _check_shape("the statistics are", (stats.n_layers, stats.n_neurons), model.name,
+                     (model.n_layers, model.n_neurons),
+                     "they come from another model; capture statistics on this one")
+    _require_language(spec.target, selection.languages, "neuron set", "target language")
+    if stats is not None:
+        _require_language(spec.target, stats.languages, "statistics", "target language")
+    if spec.zero_source:
+        _require_language(spec.source, selection.languages, "neuron set", "source language")
     check_interventions(model, steering_interventions(selection, stats, spec))
+    for sel in (controls or {}).values():
+        check_selection(model, sel)
     _resolve_remote(model, None)  # remote=True needs an NDIF key: refuse before any trace
     return prompts
 
 
-@dataclass
-class _Outputs:
-    """Generated answers of one neuron set (or none), with their language and NLL."""
-
-    generation: Generation
-    langs: list
-    scores: pd.DataFrame
-
-
-def _outputs(model, formatted, ivs, generation: GenerationConfig) -> _Outputs:
+def _outputs(model, formatted, ivs, generation: GenerationConfig) -> tuple:
+    """Answers of one neuron set (or none): ``(Generation, their languages, their NLL)``."""
     gen = generate(model, formatted, ivs, generation, first_step_probs=True)
     scores = score_continuations(
         model, gen.prompt_ids, gen.new_ids, batch_size=generation.batch_size
     )
-    return _Outputs(gen, detect_batch(gen.texts), scores)
+    return gen, detect_batch(gen.texts), scores
 
 
-def _rows(name: str, prompts, base: _Outputs, out: _Outputs, target_ids) -> pd.DataFrame:
-    p0, p1 = base.generation.first_step_probs, out.generation.first_step_probs
-    m0, m1 = target_mass(p0, target_ids).tolist(), target_mass(p1, target_ids).tolist()
-    changed = top1_changed(p0, p1).tolist()
-    rows = []
-    for i, prompt in enumerate(prompts):
-        u, s = base.generation.texts[i], out.generation.texts[i]
-        lu, ls = base.langs[i], out.langs[i]
-        rows.append(
-            {
-                "neurons": name,
-                "prompt": prompt,
-                "unsteered": u,
-                "steered": s,
-                "unsteered_lang": lu.lang,
-                "unsteered_score": lu.score,
-                "unsteered_label": lu.label,
-                "steered_lang": ls.lang,
-                "steered_score": ls.score,
-                "steered_label": ls.label,
-                "chrf": chrf(s, u),
-                "unsteered_nll": float(base.scores["nll_sum"].iloc[i]),
-                "unsteered_tokens": int(base.scores["tokens"].iloc[i]),
-                "steered_nll": float(out.scores["nll_sum"].iloc[i]),
-                "steered_tokens": int(out.scores["tokens"].iloc[i]),
-                "target_mass_unsteered": m0[i],
-                "target_mass_steered": m1[i],
-                "top1_changed": bool(changed[i]),
-            }
-        )
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+def _rows(name: str, prompts, base: tuple, out: tuple, target_ids) -> pd.DataFrame:
+    """The rows of one neuron set (:data:`ROW_COLUMNS`): ``base`` unsteered, ``out`` steered."""
+    cols = {"neurons": name, "prompt": list(prompts)}
+    for which, (gen, langs, scores) in (("unsteered", base), ("steered", out)):
+        cols[which] = gen.texts
+        for key in ("lang", "score", "label"):
+            cols[f"{which}_{key}"] = [getattr(x, key) for x in langs]
+        cols[f"{which}_nll"] = scores["nll_sum"].tolist()
+        cols[f"{which}_tokens"] = scores["tokens"].tolist()
+        cols[f"target_mass_{which}"] = target_mass(gen.first_step_probs, target_ids).tolist()
+    unsteered, steered = base[0], out[0]  # the two Generations
+    cols["chrf"] = [chrf(s, u) for s, u in zip(steered.texts, unsteered.texts)]
+    cols["top1_changed"] = top1_changed(
+        unsteered.first_step_probs, steered.first_step_probs
+    ).tolist()
+    return pd.DataFrame(cols, columns=ROW_COLUMNS)
 
 
-@dataclass
-class _Runner:
-    """What :func:`steer` and :func:`strength_sweep` share.
+def _runner(model, neurons, stats, prompts, spec: SteerSpec, generation, controls):
+    """What :func:`steer` and :func:`strength_sweep` share, prepared once.
 
-    The prompts formatted, the unsteered baseline generated once, the target-token ids,
-    and the neuron sets to run.
+    The prompts are formatted, the unsteered answers generated and the target-language
+    tokens found once; ``run(spec)`` then steers with ``spec``, neuron set after neuron set.
+
+    Returns:
+        ``(run, target_ids)``: ``run(spec)`` gives the result rows; ``target_ids`` is
+        ``None`` when no target-token set could be built.
     """
+    formatted = format_prompts(model.tokenizer, prompts, spec)
+    contrast = spec.source or "en"
+    try:
+        target_ids = language_token_ids(model.tokenizer, spec.target, contrast)
+    except (ValueError, FileNotFoundError) as err:
+        log.warning("no target-language token set for %s vs %s (%s); target_mass is NaN",
+                    spec.target, contrast, err)
+        target_ids = None
+    base = _outputs(model, formatted, [], generation)
 
-    model: LapeModel
-    stats: ActivationStats | None
-    prompts: list[str]
-    formatted: list[str]
-    sets: list[tuple[str, NeuronSelection]]
-    generation: GenerationConfig
-    base: _Outputs
-    target_ids: torch.Tensor | None
-
-    @classmethod
-    def prepare(cls, model, selection, stats, prompts, spec, generation, controls):
-        sets = [("lape", selection), *(controls or {}).items()]
-        formatted = format_prompts(model.tokenizer, prompts, spec)
-        contrast = spec.source or "en"
-        try:
-            target_ids = language_token_ids(model.tokenizer, spec.target, contrast)
-        except (ValueError, FileNotFoundError) as err:
-            log.warning("no target-language token set for %s vs %s (%s); target_mass is NaN",
-                        spec.target, contrast, err)
-            target_ids = None
-        base = _outputs(model, formatted, [], generation)
-        return cls(model, stats, list(prompts), formatted, sets, generation, base, target_ids)
-
-    def run(self, spec: SteerSpec) -> pd.DataFrame:
-        """One result table, neuron set after neuron set, steered with ``spec``."""
+    def run(spec: SteerSpec) -> pd.DataFrame:
         parts = []
-        for name, sel in self.sets:
-            ivs = steering_interventions(sel, self.stats, spec)
-            out = _outputs(self.model, self.formatted, ivs, self.generation)
-            parts.append(_rows(name, self.prompts, self.base, out, self.target_ids))
+        for name, sel in [("lape", neurons), *(controls or {}).items()]:
+            out = _outputs(model, formatted, steering_interventions(sel, stats, spec), generation)
+            parts.append(_rows(name, prompts, base, out, target_ids))
         return pd.concat(parts, ignore_index=True)
+
+    return run, target_ids
 
 
 def steer(
@@ -618,18 +574,15 @@ def steer(
         A :class:`SteerResult` (rows for ``"lape"``, then one set of rows per control).
 
     Raises:
-        InterventionError: bad input, all checked before generation: empty prompts, a
-            language absent from the neuron set or statistics, a neuron set or statistics
-            of another model.
+        InterventionError: (like the two below, before any generation) empty prompts, a
+            language absent from the neuron set or statistics, a neuron set (controls
+            included) or statistics of another model.
         ChatTemplateError: a chat template asked for (``spec.chat``) and missing, or one
-            that fails to render a prompt; before generation.
-        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key; before
-            any trace.
+            that fails to render a prompt.
+        MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key.
     """
-    prompts = _check_setup(model, neurons, stats, spec, prompts)
-    for sel in (controls or {}).values():
-        check_selection(model, sel)
-    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, controls)
+    prompts = _check_setup(model, neurons, stats, spec, prompts, controls)
+    run, target_ids = _runner(model, neurons, stats, prompts, spec, generation, controls)
     config = {
         "model": model.name,
         "model_fingerprint": model.fingerprint,
@@ -645,10 +598,10 @@ def steer(
         "selection_method": neurons.method,
         "target_tokens": {
             "contrast": spec.source or "en",
-            "n": None if run.target_ids is None else int(run.target_ids.numel()),
+            "n": None if target_ids is None else int(target_ids.numel()),
         },
     }
-    return SteerResult(run.run(spec), config)
+    return SteerResult(run(spec), config)
 
 
 def strength_sweep(
@@ -676,11 +629,11 @@ def strength_sweep(
     if not specs:
         raise InterventionError("no strengths given")
     for s in specs:
-        prompts = _check_setup(model, neurons, stats, s, prompts)
-    run = _Runner.prepare(model, neurons, stats, prompts, spec, generation, controls)
+        prompts = _check_setup(model, neurons, stats, s, prompts, controls)
+    run, _ = _runner(model, neurons, stats, prompts, spec, generation, controls)
     frames = []
     for s in specs:
-        result = SteerResult(run.run(s), {"target": s.target, "source": s.source})
+        result = SteerResult(run(s), {"target": s.target, "source": s.source})
         summ = result.summary().reset_index()
         summ.insert(0, "strength", s.strength)
         summ.insert(0, "source", s.source)

@@ -22,7 +22,7 @@ import torch
 from lape_utils import load_model
 from lape_utils.capture import bootstrap_weights, capture, count_batch
 from lape_utils.corpus import load_corpus, pack
-from lape_utils.models import (
+from lape_utils.remote import (
     MissingNDIFKeyError,
     ModelLoadError,
     RemoteModelError,
@@ -296,7 +296,7 @@ def test_the_capture_request_runs_on_a_server_without_lape_utils(tmp_path, tiny,
     import cloudpickle
 
     import lape_utils
-    from lape_utils import models
+    from lape_utils import remote as models
 
     model = tiny("llama")
     model_dir = tmp_path / "model"

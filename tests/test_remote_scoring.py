@@ -18,7 +18,7 @@ from lape_utils.corpus import load_corpus, pack
 from lape_utils.evaluate import _chunk_nll, nll, perplexity_matrix, score_continuations
 from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import Intervention, InterventionError, forward_logits
-from lape_utils.models import MissingNDIFKeyError, measure_remote_request
+from lape_utils.remote import MissingNDIFKeyError, measure_remote_request
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats
 from lape_utils.steering import SteerSpec, steer
