@@ -1,15 +1,8 @@
-"""The paper's published neuron sets: their file format, where to get them, how ours compare.
+"""The paper's seven published neuron sets: their file format, where to get them, how ours compare.
 
-Tang et al. (ACL 2024) published seven neuron sets (LLaMA-2 7B/13B/70B, BLOOM-7B,
-Mistral-7B, OPT-6.7B, Phi-2) as ``*.neuron.pth`` files: ``torch.save`` of
-``List[List[LongTensor]]``, ``mask[language][layer]``, languages in the order en, zh, fr,
-es, vi, id, ja. Everything about them lives here:
-
-* :func:`from_official` / :func:`to_official`: the file format, both ways;
-* :func:`official_path` / :func:`download_official` / :func:`published_sets`: find a local
-  copy or fetch it from the authors' repository (the files are not redistributed here);
-* :func:`compare_with_published` and :func:`plot_published_comparison`: where in the
-  network each set sits, next to ours.
+The files (``<name>.neuron.pth``, ``torch.save`` of ``List[List[LongTensor]]``,
+``mask[language][layer]``) are not redistributed here: they are fetched from the authors'
+repository.
 """
 
 from __future__ import annotations
@@ -73,10 +66,8 @@ class OfficialModel(NamedTuple):
         n_layers: Transformer layers of the model (= lists per language in the file).
         n_neurons: FFN intermediate size of the model.
         n_languages: Language lists held by the file (6 files lack ``ja``).
-        commit: Commit of ``RUCAIBox/Language-Specific-Neurons`` holding the file at the
-            repository root (taken from a stored copy of the repository's file list).
-        sha256: SHA-256 of the copy in ``shared/data/official-lape-neurons`` (believed to be
-            a byte copy of the upstream file; a mismatch on download is logged, not fatal).
+        commit: Commit of :data:`OFFICIAL_REPO` holding the file at its root.
+        sha256: SHA-256 of the file (a mismatch on download is logged, not fatal).
     """
 
     n_layers: int
@@ -128,13 +119,11 @@ def _official_sidecar(path: Path) -> Path:
 def to_official(
     selection: NeuronSelection, path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
-    """Write the paper's published format: ``torch.save`` of ``List[List[LongTensor]]``.
+    """Write the paper's format: ``torch.save`` of ``mask[language][layer]`` (LongTensors).
 
-    ``mask[language][layer]`` with languages in ``selection.languages`` order. Every
-    language is written, including ones with no neurons (the reference's ``bincount`` would
-    drop trailing empty ones). The format has no room for language names, thresholds or
-    provenance, so a sidecar ``<path>.json`` records them (the language order first of
-    all); :func:`from_official` reads it back.
+    Every language is written, even one with no neurons (the reference's ``bincount`` drops
+    trailing empty ones). The format has no room for language names, thresholds or
+    provenance, so a sidecar ``<path>.json`` records them for :func:`from_official`.
 
     Args:
         selection: The neuron sets.
@@ -169,33 +158,20 @@ def from_official(
 ) -> NeuronSelection:
     """Read a ``*.neuron.pth`` file in the paper's format (``List[List[LongTensor]]``).
 
-    Loaded with ``torch.load(weights_only=True)``.
-
-    * ``n_layers`` is the number of per-layer tensors (the same in every language).
-    * ``languages``: the argument if given; else the order recorded by the sidecar
-      ``<path>.json`` that :func:`to_official` writes; else the paper's order
-      (:data:`OFFICIAL_LANGUAGES`, cut to the number of lists), which is right for the
-      published files and an *assumption* for others: a warning says so and the
-      provenance records it (``languages_from``). Six of the seven published files hold 6
-      lists; whether ``ja`` was not run or was dropped by the reference's ``bincount`` (it
-      drops trailing languages with no neurons) cannot be told from the file.
-    * ``n_neurons``: the argument if given; else the sidecar's; else, if the file name is
-      a published one (``LLaMA-2-7B.neuron.pth`` ...; see :data:`OFFICIAL_MODELS`) with a
-      matching layer count, that model's FFN width; else ``max index + 1``, only a lower
-      bound, logged as a warning (pass ``n_neurons`` to be exact; masks and random controls
-      depend on it).
-
-    The config is the sidecar's, or the paper's defaults (top 1%, 0.95, 0.95), which the
-    published files are consistent with (exactly 1% distinct neurons each).
+    What the file does not record comes from the sidecar that :func:`to_official` writes,
+    else from the paper: :data:`OFFICIAL_LANGUAGES` cut to the number of lists (an
+    assumption, with a warning, for a file that is not a published one), the FFN width of a
+    published file name in :data:`OFFICIAL_MODELS`, the paper's thresholds. A width from
+    ``max index + 1`` is only a lower bound (a warning; masks and controls depend on it).
 
     Args:
         path: The file.
-        languages: Language codes, one per list in the file.
-        n_neurons: FFN width of the model.
+        languages: Language codes, one per list in the file (default: see above).
+        n_neurons: FFN width of the model (default: see above).
 
     Returns:
-        The selection, ``method="lape"``, provenance naming the file, its SHA-256 and
-        where the language order and the width came from.
+        The selection; its provenance names the file, its SHA-256 and where the language
+        order and the width came from.
 
     Raises:
         ValueError: not the format; languages that contradict the sidecar or do not fit.
@@ -211,9 +187,7 @@ def from_official(
         )
     n_layers_set = {len(x) for x in raw}
     if len(n_layers_set) != 1 or 0 in n_layers_set:
-        raise ValueError(
-            f"{path}: languages have different layer counts {sorted(n_layers_set)}."
-        )
+        raise ValueError(f"{path}: languages have different layer counts {sorted(n_layers_set)}.")
     n_layers = n_layers_set.pop()
     name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
     sidecar = _official_sidecar(path)
@@ -265,14 +239,10 @@ def from_official(
         source = "max index + 1 (lower bound)"
         logger.warning(
             "%s: FFN width unknown; using max index + 1 = %d, which may be smaller than "
-            "the model's. Pass n_neurons= to be exact.",
-            path,
-            n_neurons,
+            "the model's. Pass n_neurons= to be exact.", path, n_neurons,
         )
     if max_index >= n_neurons:
-        raise ValueError(
-            f"{path}: index {max_index} does not fit n_neurons={n_neurons}."
-        )
+        raise ValueError(f"{path}: index {max_index} does not fit n_neurons={n_neurons}.")
     provenance = {
         "source": "published LAPE neurons (Tang et al., ACL 2024)" if name in OFFICIAL_MODELS
         else "a file in the paper's format",
@@ -313,13 +283,16 @@ def _check_official_name(name: str) -> OfficialModel:
     return OFFICIAL_MODELS[name]
 
 
-def official_url(name: str) -> str:
-    """Raw-file URL of a published neuron set, pinned to the commit that holds it.
+def _official_names(names: Sequence[str] | None) -> list[str]:
+    """``names`` checked, or every published set."""
+    names = list(OFFICIAL_MODELS) if names is None else list(names)
+    for name in names:
+        _check_official_name(name)
+    return names
 
-    The file names and commits come from a stored copy of the repository's file list
-    (files at the repository root, not under ``activation_mask/``); the URL itself could not
-    be fetched from this machine.
-    """
+
+def official_url(name: str) -> str:
+    """Raw-file URL of a published neuron set, pinned to the commit that holds it."""
     info = _check_official_name(name)
     return (
         f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/"
@@ -328,14 +301,11 @@ def official_url(name: str) -> str:
 
 
 def official_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Find a local copy of a published neuron set, without any network access.
-
-    Looks in ``$LAPE_OFFICIAL_DIR`` first, then in ``cache_dir`` (default
-    :func:`default_official_cache`).
+    """Find a local copy of a published neuron set: in ``$LAPE_OFFICIAL_DIR``, then the cache.
 
     Args:
         name: One of :data:`OFFICIAL_MODELS` (e.g. ``"LLaMA-2-7B"``).
-        cache_dir: Cache folder to search.
+        cache_dir: Cache folder to search (default :func:`default_official_cache`).
 
     Returns:
         Path of ``<name>.neuron.pth``.
@@ -359,17 +329,11 @@ def official_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     )
 
 
-def download_official(
-    name: str,
-    cache_dir: str | os.PathLike | None = None,
-) -> Path:
+def download_official(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Get a published neuron set, downloading it into the cache if no local copy exists.
 
-    Source: ``RUCAIBox/Language-Specific-Neurons`` on GitHub (see :func:`official_url`).
-    Local copies found by :func:`official_path` are used without network access (delete
-    the cached file to fetch it again). The download is written atomically, checked to be a
-    ``List[List[LongTensor]]`` of the expected number of layers, and its SHA-256 compared
-    with :data:`OFFICIAL_MODELS` (a mismatch is logged, not fatal).
+    The download (from :func:`official_url`) is written atomically and checked to be in the
+    format with the expected number of layers.
 
     Args:
         name: One of :data:`OFFICIAL_MODELS`.
@@ -394,8 +358,9 @@ def download_official(
     fd, tmp_name = tempfile.mkstemp(dir=cache, suffix=".part")
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
-            shutil.copyfileobj(resp, fh)
+        with os.fdopen(fd, "wb") as fh:
+            with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+                shutil.copyfileobj(resp, fh)
         sel = from_official(tmp, n_neurons=info.n_neurons)
         if sel.n_layers != info.n_layers:
             raise ValueError(
@@ -405,9 +370,7 @@ def download_official(
         if digest != info.sha256:
             logger.warning(
                 "%s: SHA-256 %s differs from the recorded %s (upstream may have changed).",
-                name,
-                digest,
-                info.sha256,
+                name, digest, info.sha256,
             )
         os.replace(tmp, target)
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
@@ -434,39 +397,22 @@ def published_sets(
 ) -> dict[str, NeuronSelection]:
     """Load the paper's published neuron sets.
 
-    Where each file is found:
-
-    * ``directory`` given: ``<directory>/<name>.neuron.pth`` (nothing else is tried);
-    * else :func:`~lape_utils.selection.official_path`: ``$LAPE_OFFICIAL_DIR``, then the
-      cache ``~/.cache/lape_utils/official``;
-    * else, with ``download=True``, :func:`~lape_utils.selection.download_official` fetches
-      it from the authors' repository into the cache (needs the internet).
-
     Args:
-        names: Published set names (see :data:`~lape_utils.selection.OFFICIAL_MODELS`:
-            ``"LLaMA-2-7B"``, ``"LLaMA-2-13B"``, ``"LLaMA-2-70B"``, ``"BLOOM-7B"``,
-            ``"Mistral-7B"``, ``"OPT-6.7B"``, ``"Phi-2-2.7B"``); ``None`` for all seven.
-        directory: A folder holding the files.
-        download: Download missing files (ignored when ``directory`` is given).
+        names: Keys of :data:`OFFICIAL_MODELS` (e.g. ``"LLaMA-2-7B"``); ``None`` for all seven.
+        directory: A folder holding the ``<name>.neuron.pth`` files (nothing else is tried);
+            ``None``: :func:`official_path`, then the download.
+        download: Download missing files (:func:`download_official`; needs the internet).
 
     Returns:
         ``{name: NeuronSelection}`` in the order of ``names``.
 
     Raises:
         ValueError: An unknown name.
-        FileNotFoundError: A file is in none of the places looked at (and ``download`` is
-            off or ``directory`` was given).
+        FileNotFoundError: A file is in none of the places looked at.
         ConnectionError: A download failed.
     """
-    names = list(OFFICIAL_MODELS) if names is None else list(names)
-    unknown = [n for n in names if n not in OFFICIAL_MODELS]
-    if unknown:
-        raise ValueError(
-            f"unknown published set(s) {unknown}; known: {', '.join(OFFICIAL_MODELS)}."
-        )
     out: dict[str, NeuronSelection] = {}
-    for name in names:
-        info = OFFICIAL_MODELS[name]
+    for name in _official_names(names):
         if directory is not None:
             path = Path(directory) / f"{name}.neuron.pth"
             if not path.is_file():
@@ -478,31 +424,23 @@ def published_sets(
             path = download_official(name)
         else:
             path = official_path(name)
-        out[name] = from_official(path, n_neurons=info.n_neurons)
+        out[name] = from_official(path, n_neurons=OFFICIAL_MODELS[name].n_neurons)
         logger.debug("loaded published set %s from %s", name, path)
     return out
 
 
 def published_counts(names: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """Per-layer, per-language neuron counts of the published sets, shipped with the package.
-
-    Facts derived from the authors' files (``data/published/``; source and commits in its
-    README): enough to compare where the sets sit and how large they are, offline and
-    without the files. For the neuron indices themselves use :func:`published_sets`.
+    """Per-layer, per-language neuron counts of the published sets, offline (``data/published/``).
 
     Args:
-        names: Published set names (see :data:`OFFICIAL_MODELS`); ``None`` for all seven.
+        names: Keys of :data:`OFFICIAL_MODELS`; ``None`` for all seven.
 
     Returns:
         ``{name: DataFrame}`` in the order of ``names``: index ``layer``, one int column per
         language (module order) then ``"all"`` (distinct neurons of the layer), with
-        ``attrs["n_neurons"]`` the model's FFN width; the input of
-        :func:`compare_with_published`, :func:`plot_published_comparison` and
-        :func:`lape_utils.analysis.layer_region_shares`.
+        ``attrs["n_neurons"]`` the model's FFN width (see :func:`analysis.layer_counts`).
     """
-    names = list(OFFICIAL_MODELS) if names is None else list(names)
-    for name in names:
-        _check_official_name(name)
+    names = _official_names(names)
     table = pd.read_csv(data_dir() / "published" / "lape_neuron_counts.csv")
     out = {}
     for name in names:
@@ -526,36 +464,12 @@ def compare_with_published(
 ) -> pd.DataFrame:
     """One line per model: size of the selection and where in the network it sits.
 
-    What the seven published files really show (defaults bottom 10%, top 25%; shares of the
-    distinct selected neurons; checked in ``tests/test_analysis.py``)::
-
-        model        layers  % selected  % per language  bottom  middle  top   peak layer
-        LLaMA-2-7B     32       1.00      0.027-0.303     0.26    0.32   0.42      0
-        LLaMA-2-13B    40       1.00      0.029-0.286     0.26    0.40   0.34      0
-        LLaMA-2-70B    80       1.00      0.032-0.284     0.21    0.32   0.47      1
-        BLOOM-7B       30       1.00      0.091-0.574     0.00    0.02   0.98     29
-        Mistral-7B     32       1.00      0.017-0.339     0.03    0.21   0.75     28
-        OPT-6.7B       32       1.00      0.066-0.300     0.03    0.25   0.73     29
-        Phi-2-2.7B     32       1.00      0.016-0.341     0.01    0.14   0.86     29
-
-    So: every set is exactly 1% of the FFN neurons. The LLaMA-2 sets have a real bottom
-    cluster, nearly all of it in layers 0-1 (19-26% of each set; 7B: 768 neurons in layer
-    0, its largest layer, and 125 in layer 1), on top of the top-layer mass.
-    "Mostly bottom and top" holds for 7B and 70B (68% and 68% in bottom + top) but only
-    narrowly for 13B (60%), where the middle region (0.40) holds more than the top quarter
-    (0.34). BLOOM, Mistral, OPT and Phi-2 sit mostly in the top quarter (73-98%), BLOOM
-    almost entirely. Details the paper's summary hides: OPT has a second, smaller bump in
-    layers 5-10 (16% of its set); Mistral's mass peaks before the last layers (layers 27-29
-    hold 54%, the last two only 6%). Per language the sets hold 0.016-0.574% of the
-    neurons: wider than the paper's 0.02-0.34% (BLOOM's Indonesian set: 0.57%).
-
     Args:
         ours: Our selection (first line), or ``None`` for the published sets only.
         published: ``{model name: selection or count table}``, from :func:`published_counts`
-            (shipped, offline) or :func:`published_sets` (the files themselves).
+            (offline) or :func:`published_sets`.
         ours_name: Label of our line.
-        bottom: Fraction of layers counted as bottom (see
-            :func:`lape_utils.analysis.region_layers`).
+        bottom: Fraction of layers counted as bottom (:func:`analysis.region_layers`).
         top: Fraction of layers counted as top.
 
     Returns:
@@ -615,20 +529,14 @@ def plot_published_comparison(
     """Our selection next to the paper's published sets: where in the network they sit.
 
     Args:
-        published: ``{model name: selection or count table}``, e.g. from
-            :func:`published_counts` (offline) or :func:`published_sets`.
+        published: ``{model name: selection or count table}`` (as for
+            :func:`compare_with_published`).
         ours: Our selection (drawn first, black), or ``None``.
-        ax: One Axes for ``"depth"``/``"regions"``, two for ``"both"``; new figure if
-            ``None``.
-        kind: ``"depth"``: one line per model, x = relative depth (0 = first layer, 1 =
-            last), y = density of its distinct selected neurons (fraction per layer × L, so
-            1 = uniform whatever the depth); the bottom and top regions are shaded (at the
-            fractions ``bottom`` and ``1 - top``; the exact layers per model are those of
-            :func:`lape_utils.analysis.region_layers`).
-            ``"regions"``: one horizontal stacked bar per model (ours on top) of the shares in
-            the bottom / middle / top layers (:func:`lape_utils.analysis.layer_region_shares`),
-            matplotlib's own stacked ``barh`` (seaborn does not stack bars).
-            ``"both"``: the two side by side.
+        ax: One Axes for ``"depth"``/``"regions"``, two for ``"both"``; new figure if ``None``.
+        kind: ``"depth"``: one line per model, the density of its distinct neurons
+            (:func:`analysis.depth_profile`) against relative depth, bottom and top regions
+            shaded; ``"regions"``: one stacked bar per model of its bottom / middle / top
+            shares; ``"both"``: the two side by side.
         ours_name: Label of our selection.
         bottom: Fraction of layers counted as bottom.
         top: Fraction of layers counted as top.
@@ -636,7 +544,6 @@ def plot_published_comparison(
 
     Returns:
         The Axes, or an array ``[depth, regions]`` for ``"both"``.
-
     """
     if kind == "both":
         axes = _axes_array(ax, 2, (13.0, 4.2))
@@ -671,9 +578,7 @@ def plot_published_comparison(
         return ax
     if kind != "regions":
         raise ValueError(f"kind must be 'depth', 'regions' or 'both', got {kind!r}.")
-    table = compare_with_published(
-        ours, published, ours_name=ours_name, bottom=bottom, top=top
-    )
+    table = compare_with_published(ours, published, ours_name=ours_name, bottom=bottom, top=top)
     ax = _axes(ax, (7.0, 1.2 + 0.45 * len(table)))
     y = np.arange(len(table))
     left = np.zeros(len(table))
