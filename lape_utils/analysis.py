@@ -1,18 +1,9 @@
-"""Tables that describe a neuron selection.
+"""Tables that describe a neuron selection (no plotting, no model; :mod:`.plots` draws them).
 
 Where its neurons sit, how languages overlap, how the thresholds cut the entropy
 distribution, how stable the selection is and how it converges with the token budget.
-
-Pure pandas/torch: no plotting and no model. Every table puts languages in the one
-module-level order of :data:`lape_utils.languages.LANGUAGE_ORDER` (via
-:func:`~lape_utils.languages.sort_languages`), with ``"all"`` (distinct neurons of any
-language) last; :mod:`lape_utils.plots` draws these tables.
-
-The paper (``lape-method.md`` §5) says the LLaMA-2 sets sit mostly in the bottom
-(layers 0-1) and top layers and the BLOOM, Mistral, OPT and Phi-2 sets mostly in the top
-quarter: :func:`layer_region_shares` measures this, and
-:func:`lape_utils.published.compare_with_published` on the paper's own files (what they
-really show is written down in its docstring).
+Languages are in the module order (:func:`~lape_utils.languages.sort_languages`), with
+``"all"`` (distinct neurons of any language) last.
 """
 
 from __future__ import annotations
@@ -92,10 +83,8 @@ def layer_share(selection: NeuronSelection, *, union: bool = False) -> pd.DataFr
 def layer_counts(data: NeuronSelection | pd.DataFrame) -> pd.DataFrame:
     """Neurons per layer and language with the ``"all"`` column, from a selection or a table.
 
-    The common input of :func:`depth_profile` and :func:`layer_region_shares`: a selection,
-    or a count table as :func:`lape_utils.published.published_counts` reads it (the paper's
-    sets without their indices), which must carry ``attrs["n_neurons"]`` and an ``"all"``
-    column.
+    A count table (as :func:`lape_utils.published.published_counts` reads it) must carry
+    ``attrs["n_neurons"]`` and an ``"all"`` column; it is returned as it is.
 
     Returns:
         :func:`layer_distribution` with ``union=True`` and ``attrs["n_neurons"]`` set.
@@ -127,11 +116,7 @@ def relative_depth(n_layers: int) -> np.ndarray:
 def depth_profile(
     selection: NeuronSelection | pd.DataFrame, language: str | None = None
 ) -> pd.DataFrame:
-    """How a selection's neurons are spread over the depth of the network.
-
-    Comparable across models of different depth: ``density`` is the fraction of the
-    selection in the layer times ``L`` (a uniform spread gives 1 everywhere, whatever ``L``),
-    drawn against ``relative_depth``.
+    """How a selection's neurons are spread over the depth of the network, for any depth.
 
     Args:
         selection: The selection, or a count table (see :func:`layer_counts`).
@@ -139,8 +124,8 @@ def depth_profile(
 
     Returns:
         DataFrame indexed by ``layer``: ``relative_depth``, ``count``, ``fraction`` (of the
-        selection's neurons; sums to 1, or NaN when the selection is empty), ``density``
-        (``fraction · L``) and ``cumulative`` (running sum of ``fraction``).
+        selection's neurons; NaN when it is empty), ``density`` (``fraction · L``: 1
+        everywhere for a uniform spread) and ``cumulative`` (running sum of ``fraction``).
     """
     count = layer_counts(selection)[language or ALL].to_numpy()
     n_layers, total = len(count), count.sum()
@@ -160,19 +145,9 @@ def depth_profile(
 def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict[str, range]:
     """The layers of the bottom, middle and top regions of a network.
 
-    ``bottom`` region = the first ``round(bottom·L)`` layers, ``top`` = the last
-    ``round(top·L)`` layers (halves round up), ``middle`` = the rest. With the defaults:
-
-    =====  ======  =====
-    L      bottom  top
-    =====  ======  =====
-    30     0-2     22-29
-    32     0-2     24-31
-    40     0-3     30-39
-    80     0-7     60-79
-    =====  ======  =====
-
-    A region can be empty on a very shallow network (``L = 4``: no bottom layer at 10%).
+    ``bottom`` = the first ``round(bottom·L)`` layers, ``top`` = the last ``round(top·L)``
+    (halves round up), ``middle`` = the rest; e.g. ``L = 32``: 0-2, 3-23, 24-31. A region
+    can be empty on a shallow network (``L = 4``: no bottom layer at 10%).
 
     Args:
         n_layers: Number of layers ``L``.
@@ -203,11 +178,9 @@ def layer_region_shares(
 ) -> pd.DataFrame:
     """Share of each language's neurons in the bottom, middle and top layers.
 
-    Regions as in :func:`region_layers` (by default the first 10% and the last 25%).
-
     Args:
         selection: The selection, or a count table (see :func:`layer_counts`).
-        bottom: Fraction of layers counted as bottom.
+        bottom: Fraction of layers counted as bottom (:func:`region_layers`).
         top: Fraction of layers counted as top.
 
     Returns:
@@ -260,8 +233,6 @@ def overlap(selection: NeuronSelection) -> tuple[pd.DataFrame, pd.DataFrame]:
 class EntropyTable:
     """Per-neuron LAPE entropy and activation probability, with the thresholds as numbers.
 
-    Made by :func:`entropy_table`; drawn by :func:`lape_utils.plots.plot_entropy_distribution`.
-
     Attributes:
         frame: One row per neuron (``L·D`` rows): ``layer``, ``neuron``, ``entropy`` (LAPE
             ``H`` over the languages, nats), ``max_prob`` (largest ``P``), ``top_language``
@@ -301,9 +272,8 @@ class EntropyTable:
 def entropy_table(stats: Any, config: LapeConfig = LapeConfig()) -> EntropyTable:
     """LAPE entropy and maximal activation probability of every neuron, with the thresholds.
 
-    Runs :func:`~lape_utils.lape.identify` (so the thresholds and the selection are exactly
-    those of identification) and adds the entropy of every neuron, including those the
-    filter excludes.
+    The thresholds and the selection are those of :func:`~lape_utils.lape.identify`; the
+    entropy is given for every neuron, also those the filter excludes.
 
     Args:
         stats: An :class:`~lape_utils.stats.ActivationStats` (anything with ``languages``,
@@ -413,11 +383,10 @@ def stability_table(result: Any, stable_at: float = 0.9) -> pd.DataFrame:
     Returns:
         DataFrame indexed by ``language`` (module order, then ``"all"``):
         ``count_reference``, ``mean_count``, ``mean_jaccard``, ``std_jaccard``,
-        ``min_jaccard`` (Jaccard of each replicate's set with the reference),
-        ``n_stable`` (neurons selected in at least ``stable_at`` of the replicates),
-        ``n_ever`` (selected in at least one replicate) and ``stable_fraction``
-        (``n_stable / count_reference``). ``n_stable``, ``n_ever`` and ``stable_fraction``
-        are missing for ``"all"``.
+        ``min_jaccard`` (each replicate's set against the reference), ``n_stable`` (selected
+        in at least ``stable_at`` of the replicates), ``n_ever`` (in at least one) and
+        ``stable_fraction`` (``n_stable / count_reference``); the last three missing for
+        ``"all"``.
     """
     summ = result.summary(stable_at=stable_at)
     ever = {lang: int((f > 0).sum()) for lang, f in result.frequency.items()}
@@ -436,8 +405,7 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
 
     Returns:
         DataFrame with columns ``language`` (module order), ``layer``, ``neuron``,
-        ``frequency`` (fraction of replicates in which the neuron was assigned to the
-        language).
+        ``frequency`` (share of replicates that assign the neuron to the language).
     """
     frames = []
     for lang in sort_languages(result.frequency):
@@ -456,8 +424,7 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
 
 # ============================================================================ convergence
 
-#: Jaccard to the full-budget selection, at half the budget, from which a language's
-#: selection counts as converged (:func:`convergence_verdict`).
+#: Jaccard at half the budget from which a selection counts as converged.
 CONVERGED_AT = 0.9
 
 
@@ -465,8 +432,7 @@ def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
     """How the selection changes as the token budget grows, from the budget snapshots.
 
     Re-identifies on the counts of the first 1/16, 1/8, 1/4, 1/2 of each language's chunks
-    (recorded during capture; :attr:`~lape_utils.stats.ActivationStats.budget_n`) and on
-    all of them, and compares each selection with the full-budget one.
+    (recorded by capture) and compares each selection with the full-budget one.
 
     Args:
         stats: :class:`~lape_utils.stats.ActivationStats` with budget snapshots.
@@ -508,9 +474,8 @@ def convergence(stats: Any, config: LapeConfig = LapeConfig()) -> pd.DataFrame:
 def convergence_verdict(table: pd.DataFrame) -> pd.Series:
     """Per language: has the selection converged at the budget used?
 
-    Reads the largest budget below the full one (half the chunks): a language whose
-    Jaccard to the full selection is at least :data:`CONVERGED_AT` there counts as
-    converged, i.e. doubling the text changed its set little.
+    True when the set at the largest budget below the full one (half the chunks) has a
+    Jaccard of at least :data:`CONVERGED_AT` to the full set.
 
     Returns:
         Series indexed by language (and ``"all"``), ``True``/``False``.
