@@ -1,11 +1,7 @@
 """Multilingual text for LAPE: load it (built-in, a directory, Wikipedia), then pack it.
 
-:func:`load_corpus` reads documents per language into a :class:`Corpus`: the project's own
-parallel corpus (``data/corpus/<split>/<code>.txt``, see ``data/README.md``), a directory of
-``<code>.txt`` files (how users bring their own text), or ``wikimedia/wikipedia`` (streamed
-and sampled with a seed until a token budget is met, then cached). :func:`pack` cuts each
-language into fixed-length chunks of the model's tokens, as the paper does (§1 of
-``lape-method.md``). :func:`load_prompts` reads the open questions used for steering.
+:func:`pack` cuts each language into fixed-length token chunks, as the paper does;
+:func:`load_prompts` reads the open questions used for steering.
 """
 
 from __future__ import annotations
@@ -50,11 +46,10 @@ SPLITS: tuple[str, ...] = ("detect", "heldout")
 """Splits of the built-in corpus: text for finding neurons, and separate text for perplexity."""
 
 CHARS_PER_TOKEN_ESTIMATE = 3.0
-"""Characters per token assumed when a Wikipedia budget is counted without a tokenizer.
+"""Characters per token assumed without a tokenizer.
 
-Deliberately low, so that the estimate errs towards fetching too much text: Gemma 3's
-tokenizer gives about 4-5 characters per token on Latin-script text, 3.9 on Russian and
-1.4-1.8 on Chinese, Japanese and Korean. Pass ``tokenizer=`` for an exact count.
+Low (Gemma 3 gives 4-5 on Latin script, 1.4-1.8 on CJK), so that a Wikipedia budget errs
+towards fetching too much text.
 """
 
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
@@ -62,8 +57,7 @@ WIKIPEDIA_DEFAULT_DATE = "20231101"
 WIKIPEDIA_SHUFFLE_BUFFER = 10_000
 """Documents held by the streaming shuffle buffer (``IterableDataset.shuffle``)."""
 WIKIPEDIA_HELDOUT_MODULUS = 10
-"""An article is held out when ``sha256(id) % 10 == 0`` (10% of articles), else it is detect
-text; the two splits of Wikipedia never share an article, whatever the seed or budget."""
+"""An article is held out when ``sha256(id) % 10 == 0``: the splits never share an article."""
 
 _SEPARATOR = "\n\n"
 _PROBE = (
@@ -86,10 +80,7 @@ class ChatTemplateError(ValueError):
 
 
 def data_dir() -> Path:
-    """The folder of the built-in data (``corpus/``, ``prompts/``).
-
-    ``$LAPE_DATA_DIR`` when set, else ``data/`` in the repository checkout the package is
-    installed from (editable install).
+    """The folder of the built-in data: ``$LAPE_DATA_DIR``, else the checkout's ``data/``.
 
     Raises:
         FileNotFoundError: the folder does not exist.
@@ -153,16 +144,11 @@ class Corpus:
 
     Attributes:
         source: ``"builtin"``, a directory path, or ``"wikipedia:<date>"``.
-        split: ``"detect"`` or ``"heldout"`` (a plain label for a directory without split
-            folders).
-        documents: ``{code: [document, ...]}``, languages in the order they were asked for
-            (default: :data:`~lape_utils.languages.LANGUAGE_ORDER` first). A document read
-            from a file holds no newline.
-        fingerprint: sha256 of the content (languages and documents, independent of the
-            order of languages and of ``source``). Computed when left empty; recompute with
-            :meth:`refresh_fingerprint` after editing ``documents`` by hand.
-        dropped: ``{code: (lines, characters)}`` removed by the language filter (empty when
-            the filter was off).
+        split: ``"detect"`` or ``"heldout"`` (only a label for a directory without splits).
+        documents: ``{code: [document, ...]}``, languages in the order asked for.
+        fingerprint: sha256 of the languages and documents (not of their order or
+            ``source``); call :meth:`refresh_fingerprint` after editing ``documents``.
+        dropped: ``{code: (lines, characters)}`` removed by the language filter.
     """
 
     source: str
@@ -188,10 +174,9 @@ class Corpus:
     def table(self, tokenizer=None) -> pd.DataFrame:
         """Sizes per language: a DataFrame indexed by ``language`` (corpus order).
 
-        Columns: ``documents``, ``characters`` (``len`` of the documents, whitespace
-        included); with a ``tokenizer`` (documents tokenized without special tokens),
-        ``tokens`` and ``chars_per_token``; when the language filter ran, ``dropped_lines``
-        and ``dropped_characters``.
+        Columns: ``documents``, ``characters``; with a ``tokenizer``, ``tokens`` (without
+        special tokens) and ``chars_per_token``; after the language filter,
+        ``dropped_lines`` and ``dropped_characters``.
         """
         rows = {}
         for lang, docs in self.documents.items():
@@ -231,10 +216,7 @@ class Corpus:
 
 
 def _counter(tokenizer) -> Callable[[Sequence[str]], list[int]]:
-    """Counts the tokens of each text, without special tokens.
-
-    Without a tokenizer, estimates them at :data:`CHARS_PER_TOKEN_ESTIMATE` characters each.
-    """
+    """Counts the tokens of each text, without special tokens (or estimates them)."""
     if tokenizer is None:
         return lambda texts: [math.ceil(len(t) / CHARS_PER_TOKEN_ESTIMATE) for t in texts]
 
@@ -257,10 +239,7 @@ def _budget(tokens_per_language: int | None) -> int | None:
 def _check_budget(
     lang: str, source: str, found: int, asked: int | None, take_all: bool, what: str = ""
 ) -> None:
-    """Raises, or with ``take_all`` only warns, when ``found`` tokens are fewer than ``asked``.
-
-    ``what`` says what was asked (default: ``"<asked> were asked"``).
-    """
+    """Raises, or with ``take_all`` only warns, when ``found`` tokens are fewer than ``asked``."""
     if asked is None or found >= asked:
         return
     what = what or f"{asked:,} were asked"
@@ -272,12 +251,10 @@ def _check_budget(
 
 @dataclass
 class _Kept:
-    """The lines of one language that a loader keeps, up to a token budget.
+    """The lines of one language that a loader keeps, in order, up to ``budget`` tokens.
 
-    Lines are taken in order. With ``filter_language``, a line that the language identifier
-    (:mod:`lape_utils.langid`) does not label ``lang`` is dropped and counted in ``dropped``
-    (lines, characters) and ``reasons`` (labels). Taking stops at the line with which the
-    kept lines reach ``budget`` tokens, as counted by ``count`` (``None``: no budget).
+    With ``filter_language``, a line that :mod:`lape_utils.langid` does not label ``lang``
+    is dropped, counted in ``dropped`` (lines, characters) and ``reasons`` (labels).
     """
 
     lang: str
@@ -352,39 +329,30 @@ def load_corpus(
     """Loads multilingual text.
 
     Args:
-        source: ``"builtin"`` (the project's parallel corpus, in :func:`data_dir`), a
-            directory of ``<code>.txt`` files (UTF-8, one document per line, blank lines
-            ignored; ``<dir>/<split>/`` when it exists), or ``"wikipedia"`` /
-            ``"wikipedia:<date>"`` (``wikimedia/wikipedia`` through ``datasets``, config
-            ``<date>.<code>``, default date 20231101).
-        languages: ``"en,zh,fr"``, a list, or ``None`` for all available (builtin and
-            directories: every ``<code>.txt`` there; Wikipedia: the project's ten).
-        split: ``"detect"`` or ``"heldout"``. For Wikipedia, 10% of articles (chosen by a
-            hash of their id) are held out and never appear in ``detect``.
-        filter_language: Drop lines that the language identifier (fastText lid.176, see
-            :mod:`lape_utils.langid`) does not assign to the file's language, including
-            lines it cannot judge (too short, not confident, mixed). What was dropped is in
-            :attr:`Corpus.dropped` and logged.
-        tokens_per_language: Wikipedia: articles are streamed until the kept paragraphs
-            hold this many tokens (required unless ``take_all``). Files: with a
-            ``tokenizer``, a language with fewer tokens raises early (no text is cut here;
-            :func:`pack` applies the exact budget).
-        tokenizer: Counts tokens (without special tokens). Without it, Wikipedia budgets
-            are estimated at :data:`CHARS_PER_TOKEN_ESTIMATE` characters per token.
-        seed: Seed of the Wikipedia shuffle (same seed, same documents).
+        source: ``"builtin"`` (``data/corpus``), a directory of ``<code>.txt`` files (UTF-8,
+            one document per line; ``<dir>/<split>/`` when it exists), or ``"wikipedia"`` /
+            ``"wikipedia:<date>"`` (``wikimedia/wikipedia``, config ``<date>.<code>``).
+        languages: ``"en,zh,fr"``, a list, or ``None`` for all available (Wikipedia: the
+            project's ten).
+        split: ``"detect"`` or ``"heldout"``.
+        filter_language: Drop lines that :mod:`lape_utils.langid` does not assign to the
+            file's language, also those it cannot judge (see :attr:`Corpus.dropped`).
+        tokens_per_language: Wikipedia: stream until the kept paragraphs hold this many
+            tokens (required unless ``take_all``). Files: with a ``tokenizer``, only checked
+            (:func:`pack` cuts).
+        tokenizer: Counts tokens; without it, :data:`CHARS_PER_TOKEN_ESTIMATE` is used.
+        seed: Seed of the Wikipedia shuffle.
         cache_dir: Root of the Wikipedia cache (default ``lape_utils.models.cache_dir()``):
-            ``<cache_dir>/wikipedia/<date>/<split>/<code>.txt``, a corpus directory as
-            above, with a ``<code>.json`` sidecar (seed, budget, counts).
-        take_all: Accept less text than ``tokens_per_language`` (a warning is logged), or
-            with Wikipedia and no budget, stream every article.
-        wikipedia_path: A local copy of the dataset for tests or offline use: a folder with
-            ``<date>.<code>/`` sub-folders of ``.parquet`` or ``.jsonl`` files having the
-            dataset's columns (``id``, ``url``, ``title``, ``text``).
+            ``wikipedia/<date>/<split>/<code>.txt`` with a ``<code>.json`` sidecar.
+        take_all: Accept less text than ``tokens_per_language`` (a warning), or with
+            Wikipedia and no budget, stream every article.
+        wikipedia_path: A local copy of the dataset (tests, offline): ``<date>.<code>/``
+            folders of ``.parquet`` or ``.jsonl`` files with columns ``id``, ``url``,
+            ``title``, ``text``.
 
     Raises:
-        ValueError: unknown source, split or language code (the message lists what is
-            available); a language with less text than the budget.
-        CorpusError: an empty, unreadable or non-UTF-8 file (named), a directory with no
+        ValueError: unknown source, split or language code; a language short of the budget.
+        CorpusError: an empty, unreadable or non-UTF-8 file, a directory with no
             ``<code>.txt`` file.
         FileNotFoundError: a path that does not exist.
     """
@@ -401,7 +369,6 @@ def load_corpus(
         )
     else:
         corpus = _load_directory(source, languages, split)
-        # files are not cut to the budget (pack does that): only checked, with a tokenizer
         count = _counter(tokenizer) if budget is not None and tokenizer is not None else None
         if filter_language or count is not None:
             for lang in corpus.languages:
@@ -454,13 +421,11 @@ def load_prompts(source: str | os.PathLike = "builtin", language: str | None = N
     Args:
         source: ``"builtin"`` (``data/prompts/<code>.txt``, line ``i`` the same question
             in every language), a directory of ``<code>.txt`` files, or a plain file.
-        language: Which language's file to read (required for a directory; ignored for a
-            plain file).
+        language: Which language's file to read (required for a directory).
 
     Raises:
-        ValueError: no or unknown ``language`` for a directory (lists what is available).
-        CorpusError: an empty, unreadable or non-UTF-8 file, or a directory with no
-            ``<code>.txt`` file.
+        ValueError: no or unknown ``language`` for a directory.
+        CorpusError: an unusable file, or a directory with no ``<code>.txt`` file.
         FileNotFoundError: a path that does not exist.
     """
     src = os.fspath(source)
@@ -539,11 +504,9 @@ def _load_wikipedia(
 ) -> Corpus:
     """Samples the articles of ``split`` per language (see :func:`load_corpus`).
 
-    The cache ``<code>.txt`` holds every paragraph of the articles read, in stream order, so
-    that a smaller budget with the same seed takes a prefix of it. It is re-used when made
-    with the same seed from the same origin, and when it holds the budget or the whole split
-    (the only thing that serves ``take_all`` without a budget); otherwise the articles are
-    streamed again and the cache replaced.
+    The cache holds every paragraph read, in stream order, so that a smaller budget takes a
+    prefix of it. It is re-used when made with the same seed and origin and it holds the
+    budget or the whole split; otherwise it is streamed again and replaced.
     """
     from .models import cache_dir as default_cache_dir
 
@@ -616,11 +579,7 @@ def _load_wikipedia(
 def _stream_wikipedia(
     kept: _Kept, date: str, local: Path | None, text_path: Path, sidecar: dict
 ) -> None:
-    """Streams articles of ``sidecar["split"]`` into ``kept`` until its budget is met.
-
-    Caches every paragraph of the articles read in ``text_path``, and next to it the
-    sidecar ``<code>.json``, completed with the articles, lines and tokens read.
-    """
+    """Streams articles of ``sidecar["split"]`` into ``kept`` and caches them in ``text_path``."""
     lines: list[str] = []
     articles = 0
     exhausted = False
@@ -663,24 +622,22 @@ _NO_CHAT = "use plain text (chat=False, --no-chat)"
 def chat_turn(tokenizer, content: str, *, generation_prompt: bool = False) -> tuple[str, int, int]:
     """One user turn in the tokenizer's chat template, and where the message lies in it.
 
-    The template is rendered around a sentinel message to find its text before and after
-    the message; ``content`` must render as exactly that text around it (or around it
-    stripped of whitespace, as with LLaMA-2-Chat), so that every character is known to be
-    the message's or the template's.
+    ``content`` must render between the template text found around a sentinel message
+    (stripped of whitespace at most, as LLaMA-2-Chat does), so that every character is known
+    to be the message's or the template's.
 
     Args:
         tokenizer: A Hugging Face tokenizer with a ``chat_template``.
         content: The user's message.
-        generation_prompt: Append the assistant header (``add_generation_prompt=True``), as
-            for a prompt the model should answer.
+        generation_prompt: Append the assistant header (``add_generation_prompt=True``).
 
     Returns:
-        ``(text, start, end)``: the rendered text (as the template writes it, BOS text
-        included) and the character span ``text[start:end]`` of the message.
+        ``(text, start, end)``: the rendered text (BOS text included) and the span
+        ``text[start:end]`` of the message.
 
     Raises:
-        ChatTemplateError: the tokenizer has no chat template; the template raises; it
-            renders no user message; it changes the message beyond stripping whitespace.
+        ChatTemplateError: no chat template, or one that raises, drops the message or changes
+            it beyond stripping whitespace.
     """
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     if not getattr(tokenizer, "chat_template", None):
@@ -722,10 +679,8 @@ def chat_turn(tokenizer, content: str, *, generation_prompt: bool = False) -> tu
 def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.ndarray]]:
     """Token ids of each document as a user turn, and which of them hold the message.
 
-    A token belongs to the message when it holds at least one of its characters (its
-    offsets overlap the message's span): a word token that carries the template's space
-    before the message counts, the template's markers do not. The template's leading BOS
-    text is dropped: each chunk brings its own BOS (``pack(bos=...)``).
+    A token belongs to the message when its offsets overlap the message's span. The
+    template's leading BOS text is dropped: each chunk brings its own BOS.
     """
     bos = getattr(tokenizer, "bos_token", None)
     texts, spans = [], []
@@ -753,10 +708,9 @@ def tokenizer_identity(tokenizer) -> dict:
     """What identifies a tokenizer in provenance records.
 
     Returns:
-        ``{"name": ..., "vocab_size": ..., "probe_sha256": ...}``: the ``name_or_path``
-        (only its last component for an absolute local path, so that the same tokenizer
-        gives the same identity on every machine), ``len(tokenizer)``, and the sha256 of
-        the ids of a fixed multilingual probe text encoded with special tokens.
+        ``{"name", "vocab_size", "probe_sha256"}``: ``name_or_path`` (the last component of
+        an absolute path, the same on every machine), ``len(tokenizer)``, and the sha256 of
+        the ids of a fixed multilingual probe text.
     """
     name = str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
     if os.path.isabs(name):
@@ -772,24 +726,21 @@ class PackedCorpus:
 
     Attributes:
         languages: Language codes, in corpus order.
-        chunks: ``{code: LongTensor[n_chunks, seq_len]}``. With ``bos``, column 0 is the
-            BOS token, not text (the capture code skips position 0).
+        chunks: ``{code: LongTensor[n_chunks, seq_len]}``; with ``bos``, column 0 is BOS
+            (capture skips it).
         seq_len: Tokens per chunk, BOS included.
-        tokens: Text tokens in the chunks per language, the ``n[k]`` LAPE counts:
+        tokens: Text tokens per language, the ``n[k]`` LAPE counts:
             ``n_chunks * (seq_len - bos)`` (separators included), or the message tokens.
-        fingerprint: sha256 over the corpus fingerprint, the tokenizer identity, seq_len,
-            budget, seed, take_all and bos (and the chat template, for chat text).
+        fingerprint: sha256 over the corpus fingerprint, the tokenizer identity and every
+            packing setting (and the chat template, for chat text).
         source: Source of the corpus.
         bos: Whether each chunk starts with BOS.
         documents: Documents with at least one token in the chunks, per language.
-        characters: Their characters in the chunks per language (the document cut by the
-            last chunk counted pro rata to its tokens kept).
+        characters: Their characters in the chunks (a cut document pro rata to its tokens).
         split: Split of the corpus.
-        provenance_extra: Tokenizer identity, budget asked, seed (for sidecars); for chat
-            text the sha256 of the chat template (``chat_template_sha256``).
+        provenance_extra: Tokenizer identity, budget, seed, ... (for sidecars).
         content_mask: ``None`` for plain text; for chat text ``{code: BoolTensor[n_chunks,
-            seq_len]}``, True for a message's tokens, False for the template's, the
-            separators and BOS. Capture counts only the True positions.
+            seq_len]}``, True for a message's tokens (the only ones capture counts).
     """
 
     languages: list[str]
@@ -884,8 +835,6 @@ def _stream(
 ) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
     """Token stream of ``docs`` in ``order`` joined by ``sep``; stops once ``need`` is reached.
 
-    With ``chat``, each document is one user turn of the chat template (:func:`_chat_tokens`).
-
     Returns:
         ``(ids, spans, content)``: ``ids [stream]``; ``(tokens, characters)`` of each
         document in stream order; ``content [stream]``, False for the separators and, with
@@ -941,41 +890,32 @@ def pack(
 ) -> PackedCorpus:
     r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
-    For each language: the documents, tokenized without special tokens, are put in a seeded
-    random order (the same permutation for languages with as many documents, so a parallel
-    corpus stays aligned) and joined into one stream with the tokens of ``"\\n\\n"`` between
-    them; the stream is cut into chunks of ``seq_len - 1`` text tokens after a BOS token
-    (the model needs it at position 0; capture does not count it), or ``seq_len`` text
-    tokens with ``bos=False``. No padding: the incomplete tail is dropped, as in the
-    reference code.
+    Per language, the documents are put in a seeded order (the same permutation for languages
+    with as many documents, so a parallel corpus stays aligned), joined by ``"\\n\\n"`` and
+    cut into chunks of ``seq_len - 1`` text tokens after a BOS token (``seq_len`` without
+    it). No padding: the incomplete tail is dropped, as in the reference code.
 
     Args:
         corpus: The documents.
         tokenizer: The model's tokenizer (a Hugging Face tokenizer).
         seq_len: Tokens per chunk, BOS included (>= 2, <= ``tokenizer.model_max_length``).
-        tokens_per_language: Text tokens per language, rounded down to whole chunks.
-            ``None``: the same budget for every language, that of the language with the
-            least text.
+        tokens_per_language: Text tokens per language, rounded down to whole chunks;
+            ``None``: that of the language with the least text.
         seed: Seed of the document order.
-        take_all: A language with fewer tokens than asked gets what it has (a warning is
-            logged) instead of an error; with ``tokens_per_language=None``, every language
-            gets all its text (unequal budgets).
+        take_all: A language short of the budget gets what it has (a warning); with
+            ``tokens_per_language=None``, every language gets all its text.
         bos: Start each chunk with the BOS token.
-        chat: For instruction-tuned models: each document becomes one user turn of the
-            tokenizer's chat template (:func:`chat_turn`; the chunk's BOS stands for the
-            template's), and :attr:`PackedCorpus.content_mask` marks the message's tokens,
-            the only ones capture counts. The budget counts every token of the formatted
-            stream; :attr:`PackedCorpus.tokens`, the message tokens. Off, packing (and its
-            fingerprint) is that of plain text.
+        chat: Each document becomes one user turn of the chat template (:func:`chat_turn`)
+            and :attr:`PackedCorpus.content_mask` marks the message's tokens. The budget
+            counts every token of the formatted stream.
 
     Returns:
         A :class:`PackedCorpus` (``chunks[lang]: LongTensor[n_chunks, seq_len]``).
 
     Raises:
-        ValueError: bad ``seq_len``; a language with less text than the budget (unless
-            ``take_all``) or than one chunk; ``bos=True`` and the tokenizer has no BOS.
-        ChatTemplateError: ``chat=True`` and the tokenizer's chat template is missing or
-            cannot render a user turn around each document (see :func:`chat_turn`).
+        ValueError: bad ``seq_len``; a language short of the budget (unless ``take_all``)
+            or of one chunk; ``bos=True`` and the tokenizer has no BOS.
+        ChatTemplateError: ``chat=True`` and a document cannot be a user turn (:func:`chat_turn`).
     """
     seq_len = int(seq_len)
     if seq_len < 2:
