@@ -1,11 +1,7 @@
-r"""The ``lape`` command line: one sub-command per stage of the workbook.
+r"""The ``lape`` command line: one sub-command per stage of the workbook (``lape --help``).
 
-``info`` (a model's neuron sites), ``capture`` (activation statistics), ``identify``
-(LAPE), ``ppl`` (the perplexity-change matrix), ``steer`` (steering and its measures) and
-``run`` (the main job)::
+Example::
 
-    lape ppl --model gemma-3-270m --neurons sel.pt --corpus builtin \
-        --tokens-per-language 4096 --out results/ppl.csv
     lape steer --model gemma-3-270m --neurons sel.pt --stats results/stats \
         --prompts en --target fr --out results/steer-fr.jsonl
 """
@@ -35,11 +31,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to shard over GPUs")
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    """Prints the neuron sites of a model."""
+def _model(args):
     from .models import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device_map=args.device_map)
+    return load_model(args.model, dtype=args.dtype, device_map=args.device_map,
+                      remote=getattr(args, "remote", False))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Prints the neuron sites of a model."""
+    model = _model(args)
     d = model.describe()
     if args.json:
         print(json.dumps(d | {"self_check": model.check}, indent=2))
@@ -64,16 +65,14 @@ def _add_corpus_args(p: argparse.ArgumentParser, split: str = "detect") -> None:
         help="builtin, a directory of <code>.txt files, or wikipedia (default: %(default)s)",
     )
     p.add_argument("--split", default=split, help="builtin corpus split (default: %(default)s)")
-    p.add_argument(
-        "--languages", default=None,
-        help="comma-separated codes (default: all the corpus has, e.g. en,zh,fr,es,vi,id,ja,de,ru,ko)",
-    )
-    p.add_argument(
-        "--tokens-per-language", type=int, default=None,
-        help="token budget per language (default: the same for all, as much as the smallest has)",
-    )
-    p.add_argument("--take-all", action="store_true", help="use all text of a language short of the budget")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens per chunk (default: %(default)s)")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated codes (default: all the corpus has)")
+    p.add_argument("--tokens-per-language", type=int, default=None,
+                   help="token budget per language (default: what the smallest language has)")
+    p.add_argument("--take-all", action="store_true",
+                   help="use all text of a language short of the budget")
+    p.add_argument("--seq-len", type=int, default=512,
+                   help="tokens per chunk (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap")
 
 
@@ -94,17 +93,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """Counts neuron activations per language and saves them with provenance.
 
     Under ``torchrun``/``accelerate launch`` every rank counts its shard (on
-    ``cuda:LOCAL_RANK`` when there is CUDA and no ``--device-map``); only rank 0 prints.
+    ``cuda:LOCAL_RANK`` without ``--device-map``); only rank 0 prints.
     """
     import torch
 
     from . import distributed
     from .capture import capture
-    from .models import load_model
 
     say = print if distributed.env_rank() == 0 else (lambda *a: None)
-    model = load_model(args.model, dtype=args.dtype, device_map=args.device_map,
-                       remote=args.remote)
+    model = _model(args)
     if distributed.env_world_size() > 1 and args.device_map is None:
         model.hf.to(distributed.local_device())
     packed = _packed(args, model.tokenizer)
@@ -143,8 +140,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _load_stats(path: str):
-    from pathlib import Path
-
     from .stats import ActivationStats
 
     p = Path(path)
@@ -187,8 +182,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def load_neurons(path: str | os.PathLike, model=None):
     """Reads a neuron set: a workbook selection file, or the paper's ``*.neuron.pth``.
 
-    For a paper-format file whose width cannot be told from its name, the width of
-    ``model`` is used when the layer counts agree (the file only bounds it from below).
+    A paper-format file only bounds the width from below: that of ``model`` is used when
+    the layer counts agree.
 
     Raises:
         FileNotFoundError: no such file.
@@ -206,20 +201,9 @@ def load_neurons(path: str | os.PathLike, model=None):
         if "not a saved NeuronSelection" not in str(err):
             raise
     sel = from_official(path)
-    if (
-        model is not None
-        and sel.n_layers == model.n_layers
-        and sel.n_neurons < model.n_neurons
-    ):
+    if model is not None and sel.n_layers == model.n_layers and sel.n_neurons < model.n_neurons:
         sel = from_official(path, n_neurons=model.n_neurons)
     return sel
-
-
-def _model(args):
-    from .models import load_model
-
-    return load_model(args.model, dtype=args.dtype, device_map=args.device_map,
-                      remote=getattr(args, "remote", False))
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
@@ -307,10 +291,7 @@ def _controls(args, selection, stats=None) -> dict:
 
 
 def _job_config(args: argparse.Namespace):
-    """The :class:`~lape_utils.job.JobConfig` of ``lape run``.
-
-    Defaults, then the preset, then every option given (each one a field; none is dropped).
-    """
+    """The :class:`~lape_utils.job.JobConfig` of ``lape run``: defaults, preset, options given."""
     import dataclasses
 
     from .job import JobConfig
@@ -330,7 +311,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("lape_utils.job").setLevel(logging.INFO)
     summary = run_main_job(args.out, _job_config(args))
     print((Path(args.out) / "summary.md").read_text())
-    print(f"results in {args.out}/ (summary.md, figures/, notebooks/) after {summary['total_s']:.0f} s")
+    print(f"results in {args.out}/ (summary.md, figures/, notebooks/) "
+          f"after {summary['total_s']:.0f} s")
     return 0
 
 
@@ -342,8 +324,7 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
     from .job.config import PRESETS
 
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="start from named settings (paper: its 7 languages, Wikipedia, 100M "
-                   "tokens per language, its thresholds); options given override it")
+                   help="start from named settings; options given override them")
     docs, defaults = JobConfig.field_help(), JobConfig()
     for f in dataclasses.fields(JobConfig):
         flag, default = "--" + f.name.replace("_", "-"), getattr(defaults, f.name)
@@ -383,23 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicates", type=int, default=16, help="bootstrap replicates (0: none)")
     p.add_argument("--remote", action="store_true", help="run the trace on NDIF (nnsight remote)")
     p.add_argument("--chat", action="store_true",
-                   help="pack each document as a user turn of the tokenizer's chat template "
-                   "and count only the message tokens (instruction-tuned models)")
-    p.add_argument("--overwrite", action="store_true", help="recompute even if DIR holds statistics")
+                   help="pack documents as chat user turns; count only the message tokens")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute even if DIR holds statistics")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/M",
                    help="count only shard K of M (0-based), for `lape merge` later")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_capture)
 
-    p = sub.add_parser("merge", help="add up statistics captured on disjoint shards of one corpus")
+    p = sub.add_parser("merge", help="add up statistics captured on disjoint shards")
     p.add_argument("stats", nargs="+", metavar="STATS_DIR", help="capture directories")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("identify", help="select language-specific neurons (LAPE) from statistics")
+    p = sub.add_parser("identify", help="select language-specific neurons from statistics")
     p.add_argument("--stats", required=True,
-                   help="a capture directory, or the reference code's activation.<lang>.* files / their directory")
+                   help="a capture directory, or the reference code's activation.<lang>.* files")
     p.add_argument("--languages", default=None, help="restrict to these codes")
     p.add_argument("--top-rate", type=float, default=0.01)
     p.add_argument("--filter-rate", type=float, default=0.95)
@@ -411,10 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file")
     p.set_defaults(func=cmd_identify)
 
-    p = sub.add_parser(
-        "ppl",
-        help="perplexity-change matrix: deactivate each language's neurons (+ random control)",
-    )
+    p = sub.add_parser("ppl", help="perplexity-change matrix of deactivating each language")
     _add_model_args(p)
     p.add_argument("--neurons", required=True,
                    help="neuron set: a workbook selection file or the paper's *.neuron.pth")
@@ -428,8 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4,
                    help="chunks per forward (default: %(default)s)")
     p.add_argument("--remote", action="store_true",
-                   help="run the forwards on NDIF (a hub id; needs NDIF_API_KEY); only NLL sums "
-                   "come back")
+                   help="run the forwards on NDIF (a hub id; needs NDIF_API_KEY)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--out", required=True, help="output CSV (tidy; meta in OUT.json)")
     p.set_defaults(func=cmd_ppl)
@@ -441,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", default=None,
                    help="activation statistics directory (mean activations; needed by set/add)")
     p.add_argument("--prompts", required=True,
-                   help="a file of questions (one per line) or a language code of the built-in "
-                   "ones")
+                   help="a file of questions (one per line) or a built-in language code")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     p.add_argument("--target", required=True, help="language to steer to")
     p.add_argument("--source", default=None,
@@ -474,10 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL (config and summary in OUT.json)")
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser(
-        "run", help="the main job: the whole pipeline (on the embedded default model unless "
-        "told otherwise), figures, notebooks and summary",
-    )
+    p = sub.add_parser("run", help="the main job: the whole pipeline, figures, notebooks")
     p.add_argument("--out", default="results", help="results directory (default: %(default)s)")
     _add_job_args(p)
     p.set_defaults(func=cmd_run)
