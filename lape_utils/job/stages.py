@@ -1,19 +1,8 @@
 """The workbook's heavy stages, cached, shared by the notebooks and the main job.
 
-Each stage computes with the library (:func:`lape_utils.capture`,
-:func:`lape_utils.perplexity_matrix`, :func:`lape_utils.steering`, ...) and stores its result
-under a name that contains a hash of everything it depends on, so a notebook executed
-after the main job (or a second notebook after the first) reuses what is cached instead of
-computing it again, and a changed input never reuses (or overwrites) an old result:
-
-* :func:`detection_statistics`: pack the detection corpus and capture its statistics
-  (cached by :func:`lape_utils.capture.capture` with its provenance sidecar);
-* :func:`heldout_text`: the packed held-out split;
-* :func:`cached_ppl_matrix`: the perplexity-change matrix with its random control;
-* :func:`cached_steering`: steering runs towards several target languages;
-* :func:`cached_sweep`: a steering strength sweep;
-* :func:`cached_threshold_effect`: what ``top_rate`` does to the ΔNLL;
-* :func:`cached_top_contexts`: the contexts that activate one neuron most.
+Each result is stored under a name holding a hash of everything it depends on, so a
+notebook run after the main job reuses it, and a changed input never reuses (or
+overwrites) an old result.
 """
 
 from __future__ import annotations
@@ -46,12 +35,17 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _key(model: LapeModel, **inputs) -> str:
+    """The digest of the model (weights, dtype) and the other inputs of a result."""
+    return _digest({"model": model.fingerprint, "dtype": str(model.dtype), **inputs})
+
+
 def selection_digest(selection) -> str:
     """A short hash of a neuron selection's contents (languages and indices)."""
-    return _digest({lang: [t.tolist() for t in selection.indices[lang]] for lang in selection.languages})
+    indices = selection.indices
+    return _digest({lang: [t.tolist() for t in indices[lang]] for lang in selection.languages})
 
 
-# ----------------------------------------------------------------------------- stages
 def detection_statistics(model: LapeModel, cfg: JobConfig, cache_dir: str | os.PathLike):
     """Packs the detection text of ``cfg`` and captures (or loads) its statistics.
 
@@ -95,11 +89,11 @@ def cached_ppl_matrix(
     With the random control and, given ``stats``, the activity-matched one.
     """
     controls = control_sets(selection, stats, seed)
-    key = _digest({
-        "model": model.fingerprint, "dtype": str(model.dtype), "neurons": selection_digest(selection),
-        "heldout": heldout.fingerprint, "rows": list(languages or selection.languages),
-        "controls": {name: selection_digest(sel) for name, sel in controls.items()},
-    })
+    key = _key(
+        model, neurons=selection_digest(selection), heldout=heldout.fingerprint,
+        rows=list(languages or selection.languages),
+        controls={name: selection_digest(sel) for name, sel in controls.items()},
+    )
     path = Path(cache_dir) / "ppl" / f"ppl_matrix_{key}.csv"
     if path.exists():
         log.info("perplexity matrix found in %s", path)
@@ -123,10 +117,9 @@ def cached_steering(
     generation: GenerationConfig = PAPER_GENERATION,
     chat: bool | None = None,
 ) -> dict:
-    """:func:`lape_utils.steering.steer` towards each target, cached as JSONL per target.
+    """:func:`lape_utils.steering.steer` towards each target, cached under ``cache_dir/steering``.
 
-    The paper's setting (mean activation, strength 1) with the random and the
-    activity-matched controls, stored under ``cache_dir/steering``.
+    The paper's setting (mean activation, strength 1), with the random and matched controls.
 
     Returns:
         ``{target: SteerResult}``.
@@ -135,12 +128,11 @@ def cached_steering(
     controls = control_sets(selection, stats, generation.seed)
     for target in targets:
         spec = SteerSpec(target, source=source, chat=chat)
-        key = _digest({
-            "model": model.fingerprint, "dtype": str(model.dtype),
-            "neurons": selection_digest(selection), "prompts": list(prompts),
-            "spec": dataclasses.asdict(spec), "generation": dataclasses.asdict(generation),
-            "controls": {name: selection_digest(sel) for name, sel in controls.items()},
-        })
+        key = _key(
+            model, neurons=selection_digest(selection), prompts=list(prompts),
+            spec=dataclasses.asdict(spec), generation=dataclasses.asdict(generation),
+            controls={name: selection_digest(sel) for name, sel in controls.items()},
+        )
         path = Path(cache_dir) / "steering" / f"steer_{target}_{key}.jsonl"
         if path.exists():
             out[target] = SteerResult.from_jsonl(path)
@@ -165,12 +157,11 @@ def cached_sweep(
     generation: GenerationConfig = PAPER_GENERATION,
 ) -> pd.DataFrame:
     """:func:`lape_utils.steering.strength_sweep`, cached as CSV under ``cache_dir/steering``."""
-    key = _digest({
-        "model": model.fingerprint, "dtype": str(model.dtype),
-        "neurons": selection_digest(selection), "prompts": list(prompts),
-        "spec": dataclasses.asdict(spec), "strengths": [float(x) for x in strengths],
-        "generation": dataclasses.asdict(generation),
-    })
+    key = _key(
+        model, neurons=selection_digest(selection), prompts=list(prompts),
+        spec=dataclasses.asdict(spec), strengths=[float(x) for x in strengths],
+        generation=dataclasses.asdict(generation),
+    )
     path = Path(cache_dir) / "steering" / f"sweep_{spec.target}_{key}.csv"
     if path.exists():
         return pd.read_csv(path)
@@ -202,12 +193,11 @@ def cached_threshold_effect(
     batch_size: int = 4,
 ) -> pd.DataFrame:
     """:func:`lape_utils.evaluate.threshold_effect`, cached as CSV under ``cache_dir/ppl``."""
-    key = _digest({
-        "model": model.fingerprint, "dtype": str(model.dtype),
-        "stats": stats.provenance.get("corpus_fingerprint"), "n": stats.n.tolist(),
-        "heldout": heldout.fingerprint, "rates": [float(r) for r in top_rates],
-        "config": config.to_dict(),
-    })
+    key = _key(
+        model, stats=stats.provenance.get("corpus_fingerprint"), n=stats.n.tolist(),
+        heldout=heldout.fingerprint, rates=[float(r) for r in top_rates],
+        config=config.to_dict(),
+    )
     path = Path(cache_dir) / "ppl" / f"threshold_effect_{key}.csv"
     if path.exists():
         return pd.read_csv(path)
@@ -221,9 +211,8 @@ def cached_threshold_effect(
 def detection(model: LapeModel, cfg: JobConfig, cache_dir: str | os.PathLike):
     """What notebook 01 makes and 02–04 start from: statistics and the LAPE selection.
 
-    The statistics are captured (or loaded) by :func:`detection_statistics`; the selection
-    is read from ``cache_dir/neurons.pt`` when it was made from these statistics with these
-    thresholds, else identified and saved there.
+    The selection is read from ``cache_dir/neurons.pt`` when it was made from these
+    statistics with these thresholds, else identified and saved there.
 
     Returns:
         ``(packed, stats, selection)``.
@@ -251,9 +240,8 @@ def cached_top_contexts(
     k: int = 3, max_chunks: int | None = None,
 ) -> pd.DataFrame:
     """:func:`lape_utils.capture.top_activating_contexts`, cached as JSON lines."""
-    key = _digest({"model": model.fingerprint, "dtype": str(model.dtype),
-                   "corpus": packed.fingerprint, "layer": layer, "neuron": neuron, "k": k,
-                   "max_chunks": max_chunks})
+    key = _key(model, corpus=packed.fingerprint, layer=layer, neuron=neuron, k=k,
+               max_chunks=max_chunks)
     path = Path(cache_dir) / "contexts" / f"contexts_L{layer}_{neuron}_{key}.jsonl"
     if path.exists():
         df = pd.read_json(path, lines=True)
