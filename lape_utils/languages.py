@@ -1,9 +1,6 @@
 """Language codes, names and the one language order used by every table and plot.
 
-Codes are the two- or three-letter ISO 639 codes that fastText's lid.176 language identifier
-reports (``"zh"`` for Chinese, ``"id"`` for Indonesian, ``"ms"`` for Malay, ...).
-:data:`LANGUAGE_ORDER` puts the paper's seven languages first, in the order of the published
-neuron files (en, zh, fr, es, vi, id, ja), then the three the project adds (de, ru, ko).
+Codes are the ISO 639 codes that fastText's lid.176 reports (``"zh"``, ``"id"``, ``"ms"``...).
 """
 
 from __future__ import annotations
@@ -127,16 +124,14 @@ def parse_languages(
     Args:
         spec: ``"en,zh,fr"`` (commas and/or spaces), a list of codes, ``None`` or ``"all"``
             (every available language, in :func:`sort_languages` order). Codes are
-            lower-cased and stripped; duplicates are dropped; the user's order is kept.
-        available: The codes that exist in this context (e.g. the languages of a corpus).
-            ``None`` means every code of :data:`LANGUAGE_NAMES`.
+            lower-cased; duplicates are dropped; the user's order is kept.
+        available: The codes that exist here (e.g. a corpus's); ``None``: :data:`LANGUAGE_NAMES`.
 
     Returns:
         The chosen codes.
 
     Raises:
-        ValueError: a code is not available (the message names the unknown codes and lists
-            the available ones), or the choice is empty.
+        ValueError: an unavailable code (the message lists the available ones), or no code.
     """
     avail = sort_languages(LANGUAGE_NAMES if available is None else available)
     if spec is None or (isinstance(spec, str) and spec.strip().lower() == "all"):

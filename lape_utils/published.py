@@ -30,7 +30,7 @@ from ._files import refuse_overwrite
 from .analysis import ALL, REGIONS, depth_profile, layer_counts, layer_region_shares
 from .config import LapeConfig
 from .corpus import data_dir
-from .languages import sort_languages
+from .languages import PAPER_LANGUAGES, sort_languages
 from .plots import _axes, _axes_array, _lines, _title
 from .selection import NeuronSelection, _as_index_tensor
 
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Language order of the published neuron files (index 0..6).
-OFFICIAL_LANGUAGES: tuple[str, ...] = ("en", "zh", "fr", "es", "vi", "id", "ja")
+OFFICIAL_LANGUAGES: tuple[str, ...] = PAPER_LANGUAGES
 
 #: The authors' public repository.
 OFFICIAL_REPO = "RUCAIBox/Language-Specific-Neurons"
