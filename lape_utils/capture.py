@@ -199,7 +199,7 @@ def budget_chunks(n_chunks: int) -> list[int]:
 
 
 def budget_weights(chunk_ids: list[int], thresholds: list[int]) -> torch.Tensor:
-    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff c < thresholds[s].
+    """0/1 weights ``[snapshot, batch]``: chunk ``c`` is in snapshot ``s`` iff c < thresholds[s].
 
     Chunk indices are global, so snapshots are prefixes whatever the batch size or shard.
     """
