@@ -425,7 +425,7 @@ def capture(
         ckpt_path = out / ckpt_file
         if ckpt_path.exists() and not overwrite:
             ckpt = torch.load(ckpt_path, weights_only=True)
-            # checkpoints from before shards were one-process runs over every chunk
+            # checkpoints from before shards existed are one-process runs over every chunk
             full = {lang: [[0, n]] for lang, n in prov["corpus_chunks"].items()}
             found = {"world_size": 1, "chunks": full} | ckpt["provenance"]
             check_provenance(found, ckpt_identity, where=str(ckpt_path))
