@@ -1,23 +1,11 @@
 """Capture of activation statistics through nnsight (or plain forward hooks).
 
-For every batch of token chunks, each layer's neuron-site output is reduced *inside* the
-trace to three small tensors: per-neuron active counts, per-neuron activation sums and
-weighted active counts (the Poisson-bootstrap replicates, and 0/1 weights that keep the
-counts of the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks: the budget snapshots
-that show how the selection converges, at no extra forward). Nothing of size ``[batch, pos, neuron]`` leaves
-the trace, and the trace stops after the last layer, so the ``lm_head`` (the largest matrix
-of a multilingual model) is never computed.
-
-The hook backend uses the same reduction code (:func:`reduce_site`) on
-``register_forward_hook`` outputs; tests show both give identical counts.
-
-Runs are checkpointed every few batches into the output directory and resume where they
-stopped; the final counts are bit-identical to an uninterrupted run.
-
-Launched by ``torchrun``/``accelerate launch`` (``WORLD_SIZE > 1``), :func:`capture` is
-data-parallel: each rank counts its shard of every language (see
-:mod:`lape_utils.distributed`), checkpoints it in ``checkpoint.rank<k>.pt``, and the counts
-are summed with ``all_reduce``; rank 0 writes the statistics.
+Inside the trace, :func:`reduce_site` reduces each layer's neuron-site output to per-neuron
+active counts, activation sums and weighted active counts: Poisson-bootstrap replicates and
+0/1 weights that keep the first 1/16, 1/8, 1/4 and 1/2 of each language's chunks (budget
+snapshots, at no extra forward). Nothing of size ``[batch, pos, neuron]`` leaves the trace,
+and it stops after the last layer, so the ``lm_head`` is never computed. The hook backend
+runs the same reduction. Runs checkpoint and resume to bit-identical counts.
 """
 
 from __future__ import annotations
@@ -62,8 +50,7 @@ def reduce_site(
 
     Args:
         act: ``[batch, pos, neuron]`` (or ``[batch*pos, neuron]``) site output.
-        count_mask: ``[batch, pos]`` bool, positions to count (padding and the chunk's
-            leading BOS excluded).
+        count_mask: ``[batch, pos]`` bool, positions to count (no padding, no leading BOS).
         weights: ``[rep, batch]`` bootstrap weights of the sequences, or ``None``.
 
     Returns:
@@ -72,9 +59,8 @@ def reduce_site(
     """
     b, s = count_mask.shape
     act = act.reshape(b, s, act.shape[-1]).float()
-    # masked sums over positions as batched matrix products: one pass over the activations,
-    # no [batch, pos, neuron] temporaries beyond the sign mask; float32 counts are exact up
-    # to 2**24 positions per sequence
+    # masked sums over positions as batched matrix products, in one pass; float32 counts
+    # are exact up to 2**24 positions per sequence
     mask = count_mask.to(device=act.device, dtype=torch.float32)[:, None, :]  # [batch, 1, pos]
     per_seq = torch.bmm(mask, (act > 0).float())[:, 0].long()  # [batch, neuron]
     over_zero = per_seq.sum(dim=0)
@@ -98,8 +84,7 @@ class BatchCounts:
 
 def _model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    # no KV cache: capture never generates, and a cache of a 7B model at 4 x 2048 tokens
-    # would cost gigabytes per batch
+    # no KV cache: capture never generates, and a 7B model's cache costs gigabytes per batch
     return {"input_ids": input_ids, "attention_mask": attention_mask,
             "position_ids": position_ids, "use_cache": False}
 
@@ -123,13 +108,12 @@ def count_batch(
         count_mask: ``[batch, pos]`` positions to count (default: the attention mask).
         weights: ``[rep, batch]`` int64 bootstrap weights, or ``None``.
         backend: ``"nnsight"`` (default) or ``"hooks"`` (plain forward hooks).
-        remote: nnsight backend only: ``True`` runs on NDIF, ``"local"`` dry-runs the
-            remote serialisation locally.
+        remote: nnsight backend only: ``True`` (NDIF) or ``"local"`` (dry run).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if count_mask is None:
-        count_mask = attention_mask.bool()
+        count_mask = attention_mask
     count_mask = count_mask.bool() & attention_mask.bool()
     inputs = _model_inputs(input_ids.to(model.device), attention_mask.to(model.device))
     n_layers = model.n_layers
@@ -194,10 +178,9 @@ def _run_hooks(model, inputs, count_mask, weights, n_layers):
 
 # ------------------------------------------------------------------------- bootstrap
 def bootstrap_weights(seed: int, lang: str, chunk_ids: list[int], replicates: int) -> torch.Tensor:
-    """Poisson(1) weights ``[rep, batch]`` of the given chunks.
+    """Poisson(1) weights ``[rep, batch]``, a function of ``(seed, lang, chunk)`` only.
 
-    Each chunk's weights depend only on ``(seed, lang, chunk index)``, so they are the same
-    whatever the batch size and whether or not the run was resumed.
+    So they do not depend on the batch size, the shard or a resume.
     """
     cols = []
     for c in chunk_ids:
@@ -208,19 +191,17 @@ def bootstrap_weights(seed: int, lang: str, chunk_ids: list[int], replicates: in
 
 
 def budget_chunks(n_chunks: int) -> list[int]:
-    """Chunks in each budget snapshot: the first ``ceil(f * n_chunks)`` (at least one).
+    """Chunks in each budget snapshot: the first ``ceil(f * n_chunks)``, at least one.
 
-    One per fraction of :data:`~lape_utils.stats.BUDGET_FRACTIONS`; with few chunks two
-    snapshots can hold the same chunks (the tokens they count are recorded either way).
+    One per fraction of :data:`~lape_utils.stats.BUDGET_FRACTIONS`.
     """
     return [max(1, math.ceil(f * n_chunks)) for f in BUDGET_FRACTIONS]
 
 
 def budget_weights(chunk_ids: list[int], thresholds: list[int]) -> torch.Tensor:
-    """0/1 weights ``[snapshot, batch]``: chunk ``c`` counts in snapshot ``s`` iff c < thresholds[s].
+    """0/1 weights ``[snapshot, batch]``: chunk ``c`` is in snapshot ``s`` iff c < thresholds[s].
 
-    Global chunk indices, so snapshots are prefixes of the whole stream whatever the batch
-    size, the shard or a resume.
+    Chunk indices are global, so snapshots are prefixes whatever the batch size or shard.
     """
     c = torch.tensor(chunk_ids, dtype=torch.int64)
     return (c[None, :] < torch.tensor(thresholds, dtype=torch.int64)[:, None]).long()
@@ -271,9 +252,8 @@ def capture_provenance(
 ) -> dict:
     """The provenance a capture of ``packed`` by ``model`` will record.
 
-    ``chunks`` holds the chunk intervals ``[start, stop)`` counted per language (all of
-    them, or shard ``k`` of ``m`` with ``shard=(k, m)``), ``corpus_chunks`` the chunks of
-    the corpus, ``world_size`` the number of data-parallel ranks.
+    ``chunks`` holds the chunk intervals ``[start, stop)`` counted per language (those of
+    shard ``k`` of ``m`` with ``shard=(k, m)``), ``corpus_chunks`` the corpus' chunks.
     """
     tok = model.tokenizer
     k, m = shard if shard is not None else (0, 1)
@@ -342,55 +322,42 @@ def capture(
 ) -> ActivationStats:
     """Counts, per language, how often every MLP neuron is active.
 
-    Data-parallel: when ``torch.distributed`` is initialised, or ``WORLD_SIZE > 1`` in the
-    environment (``torchrun``, ``accelerate launch``; the process group is then initialised
-    here, ``nccl`` with CUDA else ``gloo``), every rank counts its own contiguous block of
-    whole batches of every language (:func:`lape_utils.distributed.shard_range`) with the
-    model as loaded on that rank (one GPU per rank: load it onto
-    :func:`lape_utils.distributed.local_device`), checkpoints in ``checkpoint.rank<k>.pt``,
-    and the counts are summed over ranks with ``all_reduce``; every rank returns the sum,
-    rank 0 writes it. Since every chunk runs in the same batch as in a one-process run,
-    ``n``, ``over_zero``, ``boot_n`` and ``boot_over_zero`` are bit-identical to a
-    one-process run; ``activation_sum`` is added up in another order (per rank, then
-    across ranks), so it agrees up to float64 rounding (relative ~1e-15; bit-equal on
-    CPU in our tests). Every rank must be launched with the same arguments; a multi-node
-    ``out_dir`` must be a shared directory.
+    Data-parallel under ``torchrun``/``accelerate launch`` (or an initialised
+    ``torch.distributed``): each rank counts its block of whole batches
+    (:mod:`lape_utils.distributed`) with the model it loaded (one GPU per rank:
+    :func:`~lape_utils.distributed.local_device`), checkpoints in ``checkpoint.rank<k>.pt``,
+    and the counts are summed with ``all_reduce``; rank 0 writes them. Integer counts are
+    bit-identical to a one-process run; ``activation_sum`` is added in another order, so it
+    agrees up to float64 rounding. Launch every rank with the same arguments; a multi-node
+    ``out_dir`` must be shared.
 
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
-        packed: A :class:`lape_utils.corpus.PackedCorpus` (fixed-length chunks per language).
-            When the chunks start with a BOS token, that position is not counted; for chat
-            text (``pack(chat=True)``) only the message tokens are counted, not the chat
-            template's.
-        out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints. If it
-            already holds statistics with the same provenance they are returned without
-            recomputation; different provenance is refused. ``None`` keeps everything in
-            memory (no resume).
+        packed: A :class:`lape_utils.corpus.PackedCorpus`. A leading BOS is not counted; for
+            chat text (``pack(chat=True)``) only the message tokens are.
+        out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints; statistics
+            already there with the same provenance are returned, others refused. ``None``:
+            in memory only (no resume).
         batch_size: Chunks per forward pass.
         replicates: Poisson-bootstrap replicates ``R`` (0 disables them).
         seed: Seed of the bootstrap weights.
         backend: ``"nnsight"`` or ``"hooks"``.
         checkpoint_every: Save a checkpoint every this many batches.
         overwrite: Recompute even if ``out_dir`` holds statistics (of any provenance).
-        remote: ``True`` runs every trace on NDIF, ``"local"`` dry-runs its serialisation
-            here; default the model's own setting (``load_model(..., remote=...)``).
-        progress: Show a tqdm bar per language with tokens/s (rank 0 only).
-        on_batch: Called as ``on_batch(lang, next_chunk)`` after each batch (used by
-            tests to interrupt a run).
-        shard: ``(k, m)``: count only shard ``k`` of ``m`` (same rule as the ranks), e.g.
-            on machine ``k`` of ``m`` that share no network; add the results up with
-            :meth:`ActivationStats.merge`. Combined with ranks, the ranks split the shard.
+        remote: ``True`` (NDIF) or ``"local"`` (dry run); default the model's own setting.
+        progress: Show a tqdm bar per language (rank 0 only).
+        on_batch: Called as ``on_batch(lang, next_chunk)`` after each batch (tests use it).
+        shard: ``(k, m)``: count only shard ``k`` of ``m`` (e.g. on separate machines; add
+            them up with :meth:`ActivationStats.merge`); ranks split the shard.
 
     Returns:
-        The :class:`~lape_utils.stats.ActivationStats`. Their provenance records the chunks
-        counted per language (``chunks``) and the ``world_size``.
+        The :class:`~lape_utils.stats.ActivationStats`; their provenance records the chunks
+        counted (``chunks``) and the ``world_size``.
 
     Raises:
-        ValueError: bad batch size, replicates, backend or shard, a sequence length beyond
-            the model's context, more ranks (times shards) than batches of some language
-            (names it, with its chunks and batches), or ranks launched with different
-            arguments.
-        PermissionError: the output directory is not writable.
+        ValueError: Bad batch size, replicates, backend or shard, ``seq_len`` beyond the
+            context, more parts than batches of a language, or ranks that disagree.
+        PermissionError: The output directory is not writable.
         ProvenanceMismatchError: ``out_dir`` holds statistics or a checkpoint of another run.
     """
     from tqdm.auto import tqdm
@@ -435,10 +402,8 @@ def capture(
         shard=shard, world_size=world,
     )
     identity = {key: prov[key] for key in (*IDENTITY_KEYS, "corpus_fingerprint", "languages")}
-    run = {
-        key: prov[key]
-        for key in ("batch_size", "bootstrap_replicates", "bootstrap_seed", "backend")
-    }
+    run_keys = ("batch_size", "bootstrap_replicates", "bootstrap_seed", "backend")
+    run = {key: prov[key] for key in run_keys}
     if world > 1:
         distributed.same_on_all_ranks(identity | run | {"shard": prov["shard"]}, "what to capture")
     ckpt_file = CHECKPOINT_FILE if world == 1 else f"checkpoint.rank{rank}.pt"
@@ -553,14 +518,8 @@ def capture(
 
 
 __all__ = [
-    "BatchCounts",
-    "ProvenanceMismatchError",
-    "bootstrap_weights",
-    "capture",
-    "capture_provenance",
-    "count_batch",
-    "parse_dtype",
-    "reduce_site",
+    "BatchCounts", "ProvenanceMismatchError", "bootstrap_weights", "capture",
+    "capture_provenance", "count_batch", "parse_dtype", "reduce_site",
 ]
 
 
@@ -578,9 +537,7 @@ def top_activating_contexts(
 ) -> pd.DataFrame:
     """The tokens and contexts of each language that activate one neuron most.
 
-    Only the chosen layer's site is read and only the one neuron's ``[batch, pos]``
-    activations leave the trace, which stops after that layer; the top ``k`` positions
-    per language and the activation of every token around them are taken from those.
+    Only the neuron's ``[batch, pos]`` activations leave the trace, which stops at its layer.
 
     Args:
         model: The loaded model.
@@ -594,10 +551,9 @@ def top_activating_contexts(
 
     Returns:
         DataFrame, ``k`` rows per language, largest first: ``language``, ``activation``,
-        ``token`` (the top token's text), ``context`` (the window's text), ``chunk``,
-        ``position``, ``tokens`` (the window's tokens, decoded one by one), ``activations``
-        (the neuron's activation on each of them) and ``center`` (the top token's index in
-        the window); ``attrs`` name the ``layer`` and ``neuron``.
+        ``token``, ``context`` (the window's text), ``chunk``, ``position``, ``tokens`` and
+        ``activations`` (the window's, one by one), ``center`` (the top token's index in
+        them); ``attrs`` name the ``layer`` and ``neuron``.
     """
     import nnsight
 

@@ -1,8 +1,6 @@
 """The thresholds of LAPE identification, in one frozen, validated dataclass.
 
-:class:`LapeConfig` travels into every saved result and figure title. It has no
-dependencies inside the package, so every module (the math, the selection type, the
-published-set reader) can import it one way.
+No imports from the package, so that every module can import it.
 """
 
 from __future__ import annotations
@@ -27,20 +25,16 @@ class LapeConfig:
     """
 
     top_rate: float = 0.01
-    """Fraction of all FFN neurons (``L·D``) to select, globally across layers (no per-layer
-    quota): ``round(L·D·top_rate)`` neurons with the lowest entropy. In (0, 1]."""
+    """Fraction of all FFN neurons to select, globally across layers: ``round(L·D·top_rate)``
+    neurons with the lowest entropy. In (0, 1]."""
 
     filter_rate: float = 0.95
-    """Quantile (``kthvalue`` rule, see :func:`kth_quantile`) of all activation probabilities
-    pooled over layers, neurons and languages, giving ``tau``; a neuron whose probability is
-    ``<= tau`` in every language is excluded before ranking. In [0, 1); 0 gives the minimum
-    of all values (see :func:`kth_quantile`), so only neurons never above that minimum
-    (typically 0: the never-active ones) are excluded."""
+    """Quantile (:func:`~lape_utils.lape.kth_quantile`) of all activation probabilities,
+    giving ``tau``; a neuron with ``P <= tau`` in every language is excluded. In [0, 1)."""
 
     activation_bar_ratio: float = 0.95
-    """Quantile of the same pooled probabilities giving ``bar``; a selected neuron belongs to
-    every language in which its probability is ``> bar``. In [0, 1). The paper uses one
-    number for both thresholds; the reference code keeps two, so do we (equal by default)."""
+    """Quantile of the same probabilities giving ``bar``; a selected neuron belongs to every
+    language with ``P > bar``. In [0, 1). One number in the paper, two in the reference code."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -76,7 +70,7 @@ class LapeConfig:
         """Inverse of :meth:`to_dict`; missing fields take their defaults.
 
         Raises:
-            ValueError: ``data`` has a key that is not a field.
+            ValueError: A key that is not a field.
         """
         unknown = sorted(set(data) - set(_CONFIG_RANGES))
         if unknown:

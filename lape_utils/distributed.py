@@ -1,16 +1,9 @@
 """Data-parallel capture on ``torch.distributed``: who counts which chunks, and the sum.
 
-Sharding rule: the chunks of each language are cut into batches of ``batch_size`` exactly
-as a one-process run cuts them, and the ``B`` batches are dealt out in contiguous blocks,
-part ``p`` of ``P`` taking batches ``[p*B // P, (p+1)*B // P)``. Because shards are whole
-batches, every chunk goes through the model in the same batch as in a one-process run, so
-the counts of the shards add up to the one-process counts bit for bit. A shard is recorded
-as a half-open chunk interval ``[start, stop)`` per language, which is what
-:meth:`lape_utils.stats.ActivationStats.merge` checks for overlap.
-
-``torchrun`` and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
-``MASTER_ADDR``/``MASTER_PORT``; :func:`init_from_env` initialises the group from them
-(``nccl`` when CUDA is available, else ``gloo``) unless the caller already did.
+Each language's ``B`` batches (cut as a one-process run cuts them) are dealt out in
+contiguous blocks, part ``p`` of ``P`` taking batches ``[p*B // P, (p+1)*B // P)``. Every
+chunk thus runs in the same batch as in one process, so the parts' counts add up to the
+one-process counts bit for bit. A part is recorded as a chunk interval ``[start, stop)``.
 """
 
 from __future__ import annotations
@@ -45,10 +38,8 @@ def local_device() -> torch.device:
 def init_from_env() -> tuple[int, int]:
     """``(rank, world_size)``, initialising the process group from the launcher if needed.
 
-    An already initialised group is used as it is. Otherwise, with ``WORLD_SIZE > 1`` in
-    the environment, the group is initialised from the launcher's environment variables
-    (backend ``nccl`` when CUDA is available, else ``gloo``) and left initialised for
-    later calls. Without either, ``(0, 1)``.
+    With ``WORLD_SIZE > 1`` and no group yet, one is initialised (``nccl`` with CUDA, else
+    ``gloo``) and left for later calls; without a launcher, ``(0, 1)``.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -92,7 +83,7 @@ def check_shardable(n_chunks: Mapping[str, int], batch_size: int, parts: int, wh
         what: How the parts came about, for the message (e.g. ``"4 ranks"``).
 
     Raises:
-        ValueError: naming the language, its chunks and batches, and what to change.
+        ValueError: Naming the language, its chunks and batches, and what to change.
     """
     for lang, n in n_chunks.items():
         n_batches = -(-n // batch_size)
@@ -106,19 +97,15 @@ def check_shardable(n_chunks: Mapping[str, int], batch_size: int, parts: int, wh
 
 
 def all_reduce_sum(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """Sums each tensor over all ranks (``None`` stays ``None``); results are on the CPU.
-
-    With the ``nccl`` backend the tensors travel through this rank's GPU.
-    """
+    """Sums each tensor over all ranks (``None`` stays ``None``); results are on the CPU."""
     device = local_device() if dist.get_backend() == "nccl" else torch.device("cpu")
     out = []
     for t in tensors:
-        if t is None:
-            out.append(None)
-            continue
-        buf = t.to(device, copy=True)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        out.append(buf.cpu())
+        if t is not None:
+            t = t.to(device, copy=True)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t.cpu()
+        out.append(t)
     return out
 
 

@@ -1,19 +1,10 @@
 """LAPE identification of language-specific neurons: pure math on count tensors.
 
-Implements §2 of ``shared/docs/lape-method.md`` (Tang et al., ACL 2024). Its inputs are the
-statistics recorded by the capture code, never a model:
-
-* ``over_zero: [layer, neuron, lang]`` — tokens on which each FFN neuron was active (> 0),
-* ``n: [lang]`` — tokens fed per language,
-* optionally ``activation_sum: [layer, neuron, lang]`` — sum of the activation values.
-
-``identify(..., method="lape")`` reproduces the authors' ``identify.py`` exactly (same
-float32 arithmetic, same ``kthvalue`` quantiles, same ``round``), with three deliberate
-differences, all documented on :func:`identify`: ties are broken deterministically, neurons
-excluded by the filter are never selected, and languages with no neurons are kept.
-
-Nothing here imports nnsight/transformers; every function runs in milliseconds on
-synthetic counts and is unit-tested in ``tests/test_lape.py``.
+Implements §2 of ``shared/docs/lape-method.md`` (Tang et al., ACL 2024) on the statistics
+that capture records, never a model: ``over_zero: [layer, neuron, lang]`` (tokens on which
+each FFN neuron was > 0), ``n: [lang]`` (tokens per language) and optionally
+``activation_sum: [layer, neuron, lang]``. ``identify(method="lape")`` reproduces the
+authors' ``identify.py`` exactly, with the deliberate differences listed on :func:`identify`.
 """
 
 from __future__ import annotations
@@ -43,9 +34,7 @@ Method = Literal["lape", "probability", "mean_activation"]
 METHODS: tuple[str, ...] = get_args(Method)
 
 
-# ============================================================================ formulas
-
-
+# ---------------------------------------------------------------------------- formulas
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.dtype == torch.bool or t.dtype.is_complex:
@@ -80,8 +69,7 @@ def activation_probability(
 ) -> torch.Tensor:
     """Activation probability ``P[l, j, k] = over_zero[l, j, k] / n[k]``.
 
-    With the default float32 this is bit-identical to the reference's ``over_zero / n`` on
-    integer tensors (true division computes in the default float dtype).
+    In float32 (the default) bit-identical to the reference's ``over_zero / n``.
 
     Args:
         over_zero: ``[layer, neuron, lang]`` counts of tokens with activation > 0.
@@ -92,8 +80,7 @@ def activation_probability(
         ``P: [layer, neuron, lang]`` in ``dtype``.
 
     Raises:
-        ValueError: shapes disagree, some ``n <= 0`` (names the language index), a count is
-            negative, or a count exceeds its language's ``n``.
+        ValueError: Shapes disagree, some ``n <= 0``, or a count is < 0 or > its ``n``.
     """
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}.")
@@ -130,9 +117,8 @@ def mean_activation(
     Args:
         activation_sum: ``[layer, neuron, lang]`` sum of activation values over tokens.
         n: ``[lang]`` tokens per language.
-        clip_negative: Clip negative means to 0. SiLU/GELU outputs are mostly slightly
-            negative when "inactive", so a mean can be < 0; entropy needs non-negative
-            weights, and a neuron whose mean is negative carries no "positive firing" mass.
+        clip_negative: Clip negative means to 0 (SiLU/GELU are slightly negative when
+            "inactive"; the entropy needs non-negative weights).
         dtype: Floating dtype of the result.
 
     Returns:
@@ -146,8 +132,7 @@ def mean_activation(
 def normalized_probability(p: torch.Tensor) -> torch.Tensor:
     """Normalise across languages: ``Q = P / sum_k P``; a never-active neuron gets ``Q = 0``.
 
-    Bit-identical to the reference (``P / P.sum(-1)``, then NaN from 0/0 set to 0): rows
-    that sum to 0 are divided by 1 instead, which gives the same zeros in one pass less.
+    Bit-identical to the reference's ``P / P.sum(-1)`` with NaN set to 0.
 
     Args:
         p: ``[..., lang]`` non-negative values.
@@ -163,9 +148,8 @@ def normalized_probability(p: torch.Tensor) -> torch.Tensor:
 def lape_entropy(p: torch.Tensor) -> torch.Tensor:
     """LAPE score ``H = -sum_k Q log Q`` (natural log, ``0·log 0 = 0``).
 
-    ``H`` ranges from 0 (active in one language only) to ``log K`` (equally active in all).
-    A never-active neuron gets ``H = 0`` without NaN; it is the filter of :func:`identify`,
-    not the entropy, that keeps such neurons out.
+    From 0 (active in one language only) to ``log K`` (equally active in all). A
+    never-active neuron gets ``H = 0``; the filter of :func:`identify` keeps it out.
 
     Args:
         p: ``[..., lang]`` activation probabilities (or other non-negative values).
@@ -194,9 +178,7 @@ def probability_margin(p: torch.Tensor) -> torch.Tensor:
     return top2[..., 0] - top2[..., 1]
 
 
-# ============================================================================ quantile
-
-
+# ---------------------------------------------------------------------------- quantile
 _FAST_KTH_MIN = 1 << 20  # below this size plain kthvalue is fast enough
 _KTH_SAMPLE = 1 << 16
 
@@ -204,10 +186,9 @@ _KTH_SAMPLE = 1 << 16
 def _kth_smallest(flat: torch.Tensor, k: int) -> float:
     """Exactly ``flat.kthvalue(k).values.item()``, faster on large inputs.
 
-    For large tensors a fixed-seed random sample brackets the answer between two sample
-    order statistics ``lo <= x_k <= hi``; if the bracket holds (checked by counting), the
-    answer is the ``(k - #{x < lo})``-th smallest inside ``[lo, hi]`` (a few % of the data).
-    Otherwise it falls back to the full ``kthvalue``. The result is identical either way.
+    A fixed-seed sample brackets the answer, ``lo <= x_k <= hi``; if counting confirms the
+    bracket, the answer is the ``(k - #{x < lo})``-th smallest inside it, else the full
+    ``kthvalue`` is taken.
     """
     n = flat.numel()
     if n < _FAST_KTH_MIN:
@@ -232,15 +213,10 @@ def _kth_smallest(flat: torch.Tensor, k: int) -> float:
 def kth_quantile(values: torch.Tensor, rate: float) -> float:
     """The reference's quantile: the ``round(N·rate)``-th smallest of all values.
 
-    ``flat.kthvalue(round(len(flat) * rate)).values`` exactly (1-indexed, Python's
-    ``round``, which rounds halves to even), NOT ``torch.quantile`` (which interpolates).
-    Example: values ``[1, 2, 3, 4]``, rate 0.5 -> 2nd smallest = 2 (``torch.quantile`` gives
-    2.5); rate 0.625 -> ``round(2.5) = 2`` -> 2.
-
-    ``rate = 0`` (or any rate with ``round(N·rate) = 0``, where the reference's ``kthvalue``
-    raises) is taken as ``k = 1``: the minimum. A ``P > tau`` test then means "above the
-    smallest value", which keeps the filter excluding never-active neurons (P = 0) rather
-    than letting every neuron through.
+    ``flat.kthvalue(round(len(flat) * rate))`` exactly (1-indexed, Python's ``round``, halves
+    to even), not the interpolating ``torch.quantile``: values ``[1, 2, 3, 4]`` at rate 0.5
+    give 2, not 2.5. ``round(N·rate) = 0`` (where the reference raises) is taken as ``k = 1``,
+    the minimum, so that ``P > tau`` still excludes never-active neurons.
 
     Args:
         values: Any shape; flattened.
@@ -259,11 +235,7 @@ def kth_quantile(values: torch.Tensor, rate: float) -> float:
 
 
 def _smallest_k(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Flat indices of the ``k`` smallest finite scores, ties broken by lower index; sorted.
-
-    O(N): one ``kthvalue`` plus two comparisons. ``+inf`` entries are never returned, so
-    fewer than ``k`` come back when fewer are finite.
-    """
+    """Sorted flat indices of the ``k`` smallest finite scores, ties to the lower index."""
     if k <= 0:
         return torch.zeros(0, dtype=torch.long)
     finite = torch.isfinite(score)
@@ -276,9 +248,7 @@ def _smallest_k(score: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([lt, eq]).sort().values
 
 
-# ============================================================================ identify
-
-
+# ---------------------------------------------------------------------------- identify
 def _check_languages(languages: Sequence[str], n_lang: int) -> list[str]:
     if isinstance(languages, str):
         raise TypeError(f"languages must be a list of codes, got the string {languages!r}.")
@@ -305,45 +275,32 @@ def identify(
 ) -> NeuronSelection:
     """Identify language-specific neurons.
 
-    ``method="lape"`` (default) is the paper's method, reproducing the reference
-    ``identify.py``:
+    ``method="lape"`` (default) reproduces the reference ``identify.py``:
 
     1. ``P = over_zero / n`` (float32), ``H`` = entropy of ``P`` normalised over languages.
     2. ``tau = kth_quantile(all P, filter_rate)``; a neuron with ``P <= tau`` in every
-       language is excluded (``H = +inf``).
+       language is excluded.
     3. The ``round(L·D·top_rate)`` neurons with the smallest ``H`` are selected, globally.
-    4. ``bar = kth_quantile(all P, activation_bar_ratio)``; each selected neuron is assigned
-       to every language with ``P > bar`` (possibly several; possibly none, in which case it
-       is dropped from all languages, as in the reference — this can only happen when
-       ``bar > tau``).
+    4. ``bar = kth_quantile(all P, activation_bar_ratio)``; each selected neuron goes to
+       every language with ``P > bar`` (several, or none: then it is dropped, as in the
+       reference; possible only when ``bar > tau``).
 
-    Deliberate differences from the reference, none of which changes its result on data
-    without ties when enough neurons pass the filter:
+    Deliberate differences from the reference (same result on data without ties when
+    enough neurons pass the filter):
 
-    * Ties in ``H`` at the selection boundary are broken by the lower flat index
-      (layer-major), so the result is deterministic; the reference's ``topk`` is not.
-    * Excluded neurons are never selected, even when fewer than ``round(L·D·top_rate)``
-      pass the filter (then fewer are selected and a warning is logged). The reference's
-      ``topk`` would fill up with ``+inf`` neurons, which it then assigns only if some
-      ``P > bar``, possible only when ``bar < tau``.
-    * Every language is kept, with empty per-layer tensors if it got no neuron (the
-      reference's ``bincount`` silently drops trailing empty languages).
+    * Ties in ``H`` at the boundary go to the lower flat index (layer-major): deterministic,
+      unlike the reference's ``topk``.
+    * Excluded neurons are never selected: if fewer than ``round(L·D·top_rate)`` pass the
+      filter, fewer are selected (with a warning); the reference's ``topk`` fills up with
+      ``+inf`` neurons.
+    * Every language is kept, with empty tensors if it got no neuron (the reference's
+      ``bincount`` drops trailing empty languages).
 
-    Named alternatives, same filter, count and assignment rule, only the ranking changes
-    (so they isolate the effect of the specificity score):
-
-    * ``"probability"``: rank by the *margin* ``P_max - P_second`` (largest first), i.e.
-      activation probability alone, no entropy. A neuron counts as specific to the degree
-      that one language makes it fire far more often than any other (preferred minus best
-      non-preferred response, an unnormalised selectivity index). Unlike the scale-free
-      entropy it is in probability units: a neuron firing on 2% of ``zh`` tokens and never
-      elsewhere has ``H = 0`` but a margin of only 0.02, while one firing on 90% of ``zh``
-      and 50% of ``ja`` tokens has ``H = 0.65`` and a margin of 0.4; this variant favours
-      the second, LAPE the first. Stored as ``selected_score = -margin``.
-    * ``"mean_activation"``: like LAPE but over mean activation values
-      ``M = activation_sum / n`` instead of probabilities (negative means clipped at 0, see
-      :func:`mean_activation`); ``M`` replaces ``P`` everywhere — in the entropy, in the
-      filter and bar quantiles and in the assignment. ``activation_sum`` is required.
+    Alternatives keep the filter, count and assignment and change only the ranking:
+    ``"probability"`` ranks by the margin ``P_max - P_second`` (largest first; in probability
+    units, unlike the scale-free entropy; stored as ``selected_score = -margin``);
+    ``"mean_activation"`` uses ``M = activation_sum / n`` (see :func:`mean_activation`) in
+    place of ``P`` everywhere.
 
     Args:
         over_zero: ``[layer, neuron, lang]`` counts of tokens with activation > 0.
@@ -352,12 +309,11 @@ def identify(
         config: Thresholds.
         method: ``"lape"``, ``"probability"`` or ``"mean_activation"``.
         activation_sum: ``[layer, neuron, lang]`` activation sums (``"mean_activation"``).
-        provenance: Facts to carry (model id, corpus, ...); the identification's own numbers
-            are added under the key ``"identification"``.
+        provenance: Facts to carry; the identification's own numbers are added under
+            ``"identification"``.
 
     Returns:
-        A :class:`~lape_utils.selection.NeuronSelection` with per-neuron tables (``P`` per
-        language, LAPE entropy, and the ranking score for non-LAPE methods).
+        A :class:`~lape_utils.selection.NeuronSelection` with per-neuron tables.
     """
     if not isinstance(config, LapeConfig):
         raise TypeError(
@@ -378,9 +334,7 @@ def identify(
             raise ValueError(f"activation_sum is {tuple(values.shape)}, over_zero {tuple(p.shape)}")
         value_name = "mean activation (negatives clipped at 0)"
 
-    # Thresholds and filter first, so that the score is only computed for candidates (the
-    # score of an excluded neuron is +inf whatever it is). Row-wise formulas give the same
-    # bits on a subset of rows as on the full tensor (tested).
+    # filter first, so that only candidates are scored (row-wise: same bits on a subset)
     tau = kth_quantile(values, config.filter_rate)
     one_threshold = config.activation_bar_ratio == config.filter_rate
     bar = tau if one_threshold else kth_quantile(values, config.activation_bar_ratio)
@@ -436,17 +390,13 @@ def identify(
     )
 
 
-# ============================================================================ controls
-
-
+# ---------------------------------------------------------------------------- controls
 def random_matched(
     selection: NeuronSelection, seed: int, exclude_selected: bool = True
 ) -> NeuronSelection:
     """Random control: for each language and layer, as many neurons drawn uniformly.
 
-    Each language's draw is independent (random sets of two languages may overlap, as real
-    ones may); within a language and layer it is without replacement. The same ``seed``
-    gives the same sets.
+    Languages are drawn independently (their sets may overlap), each without replacement.
 
     Args:
         selection: The selection to match.
@@ -480,30 +430,22 @@ def activity_matched(
 ) -> NeuronSelection:
     """Activity-matched random control: as many neurons per layer, equally often active.
 
-    LAPE's neurons are by construction among the most active in their language, so a
-    uniform draw (:func:`random_matched`) mixes two effects: zeroing *specific* neurons and
-    zeroing *active* ones at all. This control keeps the second and removes the first: for
-    each language and layer, every LAPE neuron of that language is matched with the
-    not-selected neuron of the same layer whose activation probability *on that language*
-    is nearest to its own (nearest neighbour without replacement, in a seeded random order
-    of the LAPE neurons, ties broken at random). High-probability LAPE neurons thus get
-    neurons that fire as often on the language but also on the others.
+    Each LAPE neuron is matched with the not-selected neuron of its layer whose activation
+    probability on its language is nearest (without replacement, in a seeded random order,
+    ties at random): this separates zeroing *specific* neurons from zeroing *active* ones.
 
     Args:
         selection: The selection to match.
-        probability: ``[layer, neuron, lang]`` activation probability (e.g.
-            ``stats.probability()``) of the same model.
-        languages: Language codes of ``probability``'s last axis (must include every
-            language of the selection).
+        probability: ``[layer, neuron, lang]`` activation probability of the same model.
+        languages: Language codes of ``probability``'s last axis (a superset of the
+            selection's).
         seed: Seed of a private ``torch.Generator`` (the global RNG is untouched).
 
     Returns:
-        A selection with ``method="activity_matched"`` and the same per-layer counts;
-        within a language no neuron is drawn twice, and none of the selection's neurons.
+        A selection with ``method="activity_matched"`` and the same per-layer counts.
 
     Raises:
-        ValueError: shapes or languages that do not fit, or a layer with fewer eligible
-            neurons than must be drawn.
+        ValueError: Shapes or languages that do not fit, or too few eligible neurons.
     """
     p = torch.as_tensor(probability, dtype=torch.float64)
     langs = list(languages)
@@ -572,15 +514,14 @@ def control_sets(
 
     Args:
         selection: The LAPE selection.
-        stats: Activation statistics of the same model (anything with ``probability()``
-            and ``languages``), for the activity-matched control; ``None`` to skip it.
+        stats: :class:`~lape_utils.stats.ActivationStats` of the same model, for the
+            activity-matched control; ``None`` to skip it.
         seed: Seed of both draws.
         random: Include the uniform random control.
 
     Returns:
-        ``{"random": random_matched(...), "matched": activity_matched(...)}`` (each when
-        asked for), the ``controls`` argument of
-        :func:`lape_utils.evaluate.perplexity_matrix` and :func:`lape_utils.steering.steer`.
+        ``{"random": ..., "matched": ...}`` (each when asked for), the ``controls`` argument
+        of :func:`lape_utils.evaluate.perplexity_matrix` and :func:`lape_utils.steering.steer`.
     """
     out = {"random": random_matched(selection, seed)} if random else {}
     if stats is not None:
@@ -588,14 +529,12 @@ def control_sets(
     return out
 
 
-# ============================================================================ comparison
-
-
+# ---------------------------------------------------------------------------- comparison
 def agreement(a: NeuronSelection, b: NeuronSelection) -> pd.DataFrame:
     """Overlap of two selections of the same model, per language.
 
-    A language present in only one selection counts as an empty set in the other.
-    Jaccard = |A ∩ B| / |A ∪ B|; NaN when both sets are empty (no evidence either way).
+    A language missing from one selection is an empty set there; Jaccard of two empty
+    sets is NaN.
 
     Args:
         a: First selection.
@@ -699,10 +638,7 @@ def stability(
     method: Method = "lape",
     boot_activation_sum: torch.Tensor | None = None,
 ) -> StabilityResult:
-    """Re-identify on resampled statistics and compare with a reference selection.
-
-    Typical use: the capture code records counts per corpus chunk; bootstrap replicates
-    are sums over chunks drawn with replacement. Replicates are processed one at a time.
+    """Re-identify on each bootstrap replicate and compare with a reference selection.
 
     Args:
         boot_over_zero: ``[rep, layer, neuron, lang]`` counts per replicate.
@@ -717,8 +653,7 @@ def stability(
         A :class:`StabilityResult`.
 
     Raises:
-        ValueError: languages that differ from the reference's, no replicates, or shapes that
-            do not fit each other or the reference.
+        ValueError: Languages unlike the reference's, no replicates, or shapes that differ.
     """
     langs = list(languages)
     if langs != list(reference.languages):

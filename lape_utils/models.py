@@ -1,14 +1,7 @@
 """Loading models: hub ids, local directories, GGUF files, the embedded default, tiny models.
 
-:func:`load_model` is the single entry point. It returns a :class:`LapeModel`: the
-transformers model, its nnsight wrapper, the tokenizer, the registry entry and a
-fingerprint of the weights for provenance. Every load runs the registry's self-check.
-:func:`wrap_model` does the wrapping for a transformers model built some other way.
-
-``load_model(hub_id, remote=True)`` reads no weights: the model is built from its config on
-the meta device and its traces run on NDIF; ``remote="local"`` loads the weights and marks
-the model for nnsight's local dry run of the NDIF path. What NDIF needs (the key, the
-package shipped by value, request sizes) is :mod:`lape_utils.remote`.
+:func:`load_model` is the single entry point (:func:`wrap_model` for a model built otherwise);
+every load runs the registry's self-check. Running on NDIF is :mod:`lape_utils.remote`.
 """
 
 from __future__ import annotations
@@ -68,14 +61,11 @@ class LapeModel:
         tokenizer: Its tokenizer (pad token set; padding side left, as nnsight expects).
         arch: The registry entry describing where its neurons live.
         fingerprint: Identity of the weights (hub revision, GGUF sha256 or a hash of the
-            weights), recorded with every result computed from them. A model loaded with
-            ``remote=True`` has no local weights to hash: its fingerprint names the hub id,
-            revision and a hash of the config (``ndif:...``).
-        check: What the self-check measured (for ``remote=True``: the structural checks
-            only, ``{"n_layers", "n_neurons", "weights": False}``).
-        remote: ``False`` (local), ``True`` (weights on NDIF; ``hf`` lives on the meta
-            device) or ``"local"`` (local weights; traces may dry-run the NDIF
-            serialisation).
+            weights; with ``remote=True`` a hash of the config, ``ndif:...``), recorded with
+            every result.
+        check: What the self-check measured (structure only for ``remote=True``).
+        remote: ``False`` (local), ``True`` (NDIF; ``hf`` is on the meta device) or
+            ``"local"`` (local weights, NDIF dry run).
     """
 
     name: str
@@ -106,10 +96,8 @@ class LapeModel:
     def device(self) -> torch.device:
         """Where inputs go: the device of the input embeddings.
 
-        For a model run on NDIF (``remote=True``) that is the CPU: its parameters are on
-        the meta device here, inputs are serialised from the CPU and NDIF moves them to
-        its own devices. For embeddings offloaded by accelerate (their weight on the meta
-        device), it is the device accelerate runs them on.
+        The CPU for ``remote=True`` (NDIF places the inputs); for embeddings offloaded by
+        accelerate, the device it runs them on.
         """
         if self.remote is True:
             return torch.device("cpu")
@@ -186,35 +174,27 @@ def load_model(
             * a path to a ``.gguf`` file;
             * a local transformers directory;
             * a hub id such as ``"meta-llama/Llama-2-7b-hf"`` (needs the internet).
-        dtype: Parameter dtype (``"float32"``, ``"bf16"``, ``"auto"``...). With
-            ``remote=True`` it is the dtype of the meta skeleton (recorded in provenance);
-            ``"auto"`` takes the one the config declares. NDIF serves its own copy.
-        device_map: Passed to transformers/accelerate, e.g. ``"auto"`` to shard a large
-            model over all visible GPUs, or ``{"model.layers.30": "disk", ...}`` with
-            ``offload_folder=...``. Devices it names must exist here (checked before any
-            weight is read).
+        dtype: Parameter dtype (``"float32"``, ``"bf16"``, ``"auto"``...); with
+            ``remote=True`` that of the meta skeleton (NDIF serves its own copy).
+        device_map: Passed to accelerate, e.g. ``"auto"`` or ``{"model.layers.30": "disk",
+            ...}`` with ``offload_folder=...``; its devices must exist here.
         revision: Hub revision (branch, tag or commit).
-        check: Run the registry self-check (recommended; it costs one tiny forward; with
-            ``remote=True`` only the structural part, on fake tensors).
+        check: Run the registry self-check (one tiny forward).
         seed: Weight seed of tiny models.
-        remote: ``False``: weights here, traces run here. ``True``: no weight is read; the
-            model is built on the meta device from its config (a hub id, or a directory of
-            config and tokenizer files) and its traces run on NDIF, which needs an API key
-            and, for a real run, a hub id NDIF hosts (:mod:`lape_utils.remote`).
-            ``"local"``: weights here; traces dry-run the NDIF serialisation locally.
-        **hf_kwargs: Passed on to ``from_pretrained`` (not accepted with ``remote=True``,
-            which loads nothing).
+        remote: ``False``; ``True``: read no weight, build the model from its config on the
+            meta device and run its traces on NDIF (:mod:`lape_utils.remote`); ``"local"``:
+            weights here, traces dry-run the NDIF serialisation.
+        **hf_kwargs: Passed on to ``from_pretrained`` (not with ``remote=True``).
 
     Returns:
         A :class:`LapeModel`.
 
     Raises:
-        ModelLoadError: the name is neither a known alias, an existing path nor a reachable
-            hub id; a ``device_map`` naming a device that does not exist; ``remote=True``
-            for a model NDIF cannot serve (tiny, GGUF, the embedded default).
+        ModelLoadError: An unknown name or path, a ``device_map`` naming a missing device, or
+            ``remote=True`` for a model NDIF cannot serve.
         MissingNDIFKeyError: ``remote=True`` without an NDIF API key.
-        UnknownArchitectureError: the family is not registered.
-        SelfCheckError: the registry entry does not fit the model.
+        UnknownArchitectureError: The family is not registered.
+        SelfCheckError: The registry entry does not fit the model.
     """
     name = str(name_or_path)
     remote = prepare_remote(remote, name=name)
@@ -261,19 +241,15 @@ def wrap_model(
 ) -> LapeModel:
     """Wraps a transformers causal LM built by any means as a :class:`LapeModel`.
 
-    Puts the model in eval mode, gives the tokenizer a pad token (EOS) and left padding,
-    finds the registry entry, wraps the model with ``nnsight.TransformersModel`` and runs
-    the self-check. :func:`load_model` uses it for every model; use it directly for a model
-    built in code (e.g. random weights from a config in a benchmark).
+    Eval mode, a pad token (EOS) and left padding, the registry entry, the nnsight wrapper
+    and the self-check; :func:`load_model` uses it for every model.
 
     Args:
-        hf: The transformers causal LM. Its parameters may be on the meta device only with
-            ``remote=True``.
+        hf: The transformers causal LM (on the meta device only with ``remote=True``).
         tokenizer: Its tokenizer (modified in place: pad token, padding side).
         name: What to call the model in results and provenance.
         fingerprint: Identity of the weights, recorded with every result.
-        check: Run the self-check (:func:`~lape_utils.registry.self_check`; for a meta
-            model :func:`~lape_utils.registry.check_structure`).
+        check: Run the self-check (structure only for a meta model).
         remote: See :func:`load_model`.
         revision: Hub revision, part of the model key nnsight sends to NDIF.
 
@@ -281,9 +257,9 @@ def wrap_model(
         The :class:`LapeModel`.
 
     Raises:
-        ModelLoadError: a meta-device model without ``remote=True``.
-        UnknownArchitectureError: the family is not registered.
-        SelfCheckError: the registry entry does not fit the model.
+        ModelLoadError: A meta-device model without ``remote=True``, or offloaded embeddings.
+        UnknownArchitectureError: The family is not registered.
+        SelfCheckError: The registry entry does not fit the model.
     """
     from nnsight.modeling.transformers import TransformersModel
 
@@ -330,9 +306,7 @@ def wrap_model(
 def _weightless(hf: torch.nn.Module) -> list[str]:
     """Parameters on the meta device that no accelerate offload hook will load at forward.
 
-    A model dispatched with disk or CPU offload keeps offloaded parameters on the meta
-    device too, with an ``_hf_hook`` on them or on a module above them that brings the
-    weights in; those do not count.
+    Offloaded parameters are on the meta device too, under a module with an ``_hf_hook``.
     """
     hooked = [n for n, m in hf.named_modules() if getattr(m, "_hf_hook", None) is not None]
     return [
@@ -364,11 +338,10 @@ _PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
 def check_device_map(device_map: str | dict | None) -> None:
     """Refuses a ``device_map`` naming a device this machine does not have.
 
-    Placement strategies (``"auto"``, ``"balanced"``...) pass: accelerate places the model
-    on what exists. ``"cpu"``, ``"disk"`` and ``"meta"`` always exist.
+    Placement strategies (``"auto"``, ``"balanced"``...) always pass.
 
     Raises:
-        ModelLoadError: naming the device, what this machine has, and what to pass instead.
+        ModelLoadError: Naming the device and what this machine has.
     """
     if device_map is None or (isinstance(device_map, str) and device_map in _PLACEMENTS):
         return
@@ -430,10 +403,9 @@ def _load_default(dtype, device_map):
 
 
 def convert_default(target: Path | None = None) -> Path:
-    """Assembles the embedded GGUF, dequantises it and saves a transformers copy.
+    """Assembles the embedded GGUF, dequantises it and saves a transformers copy (once).
 
-    This takes about a minute once; later loads read the saved copy in seconds. The
-    weights are stored in float32, so the dequantised values are kept exactly.
+    The weights are stored in float32, so the dequantised values are kept exactly.
 
     Returns:
         The directory of the converted model.
@@ -513,11 +485,7 @@ def _pretrained_config(name: str, revision):
 
 
 def _load_pretrained(name: str, dtype, device_map, revision, *, meta: bool = False, **kwargs):
-    """A local directory or hub id; with ``meta`` (``remote=True``) its config only.
-
-    With ``meta`` no weight is read: the model is built from its config on the meta device,
-    in ``dtype`` or the one the config declares.
-    """
+    """A local directory or hub id; with ``meta`` (``remote=True``) no weights, only its config."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config, local = _pretrained_config(name, revision)

@@ -1,9 +1,6 @@
-"""The reference implementation's identification, transcribed, for comparison.
+"""The reference implementation's identification, transcribed, defects included.
 
-``reference_identify`` repeats the operations of the authors' ``identify.py`` (RUCAIBox
-Language-Specific-Neurons, function ``activation()``) in the same order, defects included,
-so that :func:`lape_utils.lape.identify` can be checked against it (tests) and timed next to
-it (``benchmarks/bench_identify.py``). Use :func:`lape_utils.lape.identify` for real work.
+For checking and timing :func:`lape_utils.lape.identify` against it; use that for real work.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ import torch
 
 
 def reference_identify(over_zero, n, top_rate=0.01, filter_rate=0.95, bar_ratio=0.95):
-    """Transcription of the reference algorithm (RUCAIBox identify.py, ``activation()``).
+    """Transcription of RUCAIBox Language-Specific-Neurons ``identify.py``, ``activation()``.
 
     Same operations in the same order: float32 ``over_zero / n``, entropy with NaN -> 0,
     ``kthvalue`` quantiles with Python ``round``, ``topk(largest=False)`` on the entropy with

@@ -1,17 +1,9 @@
 """The one place that knows where each model family keeps its MLP neurons.
 
-A *neuron site* is the module whose output is the neuron activation of LAPE (see
-``docs``/the method): ``act_fn(gate_proj(x))`` for gated MLPs (LLaMA, Mistral, Qwen, Gemma,
-Phi-3) and ``act(fc1(x))`` for plain MLPs (GPT-2, GPT-NeoX, BLOOM, OPT, Phi).
-
-Each family is an :class:`Architecture`: a dotted path from the causal-LM module to its list
-of decoder layers, a dotted path from one layer to the site, and how to read the site's width
-from the model config. :func:`architecture_for` finds the entry for a loaded model from its
-``config.model_type``; :func:`register_architecture` adds a family; :func:`self_check` proves
-on a short forward pass that an entry is right for a given model, and :func:`check_structure`
-does the part of it that needs no weights (for a model on the meta device, run on NDIF).
-
-Example (adding a family)::
+A *neuron site* is the module whose output is LAPE's neuron activation: ``act_fn(gate_proj(x))``
+for gated MLPs (LLaMA, Mistral, Qwen, Gemma, Phi-3), ``act(fc1(x))`` for plain ones (GPT-2,
+GPT-NeoX, BLOOM, OPT, Phi). Entries are found by ``config.model_type``; :func:`self_check`
+proves one on a short forward pass. Adding a family::
 
     register_architecture("my-family", model_types=("my_model",), layers="model.layers",
                           site="mlp.act_fn", width="intermediate_size")
@@ -33,16 +25,12 @@ class Architecture:
     """Where one model family keeps its MLP neuron activations.
 
     Attributes:
-        family: Short human name of the family, e.g. ``"llama"``.
+        family: Short name of the family, e.g. ``"llama"``.
         model_types: ``config.model_type`` values served by this entry.
-        layers: Dotted path from the causal-LM module to the decoder layer list,
-            e.g. ``"model.layers"``.
-        site: Dotted path from one decoder layer to the activation module whose output
-            is the neuron activation, e.g. ``"mlp.act_fn"``.
-        width: Name of the config attribute holding the number of neurons per layer, or a
-            function ``config -> int``.
-        text_config: Name of a sub-config that holds the text model's settings (multimodal
-            models), or ``None``.
+        layers: Dotted path from the causal-LM module to the decoder layers (``"model.layers"``).
+        site: Dotted path from one decoder layer to the neuron site (``"mlp.act_fn"``).
+        width: Config attribute holding the neurons per layer, or a function ``config -> int``.
+        text_config: Sub-config of the text model (multimodal models), or ``None``.
     """
 
     family: str
@@ -53,7 +41,7 @@ class Architecture:
     text_config: str | None = None
 
     def text_cfg(self, config):
-        """Returns the config object that holds the language model's sizes."""
+        """The config object that holds the language model's sizes."""
         return config if self.text_config is None else getattr(config, self.text_config)
 
     def n_neurons(self, config) -> int:
@@ -106,7 +94,7 @@ def register_architecture(
         The new :class:`Architecture`.
 
     Raises:
-        ValueError: if a model type is already registered and ``replace`` is false.
+        ValueError: A model type is already registered and ``replace`` is false.
     """
     arch = Architecture(family, tuple(model_types), layers, site, width, text_config)
     taken = [mt for mt in arch.model_types if mt in _REGISTRY]
@@ -132,7 +120,7 @@ def architecture_for(config) -> Architecture:
     """Finds the registry entry for a transformers config.
 
     Raises:
-        UnknownArchitectureError: naming the families supported and how to add one.
+        UnknownArchitectureError: The family is not registered (says how to add it).
     """
     model_type = getattr(config, "model_type", None)
     if model_type in _REGISTRY:
@@ -153,7 +141,7 @@ def _gpt2_width(cfg) -> int:
     return 4 * int(cfg.n_embd) if cfg.n_inner is None else int(cfg.n_inner)
 
 
-# The built-in families (see the module docstring for which MLPs are gated).
+# the built-in families
 for _arch in [
     Architecture("llama", ("llama",), "model.layers", "mlp.act_fn"),
     Architecture("mistral", ("mistral",), "model.layers", "mlp.act_fn"),
@@ -220,10 +208,9 @@ def _forward(hf_model, input_ids: torch.Tensor, hooks: dict[torch.nn.Module, Cal
 
 
 def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
-    """The structure checks on one forward pass (fake tensors for a model on the meta device).
+    """The structure checks on one forward pass (on fake tensors for a meta model).
 
-    Returns ``(facts, logits, sites, first)``: ``facts`` is ``{"n_layers", "n_neurons"}``,
-    ``first`` the output of the first layer's site.
+    Returns ``({"n_layers", "n_neurons"}, logits, sites, output of the first site)``.
     """
     cfg = hf_model.config
     n_layers, n_neurons = arch.n_layers(cfg), arch.n_neurons(cfg)
@@ -237,8 +224,7 @@ def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-        # use_cache=False: the KV cache allocates real (meta) tensors that fake mode refuses
-        # to mutate
+        # (_forward passes use_cache=False: fake mode refuses to mutate a meta KV cache)
         shapes = ShapeEnv(assume_static_by_default=True)
         with FakeTensorMode(allow_non_fake_inputs=True, shape_env=shapes):
             logits = _forward(hf_model, input_ids.to("meta"), hooks)
@@ -259,10 +245,8 @@ def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
 def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     """The checks of :func:`self_check` that need no weights.
 
-    The neuron site exists in every layer, is called on a forward pass and has the width
-    the config declares. A model on the meta device (built from its config only, as for
-    NDIF) runs that forward on fake tensors, which carry shapes but no values, so this
-    costs no memory and reads no weights; a model with weights runs it for real.
+    The neuron site exists in every layer, is called on a forward pass and has the config's
+    width. A meta-device model (``remote=True``) runs the forward on fake tensors, for free.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).
@@ -270,11 +254,10 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
         input_ids: ``[batch, pos]`` a few tokens to run.
 
     Returns:
-        ``{"n_layers": L, "n_neurons": D, "weights": bool}``; ``weights`` says whether the
-        forward ran on real values.
+        ``{"n_layers": L, "n_neurons": D, "weights": bool}`` (whether values were real).
 
     Raises:
-        SelfCheckError: saying which of the checks failed and why.
+        SelfCheckError: Which check failed and why.
     """
     facts = _structure_forward(hf_model, arch, input_ids)[0]
     return {**facts, "weights": not any(p.is_meta for p in hf_model.parameters())}
@@ -284,10 +267,8 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
 def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
     """Proves on one short forward pass that ``arch`` describes ``hf_model``.
 
-    Makes the checks of :func:`check_structure` (the neuron site exists in every layer, is
-    called on that forward and has the config's width), then checks that zeroing one neuron
-    (the most active one of the first layer) changes the logits. A model without weights
-    (meta device) can only take :func:`check_structure`.
+    The checks of :func:`check_structure`, then that zeroing the first layer's most active
+    neuron changes the logits.
 
     Args:
         hf_model: The transformers causal LM (not the nnsight wrapper).
@@ -298,7 +279,7 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
         ``{"n_layers": L, "n_neurons": D, "max_logit_change": float}``.
 
     Raises:
-        SelfCheckError: saying which of the checks failed and why.
+        SelfCheckError: Which check failed and why.
     """
     input_ids = input_ids.to(next(hf_model.parameters()).device)
     facts, base, sites, first = _structure_forward(hf_model, arch, input_ids)

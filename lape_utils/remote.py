@@ -1,23 +1,9 @@
 """NDIF without local weights: the key, what travels with a request, and how large it is.
 
-nnsight runs a trace on NDIF with ``remote=True``: the block is serialised, sent, executed
-next to NDIF's copy of the weights, and only the values it saves come back. ``remote`` takes
-one of :data:`REMOTE_MODES`:
-
-* ``True``: traces run on NDIF. :func:`prepare_remote` refuses it up front without an API key
-  (:class:`MissingNDIFKeyError`) or for a model NDIF cannot serve (tiny, GGUF, the embedded
-  default), so nothing is built or sent. ``load_model(hub_id, remote=True)`` reads no weights:
-  the model is built from its config on the meta device (a 70B model costs the memory of its
-  config) and refuses to run here (:class:`RemoteModelError`).
-* ``"local"``: nnsight's dry run. Each trace is serialised exactly as for NDIF, deserialised
-  with local modules hidden, then executed *here*, so it needs real weights but no key and
-  no network.
-
-:func:`measure_remote_request` tells, without sending anything, how large the request of a
-trace is and which values would come back.
-
-:mod:`lape_utils.models` imports this module, never the other way round; that is why the
-embedded default's name and :class:`ModelLoadError`, which both modules use, live here.
+With ``remote=True`` nnsight serialises a trace, runs it next to NDIF's weights and sends
+back only the values it saves; ``"local"`` serialises it the same way but runs it here (real
+weights, no key, no network). :mod:`lape_utils.models` imports this module, never the other
+way round, so the names both use (:data:`DEFAULT_MODEL`, :class:`ModelLoadError`) live here.
 """
 
 from __future__ import annotations
@@ -34,8 +20,7 @@ from functools import partial
 import torch
 
 DEFAULT_MODEL = "gemma-3-270m"
-"""Name of the embedded default model (Gemma 3 270M base, from the package index). It exists
-only on this machine; NDIF may serve its hub twin ``google/gemma-3-270m``."""
+"""The embedded default model (Gemma 3 270M base); NDIF serves its twin ``google/gemma-3-270m``."""
 
 REMOTE_MODES = (False, True, "local")
 """Values of ``remote``: local only, NDIF, or nnsight's local dry run of the NDIF path."""
@@ -56,8 +41,7 @@ class RemoteModelError(RuntimeError):
 def ndif_api_key() -> str | None:
     """The NDIF API key nnsight will send, or ``None``.
 
-    nnsight reads ``NDIF_API_KEY`` (and its user config file) once, at import; a key
-    exported later is copied into ``nnsight.CONFIG`` here so that the request carries it.
+    nnsight reads ``NDIF_API_KEY`` at import; a key exported later is copied in here.
     """
     from nnsight import CONFIG
 
@@ -69,22 +53,18 @@ def ndif_api_key() -> str | None:
 def prepare_remote(remote: bool | str, *, name: str | None = None) -> bool | str:
     """Checks a ``remote`` setting and readies this process for it, before any work.
 
-    * ``True`` requires an NDIF API key and a model NDIF can serve;
-    * ``True`` and ``"local"`` register this package with nnsight for pickling *by value*,
-      so that the functions a trace calls (e.g. the count reduction of
-      :mod:`lape_utils.capture`) travel with the request: NDIF does not have
-      ``lape_utils`` installed, and by reference they would fail to load there. (nnsight
-      only does this by itself for modules that are not pip-installed.)
+    ``True`` and ``"local"`` register this package with nnsight for pickling *by value*: NDIF
+    does not have ``lape_utils``, so the functions a trace calls must travel with it.
 
     Args:
         remote: ``False``, ``True`` or ``"local"``.
         name: The model name, to refuse the ones NDIF cannot serve.
 
     Returns:
-        ``remote`` (a bool or ``"local"``).
+        ``remote``.
 
     Raises:
-        ValueError: any other value.
+        ValueError: Any other value.
         ModelLoadError: ``remote=True`` for a tiny model, a GGUF file or the embedded default.
         MissingNDIFKeyError: ``remote=True`` and no key is set.
     """
@@ -122,10 +102,7 @@ def prepare_remote(remote: bool | str, *, name: str | None = None) -> bool | str
 
 
 def config_fingerprint(config) -> str:
-    """A hash of a transformers config's content (private and version keys left out).
-
-    It identifies a model loaded with ``remote=True``, which has no local weights to hash.
-    """
+    """A hash of a config's content (private and version keys left out), for ``remote=True``."""
 
     def clean(value):
         if isinstance(value, dict):
@@ -145,17 +122,12 @@ class RemoteRequest:
     """What one trace would send to NDIF and get back, measured without sending it.
 
     Attributes:
-        request_bytes: The request payload as nnsight serialises it
-            (``RequestModel.serialize``: the block's source, the values it references,
-            the tracer; the model itself only by reference), uncompressed.
-        request_bytes_zstd: The same, zstd-compressed as nnsight sends it when
-            ``nnsight.CONFIG.API.COMPRESS`` is on (the default).
-        saved: For each value the trace saves (what NDIF sends back), the
-            ``(shape, dtype)`` of every tensor in it, in order.
-        response_bytes: Size of those values written with ``torch.save`` (what NDIF
-            returns, before its optional compression).
-        payload: The serialised request itself (uncompressed), e.g. to inspect it or to
-            replay it against a stand-in server.
+        request_bytes: The serialised request (source, referenced values, tracer; the
+            model by reference), uncompressed.
+        request_bytes_zstd: The same, zstd-compressed as nnsight sends it by default.
+        saved: For each value the trace saves, the ``(shape, dtype)`` of its tensors.
+        response_bytes: Size of those values written with ``torch.save`` (uncompressed).
+        payload: The serialised request itself (uncompressed).
     """
 
     request_bytes: int
@@ -176,23 +148,18 @@ class _Measured(Exception):
 def measure_remote_request(model, run: Callable) -> RemoteRequest:
     """Measures the NDIF request of the first remote trace ``run(model)`` opens.
 
-    ``run`` must open a trace with ``remote=True`` or ``"local"``, e.g.
-    ``lambda m: count_batch(m, ids, remote=True)``. That trace is not sent: it is
-    serialised exactly as nnsight's remote backend would, then executed on fake tensors
-    (shapes only; no weights or network needed, so a 70B model loaded with
-    ``remote=True`` can be measured offline) to see which values it saves; then ``run``
-    is stopped.
+    The trace is serialised as for NDIF, not sent, and run on fake tensors (no weights or
+    network needed) to see what it saves; then ``run`` is stopped.
 
     Args:
-        model: A loaded :class:`~lape_utils.models.LapeModel` (any ``remote`` setting; a
-            meta model works).
-        run: Function of the model that opens the trace to measure.
+        model: A loaded :class:`~lape_utils.models.LapeModel` (a meta model works).
+        run: Opens the trace, e.g. ``lambda m: count_batch(m, ids, remote=True)``.
 
     Returns:
         A :class:`RemoteRequest`.
 
     Raises:
-        ValueError: ``run`` finished without opening a remote trace.
+        ValueError: ``run`` opened no remote trace.
     """
     nn = model.nn
     prepare_remote("local")  # ship this package by value, as a remote run does
@@ -229,11 +196,7 @@ def _tensors(value) -> list[torch.Tensor]:
 
 
 def _measure(model, tracer) -> None:
-    """The nnsight backend of :func:`measure_remote_request`: measures, then stops the run.
-
-    It serialises ``tracer`` as a remote run would, executes it on fake tensors to see what
-    it saves, and raises :class:`_Measured` with the result.
-    """
+    """The nnsight backend of :func:`measure_remote_request`: raises :class:`_Measured`."""
     import zstandard
     from nnsight.ndif import pull_env
     from nnsight.schema.request import RequestModel

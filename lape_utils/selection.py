@@ -1,12 +1,7 @@
 """The result type of neuron identification: which neurons belong to which language.
 
-A :class:`NeuronSelection` says, for every language, which FFN neurons of every layer
-belong to it. It is what :func:`lape_utils.lape.identify` returns, what the
-deactivation/steering code consumes, and what is saved to disk (with a JSON sidecar
-carrying config and provenance). The paper's own ``*.neuron.pth`` format is read and
-written by :mod:`lape_utils.published`.
-
-Nothing here touches a model.
+What :func:`lape_utils.lape.identify` returns and the intervention code consumes; saved with
+a JSON sidecar. The paper's ``*.neuron.pth`` format is :mod:`lape_utils.published`.
 """
 
 from __future__ import annotations
@@ -54,29 +49,23 @@ def _increasing(t: torch.Tensor) -> bool:
 class NeuronSelection:
     """Language-specific neurons: for each language, the sorted neuron indices of each layer.
 
-    Use :meth:`equals` to compare two selections (``==`` is identity: tensors have no
-    single truth value).
+    Compare with :meth:`equals` (``==`` is identity).
 
     Attributes:
-        languages: Language codes, in a fixed order (column order of every table).
-        indices: ``indices[lang][layer]`` is a sorted, duplicate-free ``LongTensor`` of the
-            neuron indices (``0 <= j < n_neurons``) of that language in that layer. Every
-            language has exactly ``n_layers`` tensors (empty ones included); a language with
-            no neurons is kept, never dropped.
+        languages: Language codes, in the column order of every table.
+        indices: ``indices[lang][layer]``: sorted, duplicate-free ``LongTensor`` of neuron
+            indices; ``n_layers`` tensors per language, empty ones (and languages) kept.
         n_layers: Number of layers ``L``.
         n_neurons: FFN neurons per layer ``D``.
-        method: How the selection was made (``"lape"``, ``"probability"``,
-            ``"mean_activation"``, ``"random_matched"``, ...).
+        method: How the selection was made (``"lape"``, ``"random_matched"``, ...).
         config: The thresholds used (``LapeConfig.to_dict()``).
-        provenance: Free-form JSON-serialisable facts (model id, corpus, token counts,
-            thresholds actually reached, ...).
+        provenance: JSON-serialisable facts (model id, corpus, thresholds reached, ...).
         selected: Optional ``[n_selected, 2]`` ``(layer, neuron)`` of every neuron the ranking
             selected, sorted layer-major, including any that passed no language's bar.
-        selected_prob: Optional ``[n_selected, lang]`` activation probability of each
-            selected neuron.
-        selected_entropy: Optional ``[n_selected]`` LAPE entropy of each selected neuron.
+        selected_prob: Optional ``[n_selected, lang]`` activation probability.
+        selected_entropy: Optional ``[n_selected]`` LAPE entropy.
         selected_score: Optional ``[n_selected]`` score the method ranked by (smaller = more
-            language-specific); ``None`` when it is the LAPE entropy itself.
+            language-specific); ``None`` when it is the LAPE entropy.
     """
 
     languages: list[str]
@@ -155,18 +144,14 @@ class NeuronSelection:
             )
 
     # ------------------------------------------------------------------ constructors
-
     @classmethod
     def from_flat(
         cls, flat: Mapping[str, torch.Tensor], n_layers: int, n_neurons: int, **kwargs: Any
     ) -> NeuronSelection:
         """Build from flat indices ``layer * n_neurons + neuron`` per language.
 
-        Vectorised: one sort (skipped when already sorted) and one ``bincount`` per language.
-
         Args:
-            flat: ``{lang: LongTensor [n]}`` flat neuron indices (any order; duplicates are
-                removed).
+            flat: ``{lang: LongTensor [n]}`` flat indices (any order; duplicates removed).
             n_layers: Number of layers ``L``.
             n_neurons: Neurons per layer ``D``.
             **kwargs: Other :class:`NeuronSelection` fields (``method``, ``config``, ...).
@@ -208,7 +193,6 @@ class NeuronSelection:
         return cls.from_flat(flat, n_layers, n_neurons, **kwargs)
 
     # ------------------------------------------------------------------ views
-
     def flat(self, lang: str) -> torch.Tensor:
         """Sorted flat indices ``layer * n_neurons + neuron`` of one language.
 
@@ -252,15 +236,11 @@ class NeuronSelection:
         return df
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy table, one row per (language, neuron) membership.
-
-        Columns ``language, layer, neuron``, then, when the per-neuron tables are present
-        (selections made by :func:`~lape_utils.lape.identify`), ``prob_<lang>`` for every
-        language, ``entropy`` (LAPE entropy) and, for methods that rank by something else,
-        ``score``. Rows ordered by language, layer, neuron.
+        """Tidy table, one row per (language, neuron) membership, in that order.
 
         Returns:
-            The DataFrame (empty, with the columns, if nothing is selected).
+            Columns ``language, layer, neuron``, then, with the per-neuron tables,
+            ``prob_<lang>`` per language, ``entropy`` and (non-LAPE rankings) ``score``.
         """
         flats = [self.flat(lang) for lang in self.languages]
         flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
@@ -293,10 +273,7 @@ class NeuronSelection:
         return df
 
     def equals(self, other: NeuronSelection) -> bool:
-        """Whether two selections hold the same sets (languages, shape and indices).
-
-        Method, config, provenance and tables are not compared.
-        """
+        """Whether two selections hold the same sets (not comparing method, config, tables)."""
         return (self.languages, self.n_layers, self.n_neurons) == (
             other.languages, other.n_layers, other.n_neurons
         ) and all(torch.equal(self.flat(lang), other.flat(lang)) for lang in self.languages)
@@ -312,7 +289,6 @@ class NeuronSelection:
         )
 
     # ------------------------------------------------------------------ persistence
-
     def _meta(self) -> dict[str, Any]:
         """What the sidecar says about the selection (for people and tools)."""
         return {
@@ -328,23 +304,18 @@ class NeuronSelection:
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Save to a torch file plus a ``<path>.json`` sidecar.
-
-        The torch file holds everything (indices, tables, config, provenance) and is read
-        back with ``weights_only=True``; the sidecar repeats method, languages, shape,
-        counts, config and provenance for people and tools.
+        """Save to a torch file (everything) plus a ``<path>.json`` sidecar (for people).
 
         Args:
             path: Target file, e.g. ``results/llama2-7b.lape.pt``.
-            overwrite: Replace existing files. By default an existing file or sidecar is an
-                error.
+            overwrite: Replace an existing file or sidecar.
 
         Returns:
             The path written.
 
         Raises:
             FileExistsError: ``path`` or its sidecar exists and ``overwrite`` is False.
-            TypeError: config or provenance is not JSON-serialisable.
+            TypeError: Config or provenance is not JSON-serialisable.
         """
         path = Path(path)
         sidecar = _sidecar(path)
@@ -381,9 +352,7 @@ class NeuronSelection:
             The selection, tables included.
 
         Raises:
-            ValueError: The file is not a saved NeuronSelection (use
-                :func:`lape_utils.published.from_official` for the paper's format), or the
-                sidecar disagrees with it.
+            ValueError: Not a saved NeuronSelection, or the sidecar disagrees with it.
         """
         path = Path(path)
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -426,9 +395,6 @@ class NeuronSelection:
         else:
             logger.warning("no sidecar %s next to %s; loading without the check", sidecar, path)
         return sel
-
-
-# ---------------------------------------------------------------------- helpers
 
 
 def _sidecar(path: Path) -> Path:

@@ -1,13 +1,8 @@
 """Activation statistics: the counts LAPE is computed from, saved with their provenance.
 
-:class:`ActivationStats` holds, per language, the tokens fed (``n``), how many of them made
-each neuron active (``over_zero``), activation sums, bootstrap replicates, and the counts at
-smaller token budgets (see its attributes). It is saved as a directory: ``stats.pt`` plus
-``provenance.json``. Loading checks the provenance against what the caller expects and
-refuses a mismatch with a message saying what differs; shards of one corpus can be merged.
-
-The reference implementation's per-language count files (``torch.save(dict(n=...,
-over_zero=...))``, one per language) can be imported and exported.
+A directory of ``stats.pt`` plus ``provenance.json``; loading refuses a provenance other than
+the one expected, saying what differs. Shards of one corpus can be merged, and the reference
+implementation's per-language count files imported and exported.
 """
 
 from __future__ import annotations
@@ -64,23 +59,18 @@ class ActivationStats:
 
     Attributes:
         languages: Language codes, in the order of the last axis.
-        n: ``[lang]`` int64, tokens counted per language (padding never counted).
-        over_zero: ``[layer, neuron, lang]`` int64, tokens on which the neuron's
-            activation was > 0.
-        activation_sum: ``[layer, neuron, lang]`` float64, sum of the activation over the
-            counted tokens, or ``None``.
-        boot_n: ``[rep, lang]`` int64, Poisson(1)-weighted token counts of each bootstrap
+        n: ``[lang]`` int64, tokens counted per language.
+        over_zero: ``[layer, neuron, lang]`` int64, tokens on which the activation was > 0.
+        activation_sum: ``[layer, neuron, lang]`` float64, sum of the activations, or ``None``.
+        boot_n: ``[rep, lang]`` int64, Poisson(1)-weighted token counts per bootstrap
             replicate, or ``None``.
-        boot_over_zero: ``[rep, layer, neuron, lang]`` int64, weighted active counts of
-            each replicate, or ``None``.
-        budget_n: ``[snapshot, lang]`` int64, tokens counted in the first
-            ``provenance["budget_chunks"][lang][s]`` chunks of each language (the prefixes
-            at :data:`BUDGET_FRACTIONS` of its chunks), or ``None``.
-        budget_over_zero: ``[snapshot, layer, neuron, lang]`` int64, the active counts of
-            those prefixes, or ``None``.
-        provenance: JSON-able description of how the counts were made (model, weights
-            fingerprint, dtype, tokenizer, corpus source and fingerprint, tokens per
-            language, seq-len, package versions, date).
+        boot_over_zero: ``[rep, layer, neuron, lang]`` int64, the replicates' weighted active
+            counts, or ``None``.
+        budget_n: ``[snapshot, lang]`` int64, tokens in the first
+            ``provenance["budget_chunks"][lang][s]`` chunks (:data:`BUDGET_FRACTIONS`), or
+            ``None``.
+        budget_over_zero: ``[snapshot, layer, neuron, lang]`` int64, their active counts.
+        provenance: JSON-able description of how the counts were made (model, corpus, ...).
     """
 
     languages: list[str]
@@ -142,7 +132,7 @@ class ActivationStats:
         return 0 if self.boot_n is None else int(self.boot_n.shape[0])
 
     def index(self, lang: str) -> int:
-        """Position of ``lang`` on the language axis, with a helpful error."""
+        """Position of ``lang`` on the language axis."""
         if lang not in self.languages:
             raise KeyError(f"language {lang!r} is not in these statistics: {self.languages}")
         return self.languages.index(lang)
@@ -175,14 +165,14 @@ class ActivationStats:
         return 0 if self.budget_n is None else int(self.budget_n.shape[0])
 
     def at_budget(self, snapshot: int) -> ActivationStats:
-        """The counts of snapshot ``snapshot`` (the first chunks of every language) alone.
+        """The counts of budget snapshot ``snapshot`` (the first chunks of every language).
 
         Returns:
-            Statistics with ``n`` and ``over_zero`` of that prefix (no sums or replicates);
-            ``provenance["budget"]`` names the snapshot and its chunks per language.
+            Statistics with ``n`` and ``over_zero`` only; ``provenance["budget"]`` names the
+            snapshot and its chunks.
 
         Raises:
-            ValueError: no snapshots recorded, or ``snapshot`` out of range.
+            ValueError: ``snapshot`` is not among those recorded.
         """
         if not 0 <= snapshot < self.n_budgets:
             raise ValueError(
@@ -202,31 +192,22 @@ class ActivationStats:
 
     @classmethod
     def merge(cls, *parts: ActivationStats) -> ActivationStats:
-        """Adds up statistics counted separately on disjoint chunks of the same corpus.
+        """Adds up statistics counted on disjoint chunks of one corpus (``capture(shard=)``).
 
-        For statistics captured on several machines, each on its own shard
-        (``capture(..., shard=(k, m))``, ``lape capture --shard k/m``). Counts are added,
-        so merging the shards of a corpus gives exactly the integer counts of a one-process
-        capture; ``activation_sum`` is added in another order than a one-process run adds
-        its batches, so it agrees up to float64 rounding (relative ~1e-15; bit-equal in
-        practice on CPU).
+        Integer counts come out exactly as in a one-process capture; ``activation_sum`` up
+        to float64 rounding (another order of addition).
 
         Args:
-            *parts: The statistics; languages may come in any order (aligned by code, in
-                the order of the first part).
+            *parts: The statistics; languages are aligned to the first part's order.
 
         Returns:
-            The summed statistics. Their provenance records the union of the counted
-            chunks under ``"chunks"`` and each part's run details under
-            ``"merged_from"``. A union that does not cover every chunk of the corpus is
-            allowed (logged as a warning).
+            The summed statistics; provenance ``"chunks"`` holds the union of the counted
+            chunks (a warning if it misses some), ``"merged_from"`` each part's run.
 
         Raises:
-            ProvenanceMismatchError: the parts differ in a field of :data:`MERGE_KEYS`
-                (model, weights, dtype, tokenizer, corpus, seq_len, BOS, bootstrap), in
-                their languages or shape, or count some chunk twice; the message names
-                the field, the parts and the values.
-            ValueError: no parts, or a part that does not record which chunks it counted.
+            ProvenanceMismatchError: Parts differ in a :data:`MERGE_KEYS` field, languages or
+                shape, or count some chunk twice.
+            ValueError: No parts, or a part that does not record which chunks it counted.
         """
         if not parts:
             raise ValueError("merge needs at least one ActivationStats")
@@ -287,7 +268,7 @@ class ActivationStats:
         """Writes ``stats.pt`` and ``provenance.json`` into ``directory``.
 
         Raises:
-            FileExistsError: if statistics are already there and ``overwrite`` is false.
+            FileExistsError: Statistics are already there and ``overwrite`` is false.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -312,12 +293,11 @@ class ActivationStats:
 
         Args:
             directory: The directory holding ``stats.pt`` and ``provenance.json``.
-            expect: Provenance entries the statistics must match (e.g. the model
-                fingerprint and corpus fingerprint of the current run).
+            expect: Provenance entries the statistics must match.
 
         Raises:
             FileNotFoundError: no statistics in ``directory``.
-            ProvenanceMismatchError: a value in ``expect`` differs, naming each field.
+            ProvenanceMismatchError: A value in ``expect`` differs.
         """
         directory = Path(directory)
         target = directory / STATS_FILE
@@ -333,10 +313,9 @@ class ActivationStats:
 
     # ------------------------------------------------- the reference's count files
     def export_reference(self, directory: str | os.PathLike, tag: str, overwrite: bool = False):
-        """Writes one reference-format file per language: ``activation.<lang>.train.<tag>``.
+        """Writes the reference's count files, ``activation.<lang>.train.<tag>``, one per language.
 
-        Each holds ``dict(n=int, over_zero=IntTensor[layer, neuron])``, as written by the
-        reference ``activation.py``.
+        Each holds ``dict(n=int, over_zero=IntTensor[layer, neuron])``.
 
         Returns:
             The list of written paths.
@@ -363,14 +342,13 @@ class ActivationStats:
         """Imports the reference code's per-language count files.
 
         Args:
-            files: ``{lang: path}``, or a list of paths named ``activation.<lang>.train.*``
-                (the language is read from the name), or a single directory holding them.
-            languages: Order of the languages (default: a mapping's order; files found by
-                name are put in the package's language order, en, zh, fr, es, vi, id, ja,
-                ..., as the paper's published neuron files are, never alphabetically).
+            files: ``{lang: path}``, or paths named ``activation.<lang>.train.*``, or a
+                directory holding them.
+            languages: Order of the languages (default: a mapping's order, else the
+                package's language order, en, zh, fr, ..., as in the paper's neuron files).
 
         Raises:
-            ValueError: a file without ``n``/``over_zero``, or shapes that disagree.
+            ValueError: A file without ``n``/``over_zero``, or shapes that disagree.
         """
         if isinstance(files, (str, os.PathLike)):
             files = [files]
@@ -431,11 +409,10 @@ def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> N
 def counted_chunks(provenance: Mapping) -> dict[str, list[list[int]]]:
     """Chunk intervals ``[start, stop)`` per language that statistics counted.
 
-    Captures record them under ``"chunks"``; captures made before that record counted
-    every chunk, which is derived from ``tokens_per_language``, ``seq_len`` and BOS.
+    Older captures, which counted every chunk, do not record ``"chunks"``.
 
     Raises:
-        ValueError: the provenance says neither (e.g. imported reference count files).
+        ValueError: The provenance does not say (e.g. imported reference count files).
     """
     if "chunks" in provenance:
         chunks = provenance["chunks"]

@@ -1,9 +1,7 @@
 """Tiny random-weight models of every supported family, built offline from a config.
 
-They are real transformers models (same classes, same forward code as the large ones) with
-a handful of small layers, used by the tests and available from the command line as
-``--model tiny-llama`` etc. Their tokenizer is a byte-level one (256 byte tokens plus
-specials), so that any UTF-8 text in any language tokenizes without a download.
+Real transformers classes with a few small layers (``--model tiny-llama`` etc.) and a
+byte-level tokenizer, so that any UTF-8 text tokenizes without a download.
 """
 
 from __future__ import annotations
@@ -23,30 +21,21 @@ SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with no merges: every UTF-8 byte is one token."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in sorted(alphabet):
-        vocab[ch] = len(vocab)
+    symbols = [*SPECIALS, *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    vocab = {tok: i for i, tok in enumerate(symbols)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         pad_token="<pad>",
     )
     tok.model_max_length = 512
     return tok
 
 
-def _common(vocab: int) -> dict:
-    return dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-
-
 def _configs(vocab: int) -> dict[str, tuple[str, object]]:
-    c = _common(vocab)
+    c = dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     dec = dict(
         hidden_size=HIDDEN,
         intermediate_size=NEURONS,
