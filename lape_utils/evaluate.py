@@ -321,11 +321,10 @@ class PplMatrix:
         return df
 
     def table(self, value: str = "delta_nll") -> pd.DataFrame:
-        """Wide matrix: index = row label, columns = evaluated language.
+        """A :meth:`tidy` column as a matrix: index = row label, columns = evaluated language.
 
         Args:
-            value: ``"nll"``, ``"ppl"``, ``"delta_nll"``, ``"delta_nll_lo"``,
-                ``"delta_nll_hi"``, ``"excludes_zero"`` or ``"tokens"``.
+            value: ``nll``, ``ppl``, ``delta_nll``/``_lo``/``_hi``, ``excludes_zero`` or ``tokens``.
         """
         df = self.tidy()
         if value not in df.columns:
@@ -335,9 +334,7 @@ class PplMatrix:
             )
         wide = df.pivot(index="row", columns="evaluated", values=value)
         wide = wide.reindex(index=self.rows, columns=self.languages)
-        wide.index.name = "deactivated"
-        wide.columns.name = "evaluated"
-        return wide
+        return wide.rename_axis(index="deactivated", columns="evaluated")
 
     def nll_table(self) -> pd.DataFrame:
         """Absolute mean NLL (nats/token), wide."""
@@ -450,8 +447,7 @@ def perplexity_matrix(
     Args:
         model: The loaded model.
         selection: The language-specific neurons (of this model).
-        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack`); its languages are
-            the columns.
+        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack`): the columns.
         controls: ``{name: selection}`` with the same languages, e.g. ``{"random":
             random_matched(sel, 0)}`` (the default); ``{}`` for none.
         batch_size: Chunks per forward pass.

@@ -82,11 +82,8 @@ class GenerationConfig:
 
     def hf_kwargs(self, pad_token_id: int | None) -> dict:
         """Keyword arguments of ``model.generate`` for these settings."""
-        kwargs: dict = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "pad_token_id": pad_token_id,
-        }
+        kwargs: dict = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                        "pad_token_id": pad_token_id}
         if self.do_sample:
             kwargs |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
         if self.repetition_penalty is not None:
@@ -200,8 +197,7 @@ def generate(
         first_step_probs: Also return the first step's next-token distribution (one forward).
         backend: ``"nnsight"`` or ``"hooks"`` (same tokens; hooks are the tests' reference).
         progress: Show a progress bar over batches.
-        remote: ``True`` generates on NDIF, ``"local"`` dry-runs the serialisation; ``None``:
-            the model's setting.
+        remote: ``True``: on NDIF; ``"local"``: dry-run the serialisation; ``None``: the model's.
 
     Returns:
         A :class:`Generation` (only the new tokens decoded).

@@ -416,8 +416,7 @@ class _LayerOp:
     positions: str
 
 
-_Plan = list[tuple[int, list[_LayerOp]]]
-"""Prepared interventions: per layer (ascending), the ops in list order."""
+_Plan = list[tuple[int, list[_LayerOp]]]  # per layer (ascending), the ops in list order
 
 
 def _plan(model: LapeModel, interventions) -> _Plan:
@@ -628,8 +627,7 @@ def forward_logits(
         interventions: Applied in list order.
         last_only: Compute the logits of the last position only (``logits_to_keep=1``).
         backend: ``"nnsight"`` or ``"hooks"``.
-        remote: ``True`` runs on NDIF, ``"local"`` dry-runs the serialisation; ``None``: the
-            model's setting.
+        remote: ``True``: on NDIF; ``"local"``: dry-run the serialisation; ``None``: the model's.
         reduce: Function of the ``[batch, pos, vocab]`` logits run where the model runs (e.g.
             per-sequence NLL sums); it may reach only its input and this package.
 

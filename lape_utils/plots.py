@@ -303,8 +303,7 @@ def plot_layer_distribution(
     """Where each language's neurons sit: neurons per layer and language.
 
     Args:
-        data: A selection, or counts as :func:`lape_utils.analysis.layer_distribution`
-            returns them (index ``layer``, one column per language).
+        data: A selection, or :func:`lape_utils.analysis.layer_distribution` counts.
         ax: Axes to draw on (a new figure if ``None``).
         kind: ``"heatmap"`` (layer 0 at the bottom), ``"lines"`` (one per language) or
             ``"share"`` (lines in % of the layer; needs a selection or ``attrs["n_neurons"]``).
@@ -360,8 +359,7 @@ def plot_layer_distribution_grid(
     """Neurons per layer of several selections (``kind="lines"``), one panel each, titled.
 
     Args:
-        selections: ``{name: selection}``, e.g. the paper's seven sets from
-            :func:`lape_utils.published.published_sets`.
+        selections: ``{name: selection}``, e.g. :func:`lape_utils.published.published_sets`.
         ncols: Panels per row.
         axes: One Axes per selection; a new figure if ``None`` (its spare panels hidden).
 
@@ -557,8 +555,7 @@ def plot_probability_profiles(
         profiles: :func:`lape_utils.analysis.probability_profiles`: a row per neuron (index
             ``(layer, neuron)`` or any label), a column of ``P`` per language.
         ax: Axes to draw on.
-        kind: ``"heatmap"`` (a row per neuron, ``L<layer>.<neuron>``) or ``"lines"`` (a line
-            per neuron across the languages).
+        kind: ``"heatmap"`` (rows ``L<layer>.<neuron>``) or ``"lines"`` (a line per neuron).
         language: The language whose neurons these are (title; line colour).
         bar: Mark the assignment threshold (``EntropyTable.bar``).
         config: Config for the title.
@@ -876,8 +873,7 @@ def plot_ppl_heatmap(
         The Axes (rows and columns in the module order).
 
     Raises:
-        ValueError: ``value`` not in the table, ``kind`` without rows, or limits of a
-            difference that do not straddle 0.
+        ValueError: ``value`` not in the table, ``kind`` without rows, or bad difference limits.
     """
     long = _ppl_long(df, value)
     kind = _kind(long, kind)
@@ -897,8 +893,7 @@ def plot_ppl_comparison(
     """Draw the ΔNLL of LAPE deactivation next to its controls, on one colour scale.
 
     Args:
-        df: A :func:`plot_ppl_heatmap` table with ``delta_nll`` and LAPE and control rows,
-            or ``{"lape": table, "random": table, ...}``.
+        df: A :func:`plot_ppl_heatmap` table of LAPE and control rows, or ``{kind: table}``.
         axes: One Axes per kind.
         vmin: Lower colour limit (default from all matrices, symmetric).
         vmax: Upper colour limit.

@@ -320,10 +320,9 @@ class SteerResult:
     """Steered and unsteered outputs of a batch of prompts, with their language and costs.
 
     Attributes:
-        rows: A row per (neuron set, prompt), :data:`ROW_COLUMNS`: ``neurons`` (``"lape"`` or
-            a control), ``prompt``, both answers with their detected ``*_lang``/``*_score``/
-            ``*_label``, ``chrf``, ``*_nll``/``*_tokens`` (summed under the unmodified
-            model), ``target_mass_*``, ``top1_changed``.
+        rows: A row per (neuron set, prompt), :data:`ROW_COLUMNS`: ``neurons``, ``prompt``,
+            both answers and their ``*_lang``/``*_score``/``*_label``, ``chrf``, ``*_nll``/
+            ``*_tokens`` (unmodified model), ``target_mass_*``, ``top1_changed``.
         config: The setting (model, target, source, mode, strength, positions, sizes...).
     """
 
@@ -586,9 +585,8 @@ def strength_sweep(
     for s in specs:
         result = SteerResult(run(s), {"target": s.target, "source": s.source})
         summ = result.summary().reset_index()
-        summ.insert(0, "strength", s.strength)
-        summ.insert(0, "source", s.source)
-        summ.insert(0, "target", s.target)
+        for col in ("strength", "source", "target"):
+            summ.insert(0, col, getattr(s, col))
         frames.append(summ)
         log.info("strength %g: target rate %s", s.strength,
                  summ.set_index("neurons")["target_rate"].to_dict())

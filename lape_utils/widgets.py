@@ -246,8 +246,7 @@ def reidentify(
     Args:
         stats: Cached activation statistics.
         config_values: ``{threshold: value}`` for any of :data:`THRESHOLDS`.
-        languages: The languages that compete (at least two; default all), the only columns
-            LAPE sees.
+        languages: The competing languages, the only columns LAPE sees (>= 2; default all).
         base_config: Config for the thresholds not in ``config_values``.
 
     Returns:
@@ -481,8 +480,7 @@ class ExplorerPanel(_Panel):
     languages by the largest ``top_rate`` (cells beyond saturate).
 
     Args:
-        stats: Activation statistics, or a directory saved by
-            :meth:`ActivationStats.save <lape_utils.stats.ActivationStats.save>`.
+        stats: Activation statistics, or the directory they were saved to.
         config: Initial thresholds.
         languages: Initially picked languages (default all; at least two).
         save_dir: Folder for *Save selection* (``None`` disables it).
