@@ -129,10 +129,9 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def _generate_batch(model: LapeModel, ivs, plan, inputs: dict, kwargs: dict, backend, remote):
-    """One batch of generation, with nnsight as the module docstring says.
+    """One batch: nnsight as the module docstring says, or ``model.hf.generate`` under hooks.
 
-    ``model.hf.generate`` under hooks serves the hooks backend and local calls without
-    intervention.
+    The latter serves the hooks backend and local calls without intervention.
     """
     if backend == "hooks" or not (plan or remote):
         with hooked(model, ivs):

@@ -403,10 +403,7 @@ def plot_language_counts(
     Raises:
         ValueError: ``percent`` for a table.
     """
-    if isinstance(data, pd.Series):
-        counts = _ordered(data, "index")
-    else:
-        counts = _counts(data).sum(axis=0)
+    counts = _ordered(data, "index") if isinstance(data, pd.Series) else _counts(data).sum(axis=0)
     values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
         if not isinstance(data, NeuronSelection):
@@ -457,10 +454,8 @@ def plot_overlap(
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
     jaccard = metric == "jaccard"
-    if isinstance(data, NeuronSelection):
-        table = analysis.overlap(data)[int(jaccard)]
-    else:
-        table = _ordered(data, "index", "columns")
+    own = isinstance(data, NeuronSelection)
+    table = analysis.overlap(data)[int(jaccard)] if own else _ordered(data, "index", "columns")
     values = table.to_numpy(dtype=float)
     mask = None if colour_diagonal else table.index.to_numpy()[:, None] == table.columns.to_numpy()
     ax = _heatmap(
@@ -704,9 +699,8 @@ def plot_threshold_effect(
     """What ``top_rate`` does to the evidence: ΔNLL on the own language and on the others.
 
     Args:
-        table: :func:`lape_utils.evaluate.threshold_effect` (columns ``top_rate``,
-            ``language``, ``n_neurons``, ``diag_delta``, ``diag_lo``, ``diag_hi``,
-            ``offdiag_mean_delta``).
+        table: :func:`lape_utils.evaluate.threshold_effect` (``top_rate``, ``language``,
+            ``n_neurons``, ``diag_delta``, ``diag_lo``, ``diag_hi``, ``offdiag_mean_delta``).
         axes: Two Axes.
 
     Returns:
@@ -994,9 +988,8 @@ def top_contexts_html(
     the top token is outlined.
 
     Args:
-        df: :func:`lape_utils.capture.top_activating_contexts` (columns ``language``,
-            ``activation``, ``tokens``, ``activations``, ``center``; ``attrs`` ``layer``
-            and ``neuron``).
+        df: :func:`lape_utils.capture.top_activating_contexts` (``language``, ``activation``,
+            ``tokens``, ``activations``, ``center``; ``attrs`` ``layer`` and ``neuron``).
         language: The language whose neuron this is (named in the title, sets the colour).
         n_per_language: Contexts shown per language (highest activation first).
 

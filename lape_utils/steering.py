@@ -1,27 +1,22 @@
 """Steering generation towards a target language with its neurons, and measuring the result.
 
 The paper's setting (``lape-method.md`` §4): while generating, set the target language's
-neurons to their mean activation on that language (``mode="set"``) at every position,
-optionally zeroing the source language's neurons first. Adding to (``"add"``) or scaling
-(``"scale"``) the activation, which later work found to steer better, are here too.
+neurons to their mean activation on it (``mode="set"``) at every position, optionally zeroing
+the source language's first; ``"add"`` and ``"scale"``, found to steer better later, are here
+too. Controls steered the same way (:func:`~lape_utils.lape.random_matched`,
+:func:`~lape_utils.lape.activity_matched`) tell how specific the effect is.
 
-Every output's language is identified offline by fastText lid.176 (:mod:`lape_utils.langid`).
-The metrics (:meth:`SteerResult.summary`):
+Outputs' languages come from fastText lid.176 (:mod:`lape_utils.langid`). The metrics of
+:meth:`SteerResult.summary`:
 
 * ``target_rate`` / ``source_rate``: share of outputs labelled the target / source language
-  (``"mixed"`` and ``"unknown"`` count as neither), with 95% Wilson intervals;
-* ``output_ppl``: perplexity of the continuations under the *unmodified* model (the fluency
-  cost), token-weighted;
-* ``chrf``: chrF of the steered answer against the unsteered one (sacrebleu's ``CHRF``:
-  character n-grams 1-6, β = 2, 0-100; works across scripts), and ``drift = 100 - chrf``;
-* ``target_mass``: first-step probability of *target-language tokens*: those in the target's
-  text of the built-in ``detect`` corpus and never in the source's (English without a
-  source). It often rises without changing the top token (``top1_changed``).
-
-Controls steered the same way (each neuron set to its own mean activation on the target)
-tell how specific the effect is: a random set of the same size per layer
-(:func:`~lape_utils.lape.random_matched`) and one matched in activation probability
-(:func:`~lape_utils.lape.activity_matched`).
+  (``"mixed"`` and ``"unknown"`` are neither), with 95% Wilson intervals;
+* ``output_ppl``: token-weighted perplexity of the continuations under the *unmodified* model;
+* ``chrf``: chrF of the steered answer against the unsteered one (sacrebleu: character
+  n-grams 1-6, β = 2, 0-100; works across scripts), and ``drift = 100 - chrf``;
+* ``target_mass``: first-step probability of *target-language tokens* (in the target's text
+  of the built-in ``detect`` corpus, never in the source's, or English's); it often rises
+  without changing the top token (``top1_changed``).
 """
 
 from __future__ import annotations
@@ -114,9 +109,8 @@ class SteerSpec:
         positions: Where to intervene (:data:`~lape_utils.intervene.POSITIONS`).
         template: Prompt format with a ``{prompt}`` field (``"{prompt}"``: raw). In a chat
             turn the paper's ``Q: ... A:`` is left out; another template formats the message.
-        chat: Format each prompt as a user turn of the tokenizer's chat template, as
-            instruction-tuned models expect: ``None`` if it has one, ``True`` (requires
-            one), ``False`` never.
+        chat: Format prompts as user turns of the chat template (for instruction-tuned
+            models): ``None`` if the tokenizer has one, ``True`` (requires one), ``False`` never.
     """
 
     target: str

@@ -657,10 +657,8 @@ class ExplorerPanel(_Panel):
         plots.plot_layer_distribution(sel, ax=ax_heat, title="Neurons per layer")
         plots.plot_overlap(sel, ax=ax_ov, title="Shared neurons")
         plots.plot_language_counts(sel, ax=ax_bar, title="Neurons per language")
-        fig.suptitle(
-            f"{self.config.label()} · {sel.total_distinct():,} distinct neurons",
-            fontsize="medium",
-        )
+        fig.suptitle(f"{self.config.label()} · {sel.total_distinct():,} distinct neurons",
+                     fontsize="medium")
         return fig
 
     def static_png(self) -> bytes:
@@ -706,9 +704,7 @@ def run_steering(
     *,
     zero_source: bool = False,
 ) -> dict[str, Any]:
-    """Generate one unsteered and one steered answer (the steering panel's callback).
-
-    :func:`lape_utils.steering.steer` of one prompt with the paper's decoding.
+    """One unsteered and one steered answer by :func:`~lape_utils.steering.steer` (the callback).
 
     Args:
         model: The loaded model.
