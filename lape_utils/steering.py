@@ -14,9 +14,9 @@ Outputs' languages come from fastText lid.176 (:mod:`lape_utils.langid`). The me
 * ``output_ppl``: token-weighted perplexity of the continuations under the *unmodified* model;
 * ``chrf``: chrF of the steered answer against the unsteered one (sacrebleu: character
   n-grams 1-6, β = 2, 0-100; works across scripts), and ``drift = 100 - chrf``;
-* ``target_mass``: first-step probability of *target-language tokens* (in the target's text
-  of the built-in ``detect`` corpus, never in the source's, or English's); it often rises
-  without changing the top token (``top1_changed``).
+* ``target_mass``: first-step probability of *target-language tokens*: in the target's text
+  of the built-in ``detect`` corpus, never in the source's (English's without a source). It
+  often rises without changing the top token (``top1_changed``).
 """
 
 from __future__ import annotations
