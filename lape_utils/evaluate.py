@@ -1,19 +1,9 @@
 """Perplexity with and without interventions, and the perplexity-change matrix of the paper.
 
-:func:`nll` gives the mean next-token negative log-likelihood (natural log, so
-``perplexity = exp(nll)``) of token chunks under interventions. :func:`perplexity_matrix`
-deactivates (zeroes, at every position of every layer) each language's LAPE neurons in turn,
-and the same number of random neurons per layer (:func:`~lape_utils.lape.random_matched`),
-and measures the NLL of held-out text of every language (``lape-method.md`` §3). The
-"none" row (no intervention) is computed once; ΔNLL = NLL - NLL(none).
-
-:func:`score_continuations` scores generated text given its prompt under the unmodified
-model (the fluency cost of steering).
-
-All model access goes through :mod:`lape_utils.intervene`. Every scoring pass reduces the
-logits inside its trace to per-sequence NLL sums and token counts (``[batch]`` each), so a
-model loaded with ``remote=True`` is scored on NDIF and only those numbers come back; local
-and remote runs share that code.
+NLL is the mean next-token negative log-likelihood in nats (``perplexity = exp(nll)``).
+Every scoring pass reduces the logits inside its trace to per-sequence NLL sums and token
+counts (``[batch]`` each), so a model loaded with ``remote=True`` is scored on NDIF and only
+those numbers come back.
 """
 
 from __future__ import annotations
@@ -70,17 +60,14 @@ _IGNORE = -100  # target id that F.cross_entropy leaves out
 def _token_nll(
     logits: torch.Tensor, ids: torch.Tensor, predict: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token NLL of each sequence of a batch, row by row (bounds the memory).
+    """Summed next-token NLL of each sequence, row by row (bounds the memory), in the trace.
 
-    Runs where the model runs, inside the trace (on NDIF for a remote model), so only two
-    ``[batch]`` vectors leave it, never the logits. Positions not scored get the target
-    ``-100`` that ``cross_entropy`` ignores: no shape depends on the data.
+    Unscored positions get the ignored target ``-100``: no shape depends on the data.
 
     Args:
         logits: ``[batch, pos, vocab]``.
         ids: ``[batch, pos]``.
-        predict: ``[batch, pos - 1]`` bool, True where the prediction made at ``t`` (of
-            token ``t + 1``) is scored; ``None`` scores all.
+        predict: ``[batch, pos - 1]`` bool, which predictions count (``None``: all).
 
     Returns:
         ``(nll_sum [batch] float64, tokens [batch] int64)``: nats, scored predictions.
@@ -106,11 +93,7 @@ def _batch_nll(model, ids, attention_mask, predict, ivs):
 
 
 def _chunk_nll(model, chunks, ivs, batch_size, bar=None, attention_mask=None):
-    """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``.
-
-    With an ``attention_mask`` (``[n, seq]``, left padding), position ``t`` predicts token
-    ``t + 1`` only when both are real tokens.
-    """
+    """Summed NLL and predicted-token count of every chunk: ``([n] float64, [n] int64)``."""
     sums, counts = [torch.zeros(0, dtype=torch.float64)], [torch.zeros(0, dtype=torch.int64)]
     for start in range(0, chunks.shape[0], int(batch_size)):
         ids = chunks[start : start + int(batch_size)]
@@ -137,14 +120,13 @@ def nll(
 ) -> tuple[float, int]:
     """Mean next-token NLL of token chunks, with interventions.
 
-    Every position ``t`` with a real token at ``t`` and ``t + 1`` predicts token ``t + 1``;
-    the mean is over all those predictions of all chunks (token-weighted).
+    Position ``t`` predicts token ``t + 1`` when both are real tokens; the mean is over all
+    predictions of all chunks (token-weighted).
 
     Args:
         model: The loaded model.
         chunks: ``[n, seq]`` token ids (e.g. ``PackedCorpus.chunks[lang]``; first token BOS).
-        interventions: Applied at every position (``"generated"`` scope is refused: a
-            scoring pass generates nothing).
+        interventions: Applied at every position (``"generated"`` refused: nothing is generated).
         batch_size: Chunks per forward pass.
         attention_mask: ``[n, seq]`` 1 for real tokens (left padding), or ``None``.
         progress: Show a tqdm progress bar.
@@ -154,7 +136,7 @@ def nll(
 
     Raises:
         InterventionError: an intervention that does not fit the model, or ``"generated"``.
-        ValueError: chunks not ``[n, seq]`` with ``seq >= 2``, or nothing to predict.
+        ValueError: chunks not ``[n, seq >= 2]``, or nothing to predict.
     """
     ivs = check_interventions(model, interventions)
     for iv in ivs:
@@ -190,7 +172,7 @@ def score_continuations(
     *,
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """NLL of each continuation given its prompt, under the unmodified model.
+    """NLL of each continuation given its prompt, under the unmodified model (steering's cost).
 
     Args:
         model: The loaded model.
@@ -199,8 +181,7 @@ def score_continuations(
         batch_size: Items per forward pass (left padded).
 
     Returns:
-        DataFrame, one row per item: ``nll_sum`` (nats), ``tokens`` (continuation tokens
-        scored), ``nll`` (mean; NaN for an empty continuation).
+        DataFrame, a row per item: ``nll_sum`` (nats), ``tokens``, ``nll`` (NaN if empty).
     """
     if len(prompt_ids) != len(continuation_ids):
         raise ValueError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
@@ -234,10 +215,8 @@ def delta_interval(
 ) -> tuple[float, float, float]:
     """ΔNLL of one cell with a 95% paired-bootstrap interval over held-out chunks.
 
-    ``ΔNLL = sum(nll_sum - base_sum) / sum(tokens)``: the token-weighted mean NLL change.
-    Chunks are resampled with replacement, the same chunks for the intervention and the
-    baseline (paired), by ``scipy.stats.bootstrap`` (BCa, 9,999 resamples; percentile
-    when BCa cannot be computed, e.g. with 2 chunks).
+    ``ΔNLL = sum(nll_sum - base_sum) / sum(tokens)``. ``scipy.stats.bootstrap`` resamples the
+    chunks, paired (BCa, 9,999 resamples; percentile where BCa fails, e.g. with 2 chunks).
 
     Args:
         nll_sum: ``[chunk]`` summed NLL (nats) of each chunk with the intervention.
@@ -246,8 +225,7 @@ def delta_interval(
         seed: Seed of the resampling.
 
     Returns:
-        ``(delta, lo, hi)``; ``lo``/``hi`` are NaN with fewer than 2 chunks, and equal to
-        ``delta`` when every chunk changed by the same amount per token (e.g. 0).
+        ``(delta, lo, hi)``; ``lo``/``hi`` NaN below 2 chunks, ``delta`` if all chunks agree.
     """
     from scipy.stats import bootstrap
 
@@ -278,16 +256,13 @@ class PplMatrix:
     """The perplexity-change matrix: held-out NLL per (deactivated set, evaluated language).
 
     Attributes:
-        records: Tidy DataFrame, one row per (row, evaluated language): ``row`` (label:
-            ``"none"``, ``"<lang>"``, ``"<lang> (<control>)"``), ``kind`` (``"none"``,
-            ``"lape"``, or a control's name such as ``"random"``/``"matched"``),
-            ``deactivated`` (language whose set is zeroed, ``""`` for none), ``n_neurons``
-            (size of the set), ``evaluated``, ``nll`` (mean nats per token), ``tokens``
-            (predicted tokens).
-        chunks: Per held-out chunk, the same cells split up: ``row``, ``evaluated``,
-            ``chunk`` (index within the language), ``nll_sum``, ``tokens``; the intervals
-            resample them. ``None`` (no intervals) for a matrix built from records alone.
-        meta: JSON-able facts: model, selection method/provenance, corpus, controls.
+        records: Tidy, a row per cell: ``row`` (``"none"``, ``"<lang>"``, ``"<lang>
+            (<control>)"``), ``kind`` (``"none"``, ``"lape"`` or a control's name),
+            ``deactivated`` (``""`` for none), ``n_neurons``, ``evaluated``, ``nll`` (mean
+            nats per token), ``tokens``.
+        chunks: The cells per held-out chunk (``row``, ``evaluated``, ``chunk``, ``nll_sum``,
+            ``tokens``), resampled by the intervals; ``None`` (no intervals) if not kept.
+        meta: JSON-able facts: model, selection, corpus, controls.
     """
 
     records: pd.DataFrame
@@ -331,12 +306,10 @@ class PplMatrix:
         return ci
 
     def tidy(self) -> pd.DataFrame:
-        """Records with ``ppl``, ``delta_nll`` and its interval.
+        """Records with ``ppl``, ``delta_nll`` (vs ``none``) and its interval.
 
-        ``ppl = exp(nll)``, ``delta_nll = nll - nll(none, same language)``, its 95%
-        interval ``delta_nll_lo``/``delta_nll_hi`` (paired bootstrap over chunks, see
-        :func:`delta_interval`; NaN without chunks) and ``excludes_zero`` (the interval
-        lies above or below 0).
+        The interval is ``delta_nll_lo``/``delta_nll_hi`` (:func:`delta_interval`; NaN
+        without chunks), and ``excludes_zero`` whether it lies above or below 0.
         """
         df = self.records.copy()
         base = df[df["kind"] == "none"].set_index("evaluated")["nll"]
@@ -348,11 +321,10 @@ class PplMatrix:
         return df
 
     def table(self, value: str = "delta_nll") -> pd.DataFrame:
-        """Wide matrix: index = row label, columns = evaluated language.
+        """A :meth:`tidy` column as a matrix: index = row label, columns = evaluated language.
 
         Args:
-            value: ``"nll"``, ``"ppl"``, ``"delta_nll"``, ``"delta_nll_lo"``,
-                ``"delta_nll_hi"``, ``"excludes_zero"`` or ``"tokens"``.
+            value: ``nll``, ``ppl``, ``delta_nll``/``_lo``/``_hi``, ``excludes_zero`` or ``tokens``.
         """
         df = self.tidy()
         if value not in df.columns:
@@ -362,9 +334,7 @@ class PplMatrix:
             )
         wide = df.pivot(index="row", columns="evaluated", values=value)
         wide = wide.reindex(index=self.rows, columns=self.languages)
-        wide.index.name = "deactivated"
-        wide.columns.name = "evaluated"
-        return wide
+        return wide.rename_axis(index="deactivated", columns="evaluated")
 
     def nll_table(self) -> pd.DataFrame:
         """Absolute mean NLL (nats/token), wide."""
@@ -382,14 +352,11 @@ class PplMatrix:
         """One line per deactivated set.
 
         Columns: ``kind``, ``deactivated``, ``n_neurons``, ``diag_delta`` (ΔNLL on its own
-        language; NaN if that language was not evaluated) with its interval ``diag_lo``/
-        ``diag_hi`` and ``diag_excludes_zero``, ``offdiag_mean_delta`` (mean ΔNLL on the
-        other languages), ``ratio`` (diag / mean off-diagonal; NaN when the off-diagonal
-        mean is not positive); then for LAPE rows, per control ``c`` of the matrix:
-        ``c_diag_delta``, ``c_diag_lo``, ``c_diag_hi`` (the matched control's diagonal),
-        and ``beats_c``: the LAPE diagonal is larger than the control's with
-        non-overlapping intervals (by the point estimates when there are no intervals);
-        with a ``random`` control, ``lape_minus_random`` (LAPE minus random diagonal).
+        language) with ``diag_lo``/``diag_hi`` and ``diag_excludes_zero``,
+        ``offdiag_mean_delta``, ``ratio`` (diag / off-diagonal, if that is positive); for
+        LAPE rows, per control ``c``: ``c_diag_delta``/``_lo``/``_hi`` and ``beats_c``
+        (larger, intervals apart; point estimates without intervals); with a ``random``
+        control, ``lape_minus_random``.
         """
         df = self.tidy()
         df = df[df["kind"] != "none"]
@@ -411,20 +378,16 @@ class PplMatrix:
             for col in ("diag_delta", "diag_lo", "diag_hi"):
                 summ[f"{c}_{col}"] = summ["deactivated"].map(ctrl[col]).where(lape)
             has_ci = summ["diag_lo"].notna() & summ[f"{c}_diag_hi"].notna()
-            beats = summ["diag_lo"].where(has_ci, summ["diag_delta"]) > summ[
-                f"{c}_diag_hi"
-            ].where(has_ci, summ[f"{c}_diag_delta"])
-            summ[f"beats_{c}"] = beats.where(summ[f"{c}_diag_delta"].notna())
+            lo = summ["diag_lo"].where(has_ci, summ["diag_delta"])
+            hi = summ[f"{c}_diag_hi"].where(has_ci, summ[f"{c}_diag_delta"])
+            summ[f"beats_{c}"] = (lo > hi).where(summ[f"{c}_diag_delta"].notna())
         if "random" in self.controls:
             summ["lape_minus_random"] = summ["diag_delta"] - summ["random_diag_delta"]
         return summ
 
     # ------------------------------------------------------------------ files
     def to_csv(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Writes the tidy table (with intervals), the per-chunk values and the meta.
-
-        The table goes to ``path``, the chunks to ``<path stem>.chunks.csv`` and
-        :attr:`meta` to ``path + ".json"``.
+        """Writes :meth:`tidy` to ``path``, the chunks to ``<stem>.chunks.csv``, meta to ``.json``.
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -477,19 +440,16 @@ def perplexity_matrix(
 ) -> PplMatrix:
     """NLL of held-out text of each language with each language's neurons deactivated.
 
-    Rows: ``"none"`` (computed once), then per language of the selection its LAPE set
-    zeroed, then per control and language that control's set zeroed. An empty set reuses
-    the none row (its ΔNLL is exactly 0). Every chunk's NLL is kept, so every ΔNLL gets a
-    paired-bootstrap interval over chunks (:meth:`PplMatrix.tidy`) at no extra forward.
+    Rows (``lape-method.md`` §3): ``"none"`` (once), then each language's LAPE set zeroed at
+    every position, then the same per control. An empty set reuses the none row (ΔNLL 0).
+    Every chunk's NLL is kept, for the intervals of :meth:`PplMatrix.tidy`.
 
     Args:
         model: The loaded model.
         selection: The language-specific neurons (of this model).
-        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack` of the ``heldout``
-            split); its languages are the columns.
-        controls: ``{name: selection}`` of control sets with the same languages, e.g.
-            ``{"random": random_matched(sel, 0), "matched": activity_matched(sel, P,
-            langs, 0)}``; default the uniform random control with seed 0; ``{}`` for none.
+        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack`): the columns.
+        controls: ``{name: selection}`` with the same languages, e.g. ``{"random":
+            random_matched(sel, 0)}`` (the default); ``{}`` for none.
         batch_size: Chunks per forward pass.
         languages: Deactivated languages (rows), default all of the selection.
         progress: Show a progress bar.
@@ -498,8 +458,7 @@ def perplexity_matrix(
         A :class:`PplMatrix`.
 
     Raises:
-        InterventionError: the selection or a control does not fit the model, or a
-            language is not in it.
+        InterventionError: a selection that does not fit the model, or a language not in it.
     """
     from .lape import random_matched
 
@@ -520,8 +479,7 @@ def perplexity_matrix(
     if missing:
         log.warning("no held-out text for %s: their diagonal will be NaN", missing)
 
-    # all columns' chunks in one tensor, so that a row's forward passes are full batches
-    # even when each language has only a chunk or two
+    # all languages' chunks in one tensor: full batches even with a chunk or two per language
     chunks = [heldout.chunks[lang] for lang in cols]
     owner = torch.cat([torch.full((int(c.shape[0]),), j) for j, c in enumerate(chunks)])
     index = torch.cat([torch.arange(int(c.shape[0])) for c in chunks])
@@ -586,16 +544,14 @@ def threshold_effect(
 ) -> pd.DataFrame:
     """What the selection threshold does to the evidence.
 
-    For each ``top_rate``: identify from ``stats`` (the other thresholds from ``config``),
-    zero each language's set on the held-out text of every language, and record the
-    diagonal ΔNLL with its interval, the mean off-diagonal ΔNLL and the set's size. Rows
-    are the languages both selected and in ``heldout``.
+    For each ``top_rate``, identifies from ``stats`` and runs :func:`perplexity_matrix`
+    (no control) over the languages both selected and in ``heldout``.
 
     Args:
         model: The loaded model.
         stats: Its :class:`~lape_utils.stats.ActivationStats`.
         heldout: Packed held-out text; its languages are evaluated.
-        top_rates: Fractions of all neurons to select, e.g. ``(0.0025, 0.005, 0.01, 0.02)``.
+        top_rates: Fractions of all neurons to select, e.g. ``(0.0025, 0.005, 0.01)``.
         config: The other thresholds.
         batch_size: Chunks per forward pass.
         progress: Show progress bars.

@@ -1,22 +1,12 @@
-"""Generation with interventions on every step: one function, one settings type, one result.
-
-:func:`generate` continues each prompt with the model while applying
-:class:`~lape_utils.intervene.Intervention` s at every forward of the generation that
-their ``positions`` cover (see :mod:`lape_utils.intervene`). How to decode is one frozen,
-validated :class:`GenerationConfig`; what comes back is one :class:`Generation` (texts,
-token ids and, on request, the first step's next-token distribution).
+"""Generation with interventions on every step (:func:`generate`).
 
 nnsight 0.8.1 mechanics (measured, see ``tests/test_intervene.py``): inside
-``with model.nn.generate(...) as tracer``, one ``tracer.invoke(inputs)`` holds
-``for step in tracer.all():`` whose body edits the sites of that step (step 0 sees
-``[batch, prompt_len, neuron]``, later steps ``[batch, 1, neuron]``); an open-ended loop
-never ends normally (the model running out of steps leaves its last request dangling,
-which nnsight reports as a warning we silence), so the generated ids are read in a second,
-empty ``tracer.invoke()`` with ``tracer.result``. When no intervention applies after step
-0 the loop breaks after step 0, otherwise it would spin forever without a request.
-
-A model loaded with ``remote=True`` (or ``"local"``) generates through ``model.nn.generate``
-with that setting, interventions or not; only the generated ids come back.
+``model.nn.generate(...) as tracer``, one ``tracer.invoke(inputs)`` holds ``for step in
+tracer.all():``, whose body edits that step's sites (step 0 sees ``[batch, prompt_len,
+neuron]``, later steps ``[batch, 1, neuron]``). The open-ended loop never ends normally (its
+last request dangles: a warning we silence), so the generated ids are read in a second, empty
+``tracer.invoke()`` from ``tracer.result``; when no intervention applies after step 0 the loop
+breaks after it, or it would spin forever. A remote model always generates this way.
 """
 
 from __future__ import annotations
@@ -54,29 +44,23 @@ _DANGLING = r".*was never reached.*"  # nnsight's warning at the end of an open 
 class GenerationConfig:
     """How to generate. Frozen and validated; variants with ``dataclasses.replace``.
 
-    Top-k filtering is off when sampling (``top_k=0``, not the transformers default of 50).
+    Attributes:
+        max_new_tokens: Tokens to generate at most per prompt (>= 1).
+        do_sample: Sample instead of greedy decoding (top-k off: ``top_k=0``, not 50).
+        temperature: Sampling temperature (> 0).
+        top_p: Nucleus sampling threshold in (0, 1].
+        repetition_penalty: transformers' repetition penalty (> 0; the paper's 1.1), or ``None``.
+        batch_size: Prompts per forward pass (>= 1; left padded).
+        seed: Seed of the global RNG before each batch (``seed + batch index``).
     """
 
     max_new_tokens: int = 64
-    """Tokens to generate at most per prompt (>= 1)."""
-
     do_sample: bool = False
-    """Sample instead of greedy decoding."""
-
     temperature: float = 1.0
-    """Sampling temperature (> 0; sampling only)."""
-
     top_p: float = 1.0
-    """Nucleus sampling threshold in (0, 1] (sampling only)."""
-
     repetition_penalty: float | None = None
-    """transformers' repetition penalty (> 0; the paper used 1.1), or ``None``."""
-
     batch_size: int = 8
-    """Prompts per forward pass (>= 1; prompts are left padded)."""
-
     seed: int = 0
-    """Seed of the global RNG before each batch (``seed + batch index``)."""
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "batch_size", "seed"):
@@ -98,11 +82,8 @@ class GenerationConfig:
 
     def hf_kwargs(self, pad_token_id: int | None) -> dict:
         """Keyword arguments of ``model.generate`` for these settings."""
-        kwargs: dict = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "pad_token_id": pad_token_id,
-        }
+        kwargs: dict = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                        "pad_token_id": pad_token_id}
         if self.do_sample:
             kwargs |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
         if self.repetition_penalty is not None:
@@ -117,10 +98,9 @@ class Generation:
     Attributes:
         texts: Decoded new text per prompt (special tokens skipped).
         prompt_ids: Per prompt, ``[prompt_len]`` its token ids (no padding).
-        new_ids: Per prompt, ``[n_new]`` generated ids, cut after the first EOS (kept)
-            and without padding.
-        first_step_probs: ``[n_prompts, vocab]`` float32 next-token distribution at the
-            first generated step (with the interventions of step 0), or ``None``.
+        new_ids: Per prompt, ``[n_new]`` generated ids, cut after the first EOS (kept), unpadded.
+        first_step_probs: ``[n_prompts, vocab]`` float32 next-token distribution of the first
+            generated step (with step 0's interventions), or ``None``.
     """
 
     texts: list[str]
@@ -130,10 +110,10 @@ class Generation:
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
-    """The prompts as a list, or a clear error for an empty list, a bare str or empty text.
+    """The prompts as a list, checked.
 
     Raises:
-        InterventionError: naming the offending prompt.
+        InterventionError: no prompt, a bare str, or an empty or non-str prompt (named).
     """
     if isinstance(prompts, str):
         raise InterventionError("prompts must be a list of strings, got a single str; wrap it")
@@ -149,11 +129,9 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def _generate_batch(model: LapeModel, ivs, plan, inputs: dict, kwargs: dict, backend, remote):
-    """One batch of generation with the interventions applied at every step they cover.
+    """One batch: nnsight as the module docstring says, or ``model.hf.generate`` under hooks.
 
-    Locally, ``model.hf.generate`` under :func:`~lape_utils.intervene.hooked` serves the
-    hooks backend and any call without intervention; otherwise (and always with a remote
-    setting: the model may have no local weights) it is ``model.nn.generate``.
+    The latter serves the hooks backend and local calls without intervention.
     """
     if backend == "hooks" or not (plan or remote):
         with hooked(model, ivs):
@@ -177,15 +155,9 @@ def _generate_batch(model: LapeModel, ivs, plan, inputs: dict, kwargs: dict, bac
 
 
 def _encode_prompts(tokenizer, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Token ids of prompts, left padded, with the BOS token exactly once.
+    """``{"input_ids", "attention_mask"}``, ``[batch, pos]`` int64, left padded; one BOS.
 
-    A prompt that already starts with the BOS text (a chat template's output, e.g.
-    ``"<s>[INST] ..."``) is tokenized without special tokens, so the tokenizer does not add
-    a second BOS; other prompts get the tokenizer's special tokens as usual.
-
-    Returns:
-        ``{"input_ids": [batch, pos], "attention_mask": [batch, pos]}`` (int64, left padded
-        with the pad token).
+    A prompt starting with the BOS text (a chat template's output) gets no special tokens.
     """
     bos = getattr(tokenizer, "bos_token", None)
     rows = [
@@ -214,33 +186,23 @@ def generate(
     progress: bool = True,
     remote: bool | str | None = None,
 ) -> Generation:
-    """Generates a continuation of each prompt with interventions on every step.
-
-    Prompts are batched with left padding; only the new tokens are decoded. Interventions
-    apply at every forward of the generation according to their ``positions`` (``"all"``
-    covers every generated token, the first included).
+    """Generates a continuation of each prompt (left padded) with interventions on every step.
 
     Args:
         model: The loaded model.
         prompts: Non-empty prompt strings.
-        interventions: Applied in list order at every step they cover.
+        interventions: Applied in list order at every step their ``positions`` cover.
         config: Decoding, length, batching and seed.
-        first_step_probs: Also return the next-token distribution of the first generated
-            step (one extra forward of the prompts).
-        backend: ``"nnsight"`` or ``"hooks"`` (same semantics, same tokens; the hook path
-            is the tests' reference for nnsight).
+        first_step_probs: Also return the first step's next-token distribution (one forward).
+        backend: ``"nnsight"`` or ``"hooks"`` (same tokens; hooks are the tests' reference).
         progress: Show a progress bar over batches.
-        remote: ``True`` generates on NDIF, ``"local"`` dry-runs the serialisation here
-            (both through ``model.nn.generate``); default (``None``) the model's own
-            setting.
+        remote: ``True``: on NDIF; ``"local"``: dry-run the serialisation; ``None``: the model's.
 
     Returns:
-        A :class:`Generation`.
+        A :class:`Generation` (only the new tokens decoded).
 
     Raises:
-        InterventionError: empty prompts, an intervention that does not fit the model, an
-            unknown backend, ``backend="hooks"`` with a remote setting; all before any
-            generation.
+        InterventionError: bad prompts, interventions, backend or config; before generating.
         MissingNDIFKeyError: ``remote=True`` without an NDIF key (nothing is sent).
     """
     remote = _resolve_remote(model, remote, backend)

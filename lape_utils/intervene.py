@@ -1,33 +1,23 @@
 """Interventions on MLP neurons: zero, set, add or scale them during a forward pass or generation.
 
 An :class:`Intervention` names neurons per layer (``{layer: LongTensor}``), an operation and
-the positions it applies to. The same semantics are applied two ways, sharing the
-operation code (:func:`apply_op`):
+the positions it applies to. It is applied through nnsight (the default: the site outputs are
+edited inside ``model.nn.trace``/``generate``) or through plain forward hooks (:func:`hooked`,
+the fallback and the tests' reference); both share :func:`apply_op`.
 
-* through nnsight (the default): the site outputs are edited inside ``model.nn.trace`` /
-  ``model.nn.generate``;
-* through plain ``register_forward_hook`` hooks (:func:`hooked`), the fallback and the
-  reference the tests compare nnsight with.
-
-Position scopes (``positions``), in terms of the forward passes of a generation with a KV
-cache: step 0 runs the whole (left-padded) prompt, every later step runs one new token.
+Position scopes, in forward passes of a generation with a KV cache (step 0 runs the whole
+left-padded prompt, every later step one new token):
 
 * ``"all"``: every position of every step;
-* ``"prompt"``: every position of step 0 only;
-* ``"last_prompt"``: the last prompt position of step 0 only (the position that predicts
-  the first generated token);
-* ``"generated"``: every later step (each generated token fed back). Note that the first
-  generated token is predicted at step 0, so ``"generated"`` alone leaves it untouched;
-  use ``"all"`` to steer every generated token.
+* ``"prompt"``: every position of step 0;
+* ``"last_prompt"``: the last position of step 0 (it predicts the first generated token);
+* ``"generated"``: every later step. The first generated token is predicted at step 0, so
+  ``"generated"`` leaves it untouched; ``"all"`` steers every generated token.
 
-A single forward pass (:func:`forward_logits`) is step 0; it runs here or, for a model
-loaded with ``remote=``, on NDIF, and can reduce the logits before they leave the trace.
-
-Several interventions compose: per layer, in list order, on the output of the previous one
-(e.g. zero a source language's neurons, then set the target language's). Each layer's site
-is read once per step, layers in forward order.
-
-Generation with interventions is :func:`lape_utils.generation.generate`.
+Interventions compose per layer in list order, each on the previous one's output (e.g. zero
+the source language's neurons, then set the target's); each layer's site is read once per
+step, layers in forward order. :func:`forward_logits` runs a step 0 (here or on NDIF);
+generation is :func:`lape_utils.generation.generate`.
 """
 
 from __future__ import annotations
@@ -61,8 +51,7 @@ __all__ = [
 ]
 
 OPS: tuple[str, ...] = ("zero", "set", "add", "scale")
-"""Operations: ``zero`` (activation := 0), ``set`` (:= value), ``add`` (+= value),
-``scale`` (*= value)."""
+"""Operations: ``zero`` (:= 0), ``set`` (:= value), ``add`` (+= value), ``scale`` (*= value)."""
 
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last_prompt")
 """Position scopes (see the module docstring)."""
@@ -75,7 +64,7 @@ class InterventionError(ValueError):
 
 
 # ============================================================================ checks
-# shared with generation, evaluate and steering, so that each error reads the same everywhere
+# (shared with generation, evaluate and steering: each error reads the same everywhere)
 
 _ANOTHER_MODEL = (
     "it comes from another model. Select neurons on this model (lape capture + lape "
@@ -129,8 +118,7 @@ def check_interventions(
         The interventions as a list.
 
     Raises:
-        InterventionError: not an :class:`Intervention`; a neuron set made for a model of
-            another shape (both shapes named); a layer or neuron out of range.
+        InterventionError: not an Intervention, or neurons of a model of another shape.
     """
     out = [interventions] if isinstance(interventions, Intervention) else list(interventions)
     L, D = model.n_layers, model.n_neurons
@@ -161,15 +149,12 @@ class Intervention:
     """An operation on a set of MLP neurons, at some positions.
 
     Attributes:
-        neurons: ``{layer: LongTensor [k]}`` sorted neuron indices per layer (layers with
-            no neuron are dropped).
-        op: ``"zero"``, ``"set"``, ``"add"`` or ``"scale"``.
-        value: For ``set``/``add``/``scale``: a float, or ``{layer: FloatTensor [k]}`` one
-            value per neuron (same keys and lengths as ``neurons``). Ignored by ``zero``.
-        positions: ``"all"``, ``"prompt"``, ``"generated"`` or ``"last_prompt"``.
+        neurons: ``{layer: LongTensor [k]}`` sorted neuron indices (empty layers dropped).
+        op: One of :data:`OPS`.
+        value: A float, or ``{layer: FloatTensor [k]}`` one per neuron; ignored by ``zero``.
+        positions: One of :data:`POSITIONS`.
         label: Human-readable description (e.g. ``"set fr (mean on fr) x1.0"``).
-        shape: ``(n_layers, n_neurons)`` of the model the neuron set was made for, when
-            known; checked against the model before any forward.
+        shape: ``(n_layers, n_neurons)`` the neuron set was made for, if known (checked).
     """
 
     neurons: Mapping[int, torch.Tensor]
@@ -287,8 +272,7 @@ class Intervention:
             selection: The neuron sets.
             lang: Whose neurons are set.
             stats: Activation statistics with activation sums, of the same model.
-            source_lang: The language whose mean activation gives the value (default
-                ``lang``: each neuron's mean activation on its own language).
+            source_lang: Whose mean activation gives the value (default ``lang``).
             strength: Multiplier of the mean activation.
             positions: Position scope.
         """
@@ -317,9 +301,8 @@ class Intervention:
             selection: The neuron sets.
             lang: Whose neurons are changed.
             value: The amount (a strength when ``stats`` is given).
-            stats: If given, each neuron gets ``value`` x its mean activation on
-                ``source_lang`` (default ``lang``), as in :meth:`set_to`.
-            source_lang: See ``stats``.
+            stats: If given, ``value`` x each neuron's mean activation on ``source_lang``.
+            source_lang: Whose mean activation (default ``lang``).
             positions: Position scope.
         """
         value = _check_finite(value, "value of add")
@@ -390,15 +373,14 @@ def apply_op(
     """Applies one operation to some neurons of a site output (pure: returns a new tensor).
 
     Args:
-        act: ``[batch, pos, neuron]`` activations (any ``[..., neuron]`` works when
-            ``position_mask`` is ``None``).
+        act: ``[batch, pos, neuron]`` (any ``[..., neuron]`` without ``position_mask``).
         neurons: ``[k]`` neuron indices (on any device).
-        op: ``"zero"``, ``"set"``, ``"add"`` or ``"scale"``.
+        op: One of :data:`OPS`.
         value: A float or ``[k]`` per-neuron values (cast to ``act``'s dtype and device).
         position_mask: ``[batch, pos]`` bool, positions to change; ``None`` = all.
 
     Returns:
-        A tensor like ``act``; ``act`` itself is not modified.
+        A new tensor like ``act``.
     """
     neurons = neurons.to(act.device)
     sub = act[..., neurons]
@@ -434,8 +416,7 @@ class _LayerOp:
     positions: str
 
 
-_Plan = list[tuple[int, list[_LayerOp]]]
-"""Prepared interventions: per layer (ascending), the ops in list order."""
+_Plan = list[tuple[int, list[_LayerOp]]]  # per layer (ascending), the ops in list order
 
 
 def _plan(model: LapeModel, interventions) -> _Plan:
@@ -463,10 +444,9 @@ def _active(ops: list[_LayerOp], step: int) -> list[tuple[_LayerOp, str]]:
 
 
 def _edit(act: torch.Tensor, active: list[tuple[_LayerOp, str]], batch: int) -> torch.Tensor:
-    """Applies the ``(op, scope)`` pairs of :func:`_active` to one site output, in order.
+    """Applies :func:`_active`'s pairs, in order, to ``act`` ``[batch, pos, neuron]``.
 
-    ``act`` is ``[batch, pos, neuron]``, or ``[batch * pos, neuron]`` (OPT: reshaped with
-    ``batch``); the result has its shape.
+    A 2-D ``[batch * pos, neuron]`` output (OPT) is reshaped with ``batch``, and back.
     """
     x = act.reshape(batch, -1, act.shape[-1]) if act.ndim == 2 else act
     last = None
@@ -495,10 +475,7 @@ def apply_in_trace(
 ) -> None:
     """Applies interventions from inside a ``model.nn.trace``/``generate`` block.
 
-    The one function through which every nnsight path of this module edits the model: for
-    each layer holding neurons of some intervention (ascending), the site output is read
-    once, the interventions covering ``step`` are applied in list order, and the result is
-    written back. Call it before reading anything downstream of the first edited layer.
+    Call it before reading anything downstream of the first edited layer.
 
     Example::
 
@@ -509,7 +486,7 @@ def apply_in_trace(
     Args:
         model: The loaded model.
         interventions: Applied in list order.
-        batch_size: Rows of the batch (needed to reshape 2-D site outputs such as OPT's).
+        batch_size: Rows of the batch (to reshape 2-D site outputs such as OPT's).
         step: Which forward of a generation this is (0 = the prompt).
     """
     _edit_step_nnsight(model, _plan(model, interventions), step, batch_size)
@@ -532,9 +509,8 @@ def hooked(
 ) -> Iterator[HookState]:
     """Applies interventions with plain forward hooks while the block runs.
 
-    Every forward of the whole model inside the block is one step: the first is step 0
-    (the prompt), later ones are generated steps. Use a fresh block per generation or
-    forward pass.
+    Each forward of the model in the block is one step (the first is step 0), so use a
+    fresh block per generation or forward pass.
 
     Example::
 
@@ -612,9 +588,7 @@ def _left_pad(rows: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, tor
 def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = "nnsight"):
     """The ``remote`` setting of a call (``None``: the model's), checked before any trace.
 
-    Refuses an unknown backend, and ``backend="hooks"`` with a remote setting (plain hooks
-    need local weights), with :class:`InterventionError`; ``remote=True`` needs an NDIF key
-    (:func:`~lape_utils.remote.prepare_remote`).
+    Refuses an unknown backend, hooks with a remote setting, ``remote=True`` without NDIF key.
     """
     from .remote import prepare_remote
 
@@ -641,13 +615,10 @@ def forward_logits(
     remote: bool | str | None = None,
     reduce: Callable[[torch.Tensor], object] | None = None,
 ):
-    """One forward pass with interventions; returns the logits, or ``reduce`` of them.
+    """One forward pass (step 0) with interventions; returns the logits, or ``reduce`` of them.
 
-    The pass is step 0 of a generation: ``"all"``/``"prompt"`` interventions apply to every
-    position, ``"last_prompt"`` to the last one, ``"generated"`` to none. With the nnsight
-    backend the pass is one ``model.nn.trace`` (also without interventions, so that a model
-    loaded with ``remote=True`` runs on NDIF); ``reduce`` runs inside it, so only its result
-    is saved and, remotely, sent back.
+    With nnsight it is one ``model.nn.trace`` (also without interventions, so that a remote
+    model runs on NDIF); ``reduce`` runs inside it, so only its result comes back.
 
     Args:
         model: The loaded model.
@@ -656,20 +627,16 @@ def forward_logits(
         interventions: Applied in list order.
         last_only: Compute the logits of the last position only (``logits_to_keep=1``).
         backend: ``"nnsight"`` or ``"hooks"``.
-        remote: ``True`` runs the trace on NDIF, ``"local"`` dry-runs its serialisation
-            here; default (``None``) the model's own setting.
-        reduce: Function of the ``[batch, pos, vocab]`` logits (any tensors or tuples of
-            them) applied where the model runs; e.g. per-sequence NLL sums instead of
-            logits (:mod:`lape_utils.evaluate`). It must reach only what it is given and
-            this package (which travels with an NDIF request).
+        remote: ``True``: on NDIF; ``"local"``: dry-run the serialisation; ``None``: the model's.
+        reduce: Function of the ``[batch, pos, vocab]`` logits run where the model runs (e.g.
+            per-sequence NLL sums); it may reach only its input and this package.
 
     Returns:
-        ``[batch, pos, vocab]`` logits (``[batch, 1, vocab]`` with ``last_only``), on the
-        model's device, in the model's dtype; or what ``reduce`` returns.
+        ``[batch, pos, vocab]`` logits (``pos`` = 1 with ``last_only``) in the model's
+        device and dtype, or what ``reduce`` returns.
 
     Raises:
-        InterventionError: bad inputs or interventions, ``backend="hooks"`` with a remote
-            setting.
+        InterventionError: bad inputs or interventions; hooks with a remote setting.
         MissingNDIFKeyError: ``remote=True`` without an NDIF key.
     """
     import nnsight

@@ -1,27 +1,17 @@
-"""Figures of the workbook.
-
-Where language-specific neurons sit, how they overlap, how the thresholds cut, how stable
-they are, what deactivating and steering them does.
+"""Figures: where the neurons sit and overlap, how thresholds cut, how stable they are, effects.
 
 Conventions (``shared/docs/style.md``):
 
-* Every ``plot_*`` function takes ``ax=None`` (a new figure is made when ``None``) and
-  returns the ``Axes`` it drew on; multi-panel functions take ``axes`` and return a NumPy
-  array of ``Axes``. Nothing here calls ``savefig`` or ``show``: :func:`save_figure` is
-  the one place that writes a file.
-* Inputs are selections or labelled DataFrames (index = layer, columns = language, or
-  tidy). Languages appear in the module order :data:`~lape_utils.languages.LANGUAGE_ORDER`
-  (``"all"`` last), each in its fixed colour (:data:`LANGUAGE_COLORS`,
-  :func:`language_color`).
-* The statistics plots are seaborn's (``heatmap``, ``histplot``, ``barplot``,
-  ``lineplot``). A heatmap's mesh is ``ax.collections[0]`` (``get_array()`` holds the
-  cells, ``get_clim()`` the colour limits). Counts use the sequential
-  :data:`SEQUENTIAL_CMAP`; differences (ΔNLL) the diverging :data:`DIVERGING_CMAP` centred
-  at 0. Fixed ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
-* Titles: ``config`` (a :class:`~lape_utils.lape.LapeConfig`, a dict of its fields, or a
-  selection; by default the selection drawn) adds its
-  :meth:`~lape_utils.lape.LapeConfig.label` on a second line; ``title`` (where taken)
-  replaces the whole title.
+* ``plot_*`` functions take ``ax=None`` (``None``: a new figure) and return the ``Axes``
+  drawn on; multi-panel ones take ``axes`` and return an array of them. Only
+  :func:`save_figure` writes a file; nothing calls ``show``.
+* Inputs are selections or labelled DataFrames (index = layer, columns = language, or tidy).
+  Languages appear in the module order (``"all"`` last), each in its :func:`language_color`.
+* Plots are seaborn's; a heatmap's mesh is ``ax.collections[0]``. Counts use
+  :data:`SEQUENTIAL_CMAP`, differences (ΔNLL) :data:`DIVERGING_CMAP` centred at 0; fixed
+  ``vmin``/``vmax`` are honoured, so that a widget redraw keeps its scale.
+* ``config`` (a LapeConfig, a dict of its fields or a selection; by default the selection
+  drawn) adds its label as the title's second line; ``title`` replaces the whole title.
 """
 
 from __future__ import annotations
@@ -98,8 +88,7 @@ def language_color(lang: str) -> str:
         lang: Language code, or ``"all"``.
 
     Returns:
-        Its colour in :data:`LANGUAGE_COLORS`; dark grey for ``"all"``; for any other code a
-        colour of ``tab20b`` chosen by a hash of the code (the same in every session).
+        :data:`LANGUAGE_COLORS`'s; grey for ``"all"``; else a ``tab20b`` colour by hash.
     """
     if lang in LANGUAGE_COLORS:
         return LANGUAGE_COLORS[lang]
@@ -133,11 +122,7 @@ def _axes_array(axes: Any, n: int, figsize: tuple[float, float], ncols: int = 0)
 
 
 def _title(ax: Axes, base: str, config: Any, title: str | None = None) -> None:
-    """Set ``title`` if given, else ``base`` with the config's label on a second line.
-
-    ``config`` is a LapeConfig, a dict of its fields, a label string or a selection (its
-    config is used); anything else (``None``, a table) adds no label.
-    """
+    """Set ``title`` if given, else ``base`` with the config's label (or label string) below."""
     if title is not None:
         ax.set_title(title)
         return
@@ -196,9 +181,8 @@ def _norm(
 ) -> mcolors.Normalize:
     """Colour scale: ``vmin`` (default ``min(0, smallest)``) to ``vmax`` (default largest).
 
-    Diverging: centred at 0, ``±max|value|`` or ``±`` the one limit given; two given limits
-    must straddle 0, and asymmetric ones get a ``TwoSlopeNorm`` that keeps 0 at the centre
-    colour (seaborn's ``center=`` would crop the colormap instead).
+    Diverging: ``±max|value|`` or ``±`` the one limit given; two limits must straddle 0, and
+    asymmetric ones keep 0 at the centre colour (``TwoSlopeNorm``; seaborn's would crop).
     """
     finite = np.asarray(values, dtype=float)
     finite = finite[np.isfinite(finite)]
@@ -232,11 +216,8 @@ def _heatmap(
 ) -> Axes:
     """Draw ``sns.heatmap`` of a labelled table, first row on top, tick labels horizontal.
 
-    A new figure, ``row_height`` inches a row, when ``ax`` is ``None``. NaN cells are
-    neither coloured nor written; cells in ``mask`` are left uncoloured but still written
-    (by hand: seaborn skips masked cells). ``kws`` go to ``sns.heatmap``. Tick labels are
-    explicit (every one, or every ``yticklabels``-th row): seaborn's automatic choice
-    draws the whole figure once to measure them, which costs more than the heatmap.
+    Cells in ``mask`` stay uncoloured but are written (by hand: seaborn skips them). Tick
+    labels are explicit: seaborn's automatic ones draw the whole figure to measure them.
     """
     n_rows, n_cols = table.shape
     ax = _axes(ax, (1.6 + 0.65 * max(n_cols, 3), max(2.8, 1.2 + row_height * max(n_rows, 3))))
@@ -258,11 +239,9 @@ def _lines(
     ax: Axes, data: pd.DataFrame, x: str, y: str, hue: str = "language",
     palette: Mapping | None = None, **kws: Any,
 ) -> list[Line2D]:
-    """Draw ``sns.lineplot``, one line per ``hue`` level in ``palette`` order, labelled.
+    """Draw ``sns.lineplot``, a line per ``hue`` level (default: languages), labelled by it.
 
-    Without a ``palette`` the levels are languages: module order, their own colours.
-    Repeated ``x`` values are averaged. Each line is labelled by its level, so that
-    ``ax.get_lines()`` and ``ax.legend()`` name them (seaborn leaves them unnamed).
+    Repeated ``x`` are averaged; the labels name the lines for ``ax.legend()``.
     """
     if palette is None:
         data = data.assign(**{hue: data[hue].astype(str)})
@@ -324,15 +303,11 @@ def plot_layer_distribution(
     """Where each language's neurons sit: neurons per layer and language.
 
     Args:
-        data: A selection, or counts as :func:`lape_utils.analysis.layer_distribution`
-            returns them (index ``layer``, one column per language).
+        data: A selection, or :func:`lape_utils.analysis.layer_distribution` counts.
         ax: Axes to draw on (a new figure if ``None``).
-        kind: ``"heatmap"``: layers on the y axis (layer 0 at the bottom), languages on the x
-            axis, colour = count. ``"lines"``: x = layer, y = count, one line per language.
-            ``"share"``: the same lines as percent of the layer's FFN neurons (needs a
-            selection, or a table with ``attrs["n_neurons"]`` like
-            :func:`lape_utils.analysis.layer_counts` makes).
-        config: LapeConfig (or dict) for the title; by default the selection's own.
+        kind: ``"heatmap"`` (layer 0 at the bottom), ``"lines"`` (one per language) or
+            ``"share"`` (lines in % of the layer; needs a selection or ``attrs["n_neurons"]``).
+        config: Config for the title (see the module docstring).
         vmin: Lower colour limit of the heatmap (default 0).
         vmax: Upper colour limit of the heatmap (default the largest count).
         annot: Write the counts in the cells (default: when there are at most 200 cells).
@@ -384,14 +359,12 @@ def plot_layer_distribution_grid(
     """Neurons per layer of several selections (``kind="lines"``), one panel each, titled.
 
     Args:
-        selections: ``{name: selection}``, e.g. the paper's seven sets from
-            :func:`lape_utils.published.published_sets`.
+        selections: ``{name: selection}``, e.g. :func:`lape_utils.published.published_sets`.
         ncols: Panels per row.
         axes: One Axes per selection; a new figure if ``None`` (its spare panels hidden).
 
     Returns:
-        Flat array of the Axes (one per selection, in the mapping's order). Only the first
-        panel keeps its legend.
+        Flat array of the Axes, one per selection; only the first keeps its legend.
     """
     if not selections:
         raise ValueError("no selections to draw.")
@@ -417,11 +390,10 @@ def plot_language_counts(
     """One bar per language: how many neurons each language got.
 
     Args:
-        data: A selection; per-layer counts (index layer, columns language; summed over
-            layers); or a Series indexed by language.
+        data: A selection, per-layer counts (summed), or a Series indexed by language.
         ax: Axes to draw on.
         percent: Show percent of all FFN neurons (``L·D``; needs a selection), not counts.
-        config: LapeConfig (or dict) for the title; by default the selection's own.
+        config: Config for the title.
         annotate: Write the value above each bar.
         title: Replace the default title.
 
@@ -431,10 +403,7 @@ def plot_language_counts(
     Raises:
         ValueError: ``percent`` for a table.
     """
-    if isinstance(data, pd.Series):
-        counts = _ordered(data, "index")
-    else:
-        counts = _counts(data).sum(axis=0)
+    counts = _ordered(data, "index") if isinstance(data, pd.Series) else _counts(data).sum(axis=0)
     values, ylabel, fmt = counts.to_numpy(dtype=float), "neurons", "{:,.0f}"
     if percent:
         if not isinstance(data, NeuronSelection):
@@ -467,21 +436,15 @@ def plot_overlap(
 ) -> Axes:
     """Neurons shared between languages, as a language × language heatmap.
 
-    The diagonal (a language with itself: its size, or Jaccard 1) would dominate the colour
-    scale, so by default its cells are left uncoloured (grey background) and only written;
-    the colour scale then spans the off-diagonal values.
-
     Args:
-        data: A selection, or a square DataFrame (index and columns = languages), e.g. one
-            of the two tables of :func:`lape_utils.analysis.overlap`.
+        data: A selection, or a square table such as :func:`lape_utils.analysis.overlap`'s.
         ax: Axes to draw on.
-        metric: ``"count"`` (``|A ∩ B|``, diagonal = set sizes) or ``"jaccard"``
-            (``|A ∩ B| / |A ∪ B|``). Picks the table of a selection; labels either way.
-        config: LapeConfig (or dict) for the title; by default the selection's own.
+        metric: ``"count"`` (``|A ∩ B|``) or ``"jaccard"`` (``|A ∩ B| / |A ∪ B|``).
+        config: Config for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest coloured value).
         annot: Write the values in the cells.
-        colour_diagonal: Colour the diagonal too.
+        colour_diagonal: Colour the diagonal too (by default only written: it would dominate).
         colorbar: Add a colour bar.
         title: Replace the default title.
 
@@ -491,10 +454,8 @@ def plot_overlap(
     if metric not in ("count", "jaccard"):
         raise ValueError(f"metric must be 'count' or 'jaccard', got {metric!r}.")
     jaccard = metric == "jaccard"
-    if isinstance(data, NeuronSelection):
-        table = analysis.overlap(data)[int(jaccard)]
-    else:
-        table = _ordered(data, "index", "columns")
+    own = isinstance(data, NeuronSelection)
+    table = analysis.overlap(data)[int(jaccard)] if own else _ordered(data, "index", "columns")
     values = table.to_numpy(dtype=float)
     mask = None if colour_diagonal else table.index.to_numpy()[:, None] == table.columns.to_numpy()
     ax = _heatmap(
@@ -521,15 +482,12 @@ def plot_entropy_distribution(
 ) -> Axes | np.ndarray:
     """Show how the thresholds cut: histograms (log counts) with the thresholds marked.
 
-    * entropy panel: the neurons passing the filter (grey) and the selected ones (red);
-      lines at the selection cut-off (:attr:`EntropyTable.cutoff`) and at ``log K`` (the
-      entropy of a neuron equally active in all languages);
-    * probability panel: all ``P`` values; lines at the filter ``tau`` and the ``bar``.
+    The entropy panel shows the neurons passing the filter and the selected ones, with the
+    cut-off and ``log K``; the probability panel all ``P`` values, with ``tau`` and ``bar``.
 
     Args:
         table: From :func:`lape_utils.analysis.entropy_table`.
-        ax: One Axes (``which`` = ``"entropy"`` or ``"probability"``) or two (``"both"``);
-            new figure if ``None``.
+        ax: One Axes, or two for ``"both"``.
         which: Which panel(s).
         bins: Histogram bins.
 
@@ -589,17 +547,13 @@ def plot_probability_profiles(
     """Activation probability across languages of selected neurons.
 
     Args:
-        profiles: Wide DataFrame, one row per neuron (index ``(layer, neuron)`` or any
-            label), one column of ``P`` per language, as
-            :func:`lape_utils.analysis.probability_profiles` returns it.
+        profiles: :func:`lape_utils.analysis.probability_profiles`: a row per neuron (index
+            ``(layer, neuron)`` or any label), a column of ``P`` per language.
         ax: Axes to draw on.
-        kind: ``"heatmap"`` (rows = neurons labelled ``L<layer>.<neuron>``, top = most
-            specific; columns = languages; sequential colour) or ``"lines"`` (x =
-            languages, one line per neuron).
+        kind: ``"heatmap"`` (rows ``L<layer>.<neuron>``) or ``"lines"`` (a line per neuron).
         language: The language whose neurons these are (title; line colour).
-        bar: Draw the assignment threshold (``EntropyTable.bar``): a horizontal line in
-            ``"lines"``, a mark on the colour bar in ``"heatmap"``.
-        config: LapeConfig (or dict, or selection) for the title.
+        bar: Mark the assignment threshold (``EntropyTable.bar``).
+        config: Config for the title.
         vmin: Lower colour limit (default 0).
         vmax: Upper colour limit (default the largest P).
 
@@ -653,21 +607,15 @@ def plot_stability(
     """How stable the selection is over bootstrap replicates.
 
     Args:
-        result: A :class:`~lape_utils.lape.StabilityResult`. For ``kind="jaccard"`` also a
-            table from :func:`lape_utils.analysis.stability_table` (columns
-            ``mean_jaccard``, optional ``std_jaccard``); for ``"frequency"`` a tidy table
-            from :func:`lape_utils.analysis.selection_frequencies` (columns ``language``,
-            ``frequency``).
+        result: A :class:`~lape_utils.lape.StabilityResult`, or its table:
+            :func:`~lape_utils.analysis.stability_table` (``mean_jaccard``, optional
+            ``std_jaccard``) or :func:`~lape_utils.analysis.selection_frequencies`
+            (``language``, ``frequency``).
         ax: Axes to draw on.
-        kind: ``"frequency"``: per language, how many neurons were selected in what fraction
-            ``k / n_replicates`` of the replicates (never selected: not counted; a stable
-            selection piles up at 1). ``"jaccard"``: one bar per language (then
-            ``"all"``) of the mean Jaccard of the replicates' sets with the reference set,
-            error bar = standard deviation (by hand: seaborn's ``barplot`` only draws
-            error bars it computes itself).
-        n_replicates: Number of replicates, for a frequency table (default: read from the
-            result, or taken as ``1 / smallest frequency`` of a table).
-        config: LapeConfig (or dict, or selection) for the title.
+        kind: ``"frequency"`` (per language, neurons per selection frequency; stable piles
+            up at 1) or ``"jaccard"`` (bars of the mean Jaccard with the reference, ± std).
+        n_replicates: Replicates of a frequency table (default ``1 / smallest frequency``).
+        config: Config for the title.
 
     Returns:
         The Axes.
@@ -719,15 +667,13 @@ def plot_convergence(
     Args:
         table: :func:`lape_utils.analysis.convergence` (columns ``tokens``, ``language``,
             ``count``, ``jaccard``).
-        axes: Two Axes; new figure if ``None``.
-        config: LapeConfig (or dict, or selection) for the titles.
+        axes: Two Axes.
+        config: Config for the titles.
 
     Returns:
-        ``[jaccard, counts]``: per language (and ``"all"``, grey) the Jaccard of the
-        selection at each budget to the full-budget one (y from 0 to 1, the 0.9 line of
-        :data:`lape_utils.analysis.CONVERGED_AT` dotted), and the neurons selected per
-        language (the distinct total in the title: on the same axis it would flatten the
-        languages); x = tokens per language (log scale, ticked at the budgets).
+        ``[jaccard, counts]`` against tokens per language (log): per language and ``"all"``
+        the Jaccard to the full-budget selection (:data:`~lape_utils.analysis.CONVERGED_AT`
+        dotted), and the neurons selected (the distinct total in the title).
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
     total = table.loc[table["language"].astype(str) == _ALL, "count"]
@@ -753,16 +699,13 @@ def plot_threshold_effect(
     """What ``top_rate`` does to the evidence: ΔNLL on the own language and on the others.
 
     Args:
-        table: :func:`lape_utils.evaluate.threshold_effect` (columns ``top_rate``,
-            ``language``, ``n_neurons``, ``diag_delta``, ``diag_lo``, ``diag_hi``,
-            ``offdiag_mean_delta``).
-        axes: Two Axes; new figure if ``None``.
+        table: :func:`lape_utils.evaluate.threshold_effect` (``top_rate``, ``language``,
+            ``n_neurons``, ``diag_delta``, ``diag_lo``, ``diag_hi``, ``offdiag_mean_delta``).
+        axes: Two Axes.
 
     Returns:
-        ``[effect, size]``: per language, the diagonal ΔNLL (solid, with its 95% interval
-        as a band) and the mean off-diagonal ΔNLL (dashed) against ``top_rate`` in percent
-        (log scale, ticked at the rates); and the neurons selected per language. y from 0
-        in the size panel.
+        ``[effect, size]`` against ``top_rate`` in % (log): per language the diagonal ΔNLL
+        (solid, 95% band) and mean off-diagonal ΔNLL (dashed); the neurons selected.
     """
     axes = _axes_array(axes, 2, (12.0, 3.8))
     effect, size = axes
@@ -805,11 +748,9 @@ def _parse_row(label: str) -> tuple[str, str]:
 
 
 def _ppl_long(df: pd.DataFrame, value: str) -> pd.DataFrame:
-    """A perplexity table (tidy or pivoted, see :func:`plot_ppl_heatmap`) as tidy rows.
+    """A :func:`plot_ppl_heatmap` table as tidy rows (``kind``, ``deactivated``, ``evaluated``).
 
-    Returns:
-        Columns ``kind`` (``"none"`` for the baseline), ``deactivated``, ``evaluated``,
-        ``value`` and, when the tidy table has it, ``excludes_zero`` (as 0/1).
+    Columns ``value`` and, from a tidy table that has it, ``excludes_zero`` (as 0/1).
     """
     if {"deactivated", "evaluated"} <= set(df.columns):  # tidy
         _require(df, [value], "the table")
@@ -841,10 +782,7 @@ def _kind(long: pd.DataFrame, kind: str | None) -> str:
 def _ppl_matrix(
     long: pd.DataFrame, kind: str, column: str = "value", include_baseline: bool = False
 ) -> pd.DataFrame:
-    """One kind's matrix of ``column``: index deactivated, columns evaluated, module order.
-
-    Several rows for one cell are averaged; the baseline row ``"none"`` goes on top if asked.
-    """
+    """One kind's matrix of ``column`` (cells averaged), deactivated × evaluated; ``none`` atop."""
     cols = sort_languages(long["evaluated"])
     wide = long[long["kind"] == kind].pivot_table(
         index="deactivated", columns="evaluated", values=column, aggfunc="mean", dropna=False
@@ -869,11 +807,7 @@ def _ppl_panel(
     ax: Axes | None, long: pd.DataFrame, wide: pd.DataFrame, kind: str, value: str,
     norm: mcolors.Normalize, *, fmt: str = ".2f", cbar: bool = True, config: Any = None,
 ) -> Axes:
-    """Draw one kind's matrix; outline its diagonal cells by hand (seaborn cannot).
-
-    Differences whose 95% interval excludes 0 (``excludes_zero`` of a tidy table) are
-    written in bold, the others in grey.
-    """
+    """Draw one kind's matrix; outline the diagonal; bold where the interval excludes 0."""
     label, delta = _value_style(value)
     cmap = DIVERGING_CMAP if delta else SEQUENTIAL_CMAP
     ax = _heatmap(ax, wide, norm, cmap, label, annot=True, fmt=fmt, cbar=cbar)
@@ -911,40 +845,29 @@ def plot_ppl_heatmap(
 ) -> Axes:
     """Draw the perplexity-change matrix: rows = deactivated language, columns = evaluated.
 
-    Accepted tables:
-
-    * tidy (:meth:`lape_utils.evaluate.PplMatrix.tidy`): columns ``deactivated`` (``""``,
-      ``"none"`` or NaN for the baseline), ``evaluated``, the ``value`` column, ``kind``
-      (``"lape"``, ``"random"``, ``"matched"``, ``"none"``) or a ``row`` label to read it
-      from, optionally ``excludes_zero`` (the 95% interval excludes 0: written in bold).
-      Several rows for one cell (e.g. random seeds) are averaged.
-    * pivoted (:meth:`~lape_utils.evaluate.PplMatrix.table`): index = row label
-      (``"zh"``/``"lape:zh"``, ``"zh (random)"``/``"random:zh"``, ``"none"``), columns =
-      evaluated language.
-
-    Differences (``delta_*``) use the diverging colormap centred at 0 (limits ``±max|value|``
-    unless given), other values (``nll``, ``ppl``) the sequential one. The values are
-    written in the cells; diagonal cells (deactivated = evaluated) are outlined.
+    Values are written in the cells, diagonal cells outlined; differences (``delta_*``) use
+    the diverging colormap, in bold where ``excludes_zero``.
 
     Args:
-        df: The table.
+        df: Tidy (:meth:`~lape_utils.evaluate.PplMatrix.tidy`: ``deactivated`` (empty or
+            ``"none"``: the baseline), ``evaluated``, ``value``, ``kind`` or ``row``,
+            optional ``excludes_zero``; a cell's rows averaged) or pivoted
+            (:meth:`~lape_utils.evaluate.PplMatrix.table`; index ``"zh"``/``"lape:zh"``,
+            ``"zh (random)"``/``"random:zh"``, ``"none"``).
         ax: Axes to draw on.
         value: Column (tidy) or quantity (pivoted) shown; also the colour-bar label.
-        kind: Which rows: ``"lape"``, ``"random"``, ... (default ``"lape"``, or the only
-            kind there).
+        kind: Which rows: ``"lape"``, ``"random"``, ... (default ``"lape"`` or the only one).
         include_baseline: Add the ``"none"`` row on top (useful for ``nll``/``ppl``).
         vmin: Lower colour limit.
-        vmax: Upper colour limit (asymmetric limits of a difference keep 0 at the centre
-            colour).
+        vmax: Upper colour limit.
         fmt: Format of the written values.
-        config: LapeConfig (or dict, or selection) for the title.
+        config: Config for the title.
 
     Returns:
-        The Axes (rows top to bottom, columns left to right in the module order).
+        The Axes (rows and columns in the module order).
 
     Raises:
-        ValueError: ``value`` is not in the table, ``kind`` has no rows, or the given
-            limits of a difference do not straddle 0.
+        ValueError: ``value`` not in the table, ``kind`` without rows, or bad difference limits.
     """
     long = _ppl_long(df, value)
     kind = _kind(long, kind)
@@ -964,16 +887,14 @@ def plot_ppl_comparison(
     """Draw the ΔNLL of LAPE deactivation next to its controls, on one colour scale.
 
     Args:
-        df: A table with LAPE and control rows and a ``delta_nll`` value (see
-            :func:`plot_ppl_heatmap`), or ``{"lape": table, "random": table, ...}``.
-        axes: One Axes per kind; new figure if ``None``.
-        vmin: Lower colour limit (default from all matrices, symmetric for deltas).
+        df: A :func:`plot_ppl_heatmap` table of LAPE and control rows, or ``{kind: table}``.
+        axes: One Axes per kind.
+        vmin: Lower colour limit (default from all matrices, symmetric).
         vmax: Upper colour limit.
-        config: LapeConfig (or dict, or selection) for the titles.
+        config: Config for the titles.
 
     Returns:
-        Array of the Axes: LAPE, then the controls in table order (e.g. ``random``,
-        ``matched``), sharing one colour scale and colour bar.
+        The Axes: LAPE, then the controls in table order, sharing one colour bar.
     """
     value = "delta_nll"
     if isinstance(df, Mapping):  # one table per kind: its rows take the key as their kind
@@ -1007,17 +928,14 @@ def plot_steering_sweep(
 
     Args:
         df: :func:`lape_utils.steering.strength_sweep` (columns ``strength``, ``neurons``,
-            ``target_rate`` (optional ``target_rate_lo``/``_hi``), ``output_ppl``, optional
-            ``output_ppl_unsteered``, ``target`` and ``source``). Rows of one (set,
-            strength) are averaged.
-        axes: Two Axes; new figure if ``None``.
-        config: LapeConfig (or dict, or selection) for the titles.
+            ``target_rate``, ``output_ppl``; optional ``target_rate_lo``/``_hi``,
+            ``output_ppl_unsteered``, ``target``, ``source``); a (set, strength)'s rows averaged.
+        axes: Two Axes.
+        config: Config for the titles.
 
     Returns:
-        ``[rate, cost]``: per neuron set (LAPE first, :data:`SET_COLORS`), the share of
-        answers in the target language (its 95% Wilson interval as a band), and the
-        perplexity of the answers under the unmodified model (the unsteered answers' as a
-        dashed grey line); both y axes from 0.
+        ``[rate, cost]``: per neuron set (:data:`SET_COLORS`) the target-language rate (95%
+        band) and the answers' perplexity (unsteered: dashed grey).
     """
     _require(df, ["strength", "target_rate", "output_ppl"], "the sweep")
     data = df.assign(neurons=df["neurons"].astype(str) if "neurons" in df else "lape")
@@ -1066,21 +984,17 @@ def top_contexts_html(
 ) -> HTML:
     """The contexts that activate a neuron most, each token shaded by the activation.
 
-    One line per context, languages in the module order; the top token is outlined; the
-    shade of every token is its activation divided by the neuron's largest (negative
-    activations unshaded), in the colour of the language the neuron belongs to (hover a
-    token for its value).
+    Shade = activation / the largest, in the neuron's language colour (hover: the value);
+    the top token is outlined.
 
     Args:
-        df: :func:`lape_utils.capture.top_activating_contexts` (columns ``language``,
-            ``activation``, ``tokens``, ``activations``, ``center``; ``attrs`` ``layer``
-            and ``neuron``).
+        df: :func:`lape_utils.capture.top_activating_contexts` (``language``, ``activation``,
+            ``tokens``, ``activations``, ``center``; ``attrs`` ``layer`` and ``neuron``).
         language: The language whose neuron this is (named in the title, sets the colour).
         n_per_language: Contexts shown per language (highest activation first).
 
     Returns:
-        IPython ``HTML`` (``.data`` is the markup) titled with the layer, neuron and
-        language: the browser draws any script (CJK, Cyrillic), matplotlib's font cannot.
+        IPython ``HTML`` (``.data``): the browser draws any script, matplotlib's font cannot.
     """
     _require(df, ["language", "activation", "tokens", "activations", "center"], "the table")
     layer, neuron = df.attrs.get("layer"), df.attrs.get("neuron")
@@ -1115,9 +1029,7 @@ def save_figure(
 ) -> Path:
     """Write the figure holding ``obj`` to ``path`` (the one place that saves figures).
 
-    The format follows the suffix (``.png``, ``.svg``, ``.pdf``; 150 dpi, tight bounding
-    box); parent folders are made; an existing file is replaced (figures are products of a
-    run, re-made by re-running).
+    The suffix gives the format (150 dpi, tight box); folders are made, a file replaced.
 
     Args:
         obj: An Axes, an array/list of Axes (of one figure), or a Figure.

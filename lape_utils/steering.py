@@ -1,43 +1,22 @@
 """Steering generation towards a target language with its neurons, and measuring the result.
 
 The paper's setting (``lape-method.md`` §4): while generating, set the target language's
-neurons to their mean activation on that language (``mode="set"``), at every position
-(``positions="all"``: the prompt and every generated token, so the first generated token is
-steered too); optionally deactivate (zero) the source language's neurons first. Later work
-found adding to (``mode="add"``: ``activation += strength x mean activation on the target``)
-or scaling (``mode="scale"``: ``activation *= strength``) the activation steers better;
-both are here. A setting is one frozen, validated :class:`SteerSpec`; decoding is a
-:class:`~lape_utils.generation.GenerationConfig` (default :data:`PAPER_GENERATION`).
+neurons to their mean activation on it (``mode="set"``) at every position, optionally zeroing
+the source language's first; ``"add"`` and ``"scale"``, found to steer better later, are here
+too. Controls steered the same way (:func:`~lape_utils.lape.random_matched`,
+:func:`~lape_utils.lape.activity_matched`) tell how specific the effect is.
 
-Every output is identified offline by fastText lid.176 (:mod:`lape_utils.langid`). The
-metrics of a batch (:meth:`SteerResult.summary`):
+Outputs' languages come from fastText lid.176 (:mod:`lape_utils.langid`). The metrics of
+:meth:`SteerResult.summary`:
 
-* ``target_rate`` / ``source_rate``: share of outputs whose language label is the target /
-  source language (``"mixed"`` and ``"unknown"`` count as neither), with and without
-  steering;
-* ``output_ppl``: perplexity of the generated continuations given their prompts under the
-  *unmodified* model (token-weighted over all outputs): what steering costs in fluency;
-* ``chrf``: similarity of the steered answer to the unsteered one, chrF (sacrebleu's
-  ``CHRF``: character n-grams 1-6, β = 2, whitespace removed, 0-100; Popović 2015), and
-  ``drift = 100 - chrf``. Character n-grams work across scripts and tokenizers;
-* ``target_mass``: probability the model puts, at the first generated step, on
-  *target-language tokens*: token ids that occur when the target language's text of the
-  built-in ``detect`` corpus is tokenized, and never in the source language's text
-  (English when there is no source). Shared tokens (punctuation, digits, names) are thus
-  excluded. Steering often raises this mass without changing the top token, which
-  ``top1_changed`` reports.
-
-Controls steered the same way (each control neuron set to its own mean activation on the
-target) tell how much of the effect is specific to the language neurons: a random set of
-the same size per layer (:func:`~lape_utils.lape.random_matched`), and one matched in
-activation probability (:func:`~lape_utils.lape.activity_matched`: neurons that fire as
-often on the target but are not specific to it). Rates come with 95% Wilson intervals.
-
-Instruction-tuned models (LLaMA-2-Chat, Qwen-Instruct) see each prompt as one user turn of
-their chat template, followed by the assistant header (:func:`format_prompts`; by default
-whenever the tokenizer has a template, see :attr:`SteerSpec.chat`). A model loaded with
-``remote=True`` generates and is scored on NDIF (:mod:`lape_utils.generation`,
-:mod:`lape_utils.evaluate`).
+* ``target_rate`` / ``source_rate``: share of outputs labelled the target / source language
+  (``"mixed"`` and ``"unknown"`` are neither), with 95% Wilson intervals;
+* ``output_ppl``: token-weighted perplexity of the continuations under the *unmodified* model;
+* ``chrf``: chrF of the steered answer against the unsteered one (sacrebleu: character
+  n-grams 1-6, β = 2, 0-100; works across scripts), and ``drift = 100 - chrf``;
+* ``target_mass``: first-step probability of *target-language tokens*: in the target's text
+  of the built-in ``detect`` corpus, never in the source's (English's without a source). It
+  often rises without changing the top token (``top1_changed``).
 """
 
 from __future__ import annotations
@@ -104,7 +83,7 @@ PAPER_TEMPLATE = "Q: {prompt}\nA:"
 """The paper's prompt format for open questions."""
 
 PAPER_GENERATION = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1)
-"""The paper's decoding: greedy with repetition penalty 1.1."""
+"""The paper's decoding: greedy, repetition penalty 1.1, 64 tokens."""
 
 
 # ============================================================================ the setting
@@ -118,37 +97,30 @@ class SteerSpec:
 
         spec = SteerSpec("fr", source="en", mode="set", strength=1.0)   # the paper's
         stronger = dataclasses.replace(spec, strength=2.0)
+
+    Attributes:
+        target: Language to steer to.
+        source: The prompts' language (for ``source_rate``, ``zero_source`` and the contrast
+            of the target-language tokens), or ``None``.
+        zero_source: Also zero the source language's neurons, before the target's edit.
+        mode: ``"set"`` (:= strength x mean activation on the target; the paper), ``"add"``
+            (+= strength x that mean) or ``"scale"`` (*= strength).
+        strength: Multiplier of the mode (finite).
+        positions: Where to intervene (:data:`~lape_utils.intervene.POSITIONS`).
+        template: Prompt format with a ``{prompt}`` field (``"{prompt}"``: raw). In a chat
+            turn the paper's ``Q: ... A:`` is left out; another template formats the message.
+        chat: Format prompts as user turns of the chat template (for instruction-tuned
+            models): ``None`` if the tokenizer has one, ``True`` (requires one), ``False`` never.
     """
 
     target: str
-    """Language to steer to."""
-
     source: str | None = None
-    """The prompts' language (for ``source_rate``, ``zero_source`` and as the contrast of
-    the target-language tokens), or ``None``."""
-
     zero_source: bool = False
-    """Also deactivate (zero) the source language's neurons, before the target's edit."""
-
     mode: str = "set"
-    """``"set"`` (:= strength x mean activation on the target; the paper), ``"add"``
-    (+= strength x that mean) or ``"scale"`` (*= strength)."""
-
     strength: float = 1.0
-    """Multiplier of the mode (finite)."""
-
     positions: str = "all"
-    """Where to intervene (see :mod:`lape_utils.intervene`); default every position."""
-
     template: str = PAPER_TEMPLATE
-    """Prompt format with a ``{prompt}`` field; ``"{prompt}"`` for raw prompts. In a chat
-    turn (``chat``) the paper's ``Q: ... A:`` format is left out (the template's user and
-    assistant turns replace it); another template formats the user's message."""
-
     chat: bool | None = None
-    """Format each prompt as one user turn of the tokenizer's chat template (with the
-    assistant header), as instruction-tuned models expect: ``None`` when the tokenizer has
-    a template, ``True`` requires one, ``False`` never (plain ``template`` text)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -181,14 +153,13 @@ class SteerSpec:
 
 # ============================================================================ metrics
 
-_CHRF = CHRF()  # character n-grams 1-6, beta 2, whitespace removed: sacrebleu's defaults
+_CHRF = CHRF()
 
 
 def chrf(hypothesis: str, reference: str) -> float:
     """ChrF of ``hypothesis`` against ``reference`` (sacrebleu's ``CHRF``), 0-100.
 
-    Identical texts (ignoring whitespace) score 100, two empty texts included: sacrebleu
-    gives 0 there, but an answer that did not change has not drifted.
+    Texts equal but for whitespace score 100, two empty ones too (sacrebleu says 0).
     """
     if "".join(hypothesis.split()) == "".join(reference.split()):
         return 100.0
@@ -216,10 +187,7 @@ def top1_changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 
 
 def output_ppl(nll_sums: Sequence[float], tokens: Sequence[int]) -> float:
-    """Perplexity of several texts together: ``exp(sum NLL / sum tokens)`` (token-weighted).
-
-    NaN when there is no token.
-    """
+    """Perplexity of several texts together: ``exp(sum NLL / sum tokens)``; NaN without token."""
     total = float(pd.Series(tokens, dtype=float).sum())
     return math.exp(float(pd.Series(nll_sums, dtype=float).sum()) / total) if total else math.nan
 
@@ -242,10 +210,7 @@ _TOKEN_SETS: dict[tuple, torch.Tensor] = {}
 
 
 def language_token_ids(tokenizer, target: str, contrast: str) -> torch.Tensor:
-    """Token ids of the target language: in its corpus text, never in the contrast's.
-
-    Both languages' documents of the built-in ``detect`` corpus are tokenized (no special
-    tokens); the result is the set difference. Cached per tokenizer and language pair.
+    """Token ids in the target's ``detect`` corpus text, never in the contrast's (cached).
 
     Args:
         tokenizer: The model's tokenizer.
@@ -287,13 +252,11 @@ def steering_interventions(
 ) -> list[Intervention]:
     """The interventions of one steering setting, in the order they are applied.
 
-    ``[zero(source)]`` (if ``spec.zero_source``), then the target's: ``set`` to strength x
-    mean activation on the target, ``add`` strength x that mean, or ``scale`` by strength.
-    A neuron in both sets ends with the target's operation.
+    ``zero(source)`` if ``spec.zero_source``, then the target's ``spec.mode``; a neuron in
+    both sets ends with the target's operation.
 
     Raises:
-        InterventionError: a language missing from the selection or statistics, ``set``/
-            ``add`` without statistics, statistics of another shape.
+        InterventionError: a missing language, ``set``/``add`` without (fitting) statistics.
     """
     out: list[Intervention] = []
     if spec.zero_source:
@@ -312,16 +275,13 @@ def steering_interventions(
 
 
 def format_prompts(tokenizer, prompts: Sequence[str], spec: SteerSpec) -> list[str]:
-    """The prompts as the model sees them: chat turns, or ``spec.template`` text.
+    """The prompts as the model sees them: chat turns (see ``spec.chat``), or template text.
 
-    With a chat template (``spec.chat`` True, or None and ``tokenizer.chat_template`` set)
-    each prompt becomes one user turn followed by the assistant header
-    (``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``); the text may
-    begin with the BOS text, which :func:`~lape_utils.generation.generate` does not double.
+    A chat turn ends with the assistant header; its leading BOS text is not doubled by
+    :func:`~lape_utils.generation.generate`.
 
     Raises:
-        ChatTemplateError: a chat template is asked for and missing, or it fails to render
-            a user turn holding the prompt (before any generation).
+        ChatTemplateError: a chat template asked for and missing, or failing to render.
     """
     text = [spec.template.format(prompt=p) for p in prompts]
     if not _uses_chat(tokenizer, spec):
@@ -354,12 +314,9 @@ class SteerResult:
     """Steered and unsteered outputs of a batch of prompts, with their language and costs.
 
     Attributes:
-        rows: One row per (neuron set, prompt): ``neurons`` (``"lape"`` or ``"random"``),
-            ``prompt``, ``unsteered``, ``steered``, detected ``*_lang``/``*_score``/
-            ``*_label`` of both, ``chrf`` (steered vs unsteered), ``*_nll``/``*_tokens``
-            (summed NLL and token count of each continuation under the unmodified model),
-            ``target_mass_*`` (first-step probability of target-language tokens),
-            ``top1_changed`` (steering changed the first step's most likely token).
+        rows: A row per (neuron set, prompt), :data:`ROW_COLUMNS`: ``neurons``, ``prompt``,
+            both answers and their ``*_lang``/``*_score``/``*_label``, ``chrf``, ``*_nll``/
+            ``*_tokens`` (unmodified model), ``target_mass_*``, ``top1_changed``.
         config: The setting (model, target, source, mode, strength, positions, sizes...).
     """
 
@@ -369,13 +326,11 @@ class SteerResult:
     def summary(self) -> pd.DataFrame:
         """Aggregates per neuron set (index ``neurons``, LAPE first, then the controls).
 
-        Columns: ``n``, ``target_rate`` with its 95% Wilson interval ``target_rate_lo``/
-        ``target_rate_hi``, ``target_rate_unsteered``, ``source_rate`` (with ``_lo``/
-        ``_hi``) and ``source_rate_unsteered`` (NaN without a source language),
-        ``mixed_rate``, ``unknown_rate``, ``output_ppl``, ``output_ppl_unsteered``,
-        ``chrf``, ``drift``, ``target_mass``, ``target_mass_unsteered``,
-        ``top1_changed_rate``; for the LAPE row, per control ``c``, ``beats_c``: its
-        target rate is above the control's with non-overlapping intervals.
+        Columns (the module docstring defines them): ``n``, ``target_rate`` with ``_lo``,
+        ``_hi`` and ``_unsteered``, the same for ``source_rate`` (NaN without a source),
+        ``mixed_rate``, ``unknown_rate``, ``output_ppl`` (and ``_unsteered``), ``chrf``,
+        ``drift``, ``target_mass`` (and ``_unsteered``), ``top1_changed_rate``; for LAPE,
+        per control ``c``, ``beats_c`` (target rate above the control's, intervals apart).
         """
         target = self.config.get("target")
         source = self.config.get("source")
@@ -413,11 +368,9 @@ class SteerResult:
         return df
 
     def to_jsonl(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Writes one JSON object per row to ``path``, and config + summary to ``path + ".json"``.
+        """Writes a JSON line per row to ``path``, and config + summary to ``path + ".json"``.
 
-        Each line: ``neurons``, ``target``, ``mode``, ``strength``, ``prompt``,
-        ``unsteered``, ``steered``, the detected languages, labels and scores of both, and
-        the per-prompt metrics.
+        Each line is a row with the setting's ``target``, ``source``, ``mode`` and ``strength``.
 
         Raises:
             FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -515,14 +468,11 @@ def _rows(name: str, prompts, base: tuple, out: tuple, target_ids) -> pd.DataFra
 
 
 def _runner(model, neurons, stats, prompts, spec: SteerSpec, generation, controls):
-    """What :func:`steer` and :func:`strength_sweep` share, prepared once.
-
-    The prompts are formatted, the unsteered answers generated and the target-language
-    tokens found once; ``run(spec)`` then steers with ``spec``, neuron set after neuron set.
+    """Formats the prompts, generates the unsteered answers and finds the target tokens once.
 
     Returns:
-        ``(run, target_ids)``: ``run(spec)`` gives the result rows; ``target_ids`` is
-        ``None`` when no target-token set could be built.
+        ``(run, target_ids)``: ``run(spec)`` steers with each neuron set and gives the rows;
+        ``target_ids`` is ``None`` when no target-token set could be built.
     """
     formatted = format_prompts(model.tokenizer, prompts, spec)
     contrast = spec.source or "en"
@@ -556,29 +506,24 @@ def steer(
 ) -> SteerResult:
     """Generates with and without steering and measures the outputs.
 
+    Every check runs before any generation.
+
     Args:
         model: The loaded model.
         neurons: Language-specific neurons of this model.
-        stats: Activation statistics of this model (mean activations; needed for ``set``
-            and ``add``).
-        prompts: Questions (non-empty strings), formatted with ``spec.template`` or as chat
-            turns (:func:`format_prompts`).
+        stats: Its activation statistics (mean activations, for ``set`` and ``add``).
+        prompts: Questions (non-empty), formatted by :func:`format_prompts`.
         spec: The steering setting.
-        generation: Decoding (default the paper's: greedy, repetition penalty 1.1, 64
-            tokens).
-        controls: ``{name: selection}`` of control sets steered the same way, e.g.
-            ``{"random": random_matched(neurons, 0), "matched": activity_matched(...)}``
-            (:mod:`lape_utils.lape`); each control neuron gets its own mean activation.
+        generation: Decoding (default :data:`PAPER_GENERATION`).
+        controls: ``{name: selection}`` steered the same way, e.g. ``{"random":
+            random_matched(neurons, 0), "matched": activity_matched(...)}``.
 
     Returns:
-        A :class:`SteerResult` (rows for ``"lape"``, then one set of rows per control).
+        A :class:`SteerResult` (rows for ``"lape"``, then per control).
 
     Raises:
-        InterventionError: (like the two below, before any generation) empty prompts, a
-            language absent from the neuron set or statistics, a neuron set (controls
-            included) or statistics of another model.
-        ChatTemplateError: a chat template asked for (``spec.chat``) and missing, or one
-            that fails to render a prompt.
+        InterventionError: bad prompts, a missing language, sets or stats of another model.
+        ChatTemplateError: a chat template asked for and missing, or failing to render.
         MissingNDIFKeyError: a model loaded with ``remote=True`` and no NDIF key.
     """
     prompts = _check_setup(model, neurons, stats, spec, prompts, controls)
@@ -617,13 +562,12 @@ def strength_sweep(
 ) -> pd.DataFrame:
     """Target rate and cost as a function of the steering strength, for one setting.
 
-    ``spec.strength`` is replaced by each of ``strengths``; the unsteered outputs are
-    generated once and shared by every strength. Other arguments as :func:`steer`.
+    Each of ``strengths`` replaces ``spec.strength``; the unsteered outputs are generated
+    once. Other arguments as :func:`steer`.
 
     Returns:
-        DataFrame, one row per (strength, neuron set): ``target``, ``source``,
-        ``strength``, ``neurons`` (``"lape"`` or a control's name), and the columns of
-        :meth:`SteerResult.summary`.
+        A row per (strength, neuron set): ``target``, ``source``, ``strength``, ``neurons``
+        and the columns of :meth:`SteerResult.summary`.
     """
     specs = [dataclasses.replace(spec, strength=s) for s in strengths]
     if not specs:
@@ -635,9 +579,8 @@ def strength_sweep(
     for s in specs:
         result = SteerResult(run(s), {"target": s.target, "source": s.source})
         summ = result.summary().reset_index()
-        summ.insert(0, "strength", s.strength)
-        summ.insert(0, "source", s.source)
-        summ.insert(0, "target", s.target)
+        for col in ("strength", "source", "target"):
+            summ.insert(0, col, getattr(s, col))
         frames.append(summ)
         log.info("strength %g: target rate %s", s.strength,
                  summ.set_index("neurons")["target_rate"].to_dict())

@@ -1,12 +1,9 @@
 """Interactive panels (ipywidgets 8): the threshold explorer and the steering panel.
 
-Each panel is a thin layer of widgets over plain functions that do the work and are tested
-without a browser: :func:`reidentify` and :func:`save_selection` for the threshold
-explorer (:class:`ExplorerPanel`), :func:`run_steering` (a wrapper of
-:func:`lape_utils.steering.steer`) for the steering panel (:class:`SteeringPanel`).
-Sliders re-identify live, on release (``continuous_update=False``); generation runs only
-on *Generate*. Bad input is shown as a message in the panel, never as a traceback. Each
-panel has a static copy that survives export to HTML (widgets need a live kernel)::
+Each panel is a thin layer of widgets over plain, tested functions (:func:`reidentify`,
+:func:`save_selection`, :func:`run_steering`). Sliders act on release; bad input shows as a
+message in the panel, never as a traceback. Each panel has a static copy that survives export
+to HTML (widgets need a live kernel)::
 
     from lape_utils.widgets import threshold_explorer
     explorer = threshold_explorer(stats, config=config, save_dir=CACHE_DIR / "selections")
@@ -136,10 +133,7 @@ def _lape_warnings() -> Iterator[list[logging.LogRecord]]:
 
 
 def config_from_values(values: Mapping[str, float], base: LapeConfig | None = None) -> LapeConfig:
-    """A :class:`~lape_utils.lape.LapeConfig` from slider values.
-
-    Values are rounded to 6 decimals (slider steps such as 0.5 + 91 x 0.005 carry float
-    noise), then validated by the config.
+    """A :class:`~lape_utils.lape.LapeConfig` from slider values (rounded: slider float noise).
 
     Args:
         values: ``{threshold name: value}``; missing thresholds keep ``base``'s.
@@ -149,8 +143,7 @@ def config_from_values(values: Mapping[str, float], base: LapeConfig | None = No
         The validated config.
 
     Raises:
-        ValueError: an unknown threshold name, or a value the config rejects (the message
-            names the field, the value and the allowed range).
+        ValueError: an unknown threshold name, or a value the config rejects.
         TypeError: a value that is not a number.
     """
     unknown = sorted(set(values) - set(THRESHOLDS))
@@ -193,11 +186,10 @@ def counts_table(selection: NeuronSelection) -> pd.DataFrame:
     """Neurons per language of ``selection``, and the distinct total.
 
     Returns:
-        DataFrame indexed by ``language`` (module order, then ``"all"`` = distinct neurons
-        in any language): ``name`` (English name), ``neurons`` and ``percent`` (of all
-        ``L·D`` FFN neurons).
+        Indexed by ``language`` (module order, then ``"all"``, distinct): ``name``,
+        ``neurons`` and ``percent`` (of all ``L·D`` FFN neurons).
     """
-    # summed over layers, the "all" column (distinct neurons per layer) is the distinct total
+    # summed over layers, the "all" column (distinct per layer) is the distinct total
     neurons = analysis.layer_distribution(selection, union=True).sum(axis=0).astype(int)
     names = [language_name(lang) for lang in neurons.index[:-1]] + ["all languages (distinct)"]
     df = pd.DataFrame({"name": names, "neurons": neurons}).rename_axis("language")
@@ -249,20 +241,16 @@ def reidentify(
 ) -> tuple[NeuronSelection | None, pd.DataFrame | None, str]:
     """Identify the neurons again with new thresholds and languages (the explorer's callback).
 
-    Never raises for bad input. Warnings of the identification (e.g. fewer neurons pass the
-    filter than requested) go into the message instead of the log.
+    Never raises for bad input; the identification's warnings go into the message.
 
     Args:
         stats: Cached activation statistics.
         config_values: ``{threshold: value}`` for any of :data:`THRESHOLDS`.
-        languages: The languages that compete (at least two; default all of ``stats``).
-            LAPE is computed over these columns only, so the picked set changes the result.
+        languages: The competing languages, the only columns LAPE sees (>= 2; default all).
         base_config: Config for the thresholds not in ``config_values``.
 
     Returns:
-        ``(selection, counts, message)``: the new selection, :func:`counts_table` of it and
-        a one-line summary (distinct neurons, thresholds reached, warnings); or
-        ``(None, None, error message)``.
+        ``(selection, counts_table(selection), one-line summary)``, or ``(None, None, error)``.
     """
     return _reidentify(stats, config_values, languages, base_config)[:3]
 
@@ -285,12 +273,11 @@ def render_counts_html(
 
     Args:
         table: :func:`counts_table` output.
-        previous: The counts before the last change (a counts table or ``{language:
-            neurons}``); adds a ``Δ`` column.
+        previous: Counts before the last change (table or ``{language: neurons}``): a ``Δ`` column.
         caption: Table caption (e.g. the config label).
 
     Returns:
-        HTML text; each row carries ``data-lang`` and each count ``data-count`` attributes.
+        HTML; each row carries ``data-lang``, each count ``data-count``.
     """
     if isinstance(previous, pd.DataFrame):
         previous = previous["neurons"].to_dict()
@@ -345,10 +332,10 @@ def selection_filename(config: LapeConfig | Mapping[str, float], languages: Sequ
 def save_selection(
     selection: NeuronSelection, save_dir: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Save a selection under ``save_dir``, named by :func:`selection_filename`.
+    """Save a selection (:meth:`NeuronSelection.save`) as ``save_dir`` / :func:`selection_filename`.
 
     Args:
-        selection: The selection (written by :meth:`NeuronSelection.save`).
+        selection: The selection.
         save_dir: Folder (created if missing).
         overwrite: Replace an existing file.
 
@@ -379,11 +366,9 @@ def _figure(
 class _LiveFigure:
     """The explorer's figure: layer heatmap, overlap heatmap and bars, updated in place.
 
-    It is drawn first for ``ceiling`` (the selection at the slider's largest ``top_rate``),
-    whose maxima fix the colour limits and the bar axis (``heatmap_vmax`` replaces the
-    layer heatmap's). The static parts (axes, ticks, titles, colour bars) are drawn once
-    into a cached background; :meth:`update` only changes the data of the animated artists
-    and draws those on top (blitting; ``benchmarks/bench_widgets.py`` times it).
+    Drawn first for ``ceiling`` (the selection at the largest ``top_rate``), which fixes the
+    colour limits and the bar axis. The static parts are cached as a background;
+    :meth:`update` redraws only the animated artists on it (blitting).
     """
 
     def __init__(self, ceiling: NeuronSelection, heatmap_vmax: float | None, title: str) -> None:
@@ -490,15 +475,12 @@ def _slider(name: str, value: float, bounds: tuple[float, float, float]) -> widg
 class ExplorerPanel(_Panel):
     """A panel to move the LAPE thresholds and see the selection change live.
 
-    Build it as ``threshold_explorer(stats, ...)``. Every change of a threshold slider or
-    of the language picker re-identifies from ``stats`` (:func:`reidentify`) and redraws
-    the counts table, the layer heatmap, the overlap heatmap and the per-language bars.
-    Their colour limits are fixed, per set of languages, by the selection at the slider's
-    largest ``top_rate`` (cells beyond saturate: the colour bar's arrow).
+    Every change of a slider or of the languages re-identifies (:func:`reidentify`) and
+    redraws the counts table and the figure, whose colour limits are fixed per set of
+    languages by the largest ``top_rate`` (cells beyond saturate).
 
     Args:
-        stats: Activation statistics, or a directory saved by
-            :meth:`ActivationStats.save <lape_utils.stats.ActivationStats.save>`.
+        stats: Activation statistics, or the directory they were saved to.
         config: Initial thresholds.
         languages: Initially picked languages (default all; at least two).
         save_dir: Folder for *Save selection* (``None`` disables it).
@@ -506,17 +488,14 @@ class ExplorerPanel(_Panel):
         heatmap_vmax: Fixed upper colour limit of the layer heatmap (neurons per cell).
 
     Attributes:
-        widget: The ipywidgets container to display (the panel displays itself too).
+        widget: The ipywidgets container (the panel displays itself too).
         sliders: ``{threshold: FloatSlider}`` for :data:`THRESHOLDS`.
         language_picker: ``SelectMultiple`` of the competing languages.
-        counts_html, image, message: ``HTML`` with :func:`render_counts_html`, ``Image``
-            with the live figure (PNG), ``HTML`` with the last status or error.
-        save_button, overwrite, save_status: *Save selection*, the ``Checkbox`` that lets
-            it replace a file, and ``HTML`` with the outcome of the last save.
-        selection, counts, config: The current selection (the last valid one when the
-            input is rejected), its :func:`counts_table` and its config.
-        timings: Seconds spent by the last update: ``identify`` (re-identification and
-            counts), ``redraw`` (figure and table) and ``total``.
+        counts_html, image, message: The counts table, the live figure (PNG), the status.
+        save_button, overwrite, save_status: *Save selection*, its overwrite ``Checkbox``
+            and the outcome of the last save.
+        selection, counts, config: The current (last valid) selection, its counts, its config.
+        timings: Seconds of the last update: ``identify``, ``redraw`` and ``total``.
 
     Raises:
         TypeError: ``config`` is not a LapeConfig or ``stats`` not statistics.
@@ -666,11 +645,7 @@ class ExplorerPanel(_Panel):
     # ------------------------------------------------------------------ static copies
 
     def static_figure(self) -> Figure:
-        """The current selection as a normal, pyplot-free figure (numbers in the cells).
-
-        Same panels as the live figure, with colour limits fitted to this one selection
-        (the live figure's fixed limits would wash it out). Save it with
-        :func:`lape_utils.plots.save_figure`.
+        """The live figure's panels for the current selection, pyplot-free, limits fitted to it.
 
         Raises:
             ValueError: there is no valid selection.
@@ -682,10 +657,8 @@ class ExplorerPanel(_Panel):
         plots.plot_layer_distribution(sel, ax=ax_heat, title="Neurons per layer")
         plots.plot_overlap(sel, ax=ax_ov, title="Shared neurons")
         plots.plot_language_counts(sel, ax=ax_bar, title="Neurons per language")
-        fig.suptitle(
-            f"{self.config.label()} · {sel.total_distinct():,} distinct neurons",
-            fontsize="medium",
-        )
+        fig.suptitle(f"{self.config.label()} · {sel.total_distinct():,} distinct neurons",
+                     fontsize="medium")
         return fig
 
     def static_png(self) -> bytes:
@@ -731,15 +704,12 @@ def run_steering(
     *,
     zero_source: bool = False,
 ) -> dict[str, Any]:
-    """Generate one unsteered and one steered answer (the steering panel's callback).
-
-    A thin wrapper over :func:`lape_utils.steering.steer` for a single prompt (greedy
-    decoding, the paper's repetition penalty 1.1).
+    """One unsteered and one steered answer by :func:`~lape_utils.steering.steer` (the callback).
 
     Args:
         model: The loaded model.
         neurons: Its language-specific neurons.
-        stats: Its activation statistics (mean activations; needed by ``set`` and ``add``).
+        stats: Its activation statistics (mean activations, for ``set`` and ``add``).
         prompt: The question (whitespace around it is stripped).
         source: The prompt's language, or ``None``.
         target: The language to steer to.
@@ -749,16 +719,11 @@ def run_steering(
         zero_source: Also deactivate the source language's neurons.
 
     Returns:
-        Plain Python values: the arguments (``prompt``, ``source``, ``target``, ``mode``,
-        ``strength``, ``max_new_tokens``, ``zero_source``), the prompt's row of
-        :attr:`SteerResult.rows <lape_utils.steering.SteerResult.rows>` (the ``unsteered``
-        and ``steered`` text, their detected ``*_lang``/``*_score``/``*_label``, ``chrf``,
-        ``target_mass_*``...) and ``seconds``.
+        Plain values: the arguments, the prompt's row of :attr:`SteerResult.rows
+        <lape_utils.steering.SteerResult.rows>` and ``seconds``.
 
     Raises:
-        lape_utils.intervene.InterventionError: bad input (empty prompt, a language not in
-            the neuron set or statistics, source == target, an unknown mode, a non-finite
-            strength, statistics of another model), checked before any generation.
+        lape_utils.intervene.InterventionError: bad input, before any generation.
     """
     if not isinstance(prompt, str) or not prompt.strip():
         raise InterventionError("the prompt is empty; type a question")
@@ -809,16 +774,14 @@ def render_answer_html(
 class SteeringPanel(_Panel):
     """A panel to steer generation towards a language and compare with the plain answer.
 
-    Build it as ``steering_panel(model, neurons, stats, ...)``. Only *Generate* generates:
-    it runs :func:`run_steering` and shows the unsteered and the steered answer side by
-    side, with the detected language and its confidence.
+    Only *Generate* generates (:func:`run_steering`): both answers side by side, with the
+    detected language and its confidence.
 
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
         neurons: Its language-specific neurons.
         stats: Its activation statistics (``set``/``add`` use their mean activations).
-        prompts: Questions to offer (default: ``data/prompts/<source>.txt`` via
-            :func:`lape_utils.corpus.load_prompts`); the first fills the prompt box.
+        prompts: Questions to offer (default the built-in ones of the source language).
         source: The prompts' language (default ``"en"`` when the neuron set has it).
         target: The language to steer to (default the first other language).
         mode: Initial mode, ``"set"``, ``"add"`` or ``"scale"``.
@@ -827,15 +790,12 @@ class SteeringPanel(_Panel):
         zero_source: Initially also deactivate the source's neurons.
 
     Attributes:
-        widget: The ipywidgets container to display (the panel displays itself too).
-        prompt, source, target, mode, strength, max_new_tokens, zero_source: The widgets
-            of the settings above.
-        examples: ``Dropdown`` of the built-in questions in the source language; picking
-            one fills :attr:`prompt`.
-        generate_button: Runs :meth:`generate`; nothing else generates.
-        message, unsteered_html, steered_html: ``HTML`` with the status or error, and with
-            the two answers.
-        results: Every result dict of :func:`run_steering` so far.
+        widget: The ipywidgets container (the panel displays itself too).
+        prompt, source, target, mode, strength, max_new_tokens, zero_source: The settings.
+        examples: ``Dropdown`` of the questions; picking one fills :attr:`prompt`.
+        generate_button: Runs :meth:`generate`.
+        message, unsteered_html, steered_html: The status, and the two answers.
+        results: Every result of :func:`run_steering` so far.
     """
 
     def __init__(
@@ -982,8 +942,7 @@ class SteeringPanel(_Panel):
         """Generate with the current settings and show both answers (what *Generate* does).
 
         Returns:
-            The :func:`run_steering` result, or ``None`` when it failed (the error is shown
-            in the panel).
+            The :func:`run_steering` result, or ``None`` on failure (shown in the panel).
         """
         button = self.generate_button
         button.disabled, button.description = True, "Generating…"
@@ -1024,12 +983,11 @@ class SteeringPanel(_Panel):
             DataFrame with ``prompt``, ``target``, ``mode``, ``strength``, ``unsteered``,
             ``unsteered_detected``, ``steered``, ``steered_detected`` and ``chrf``.
         """
-        rows = []
-        for r in self.results:
-            row = dict(r)
-            for kind in ("unsteered", "steered"):
-                row[f"{kind}_detected"] = f"{r[kind + '_label']} ({r[kind + '_score']:.2f})"
-            rows.append(row)
+        rows = [
+            r | {f"{k}_detected": f"{r[k + '_label']} ({r[k + '_score']:.2f})"
+                 for k in ("unsteered", "steered")}
+            for r in self.results
+        ]
         return pd.DataFrame(rows, columns=[
             "prompt", "target", "mode", "strength", "unsteered", "unsteered_detected",
             "steered", "steered_detected", "chrf",
