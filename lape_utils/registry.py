@@ -207,8 +207,8 @@ def _forward(hf_model, input_ids: torch.Tensor, hooks: dict[torch.nn.Module, Cal
             h.remove()
 
 
-def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
-    """The structure checks on one forward pass (on fake tensors for a meta model).
+def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor, fake: bool):
+    """The structure checks on one forward pass (on fake tensors when ``fake``).
 
     Returns ``({"n_layers", "n_neurons"}, logits, sites, output of the first site)``.
     """
@@ -220,7 +220,7 @@ def _structure_forward(hf_model, arch: Architecture, input_ids: torch.Tensor):
         site: lambda _module, _inputs, output, i=i: outputs.__setitem__(i, output.detach())
         for i, site in enumerate(sites)
     }
-    if any(p.is_meta for p in hf_model.parameters()):
+    if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
@@ -259,8 +259,8 @@ def check_structure(hf_model, arch: Architecture, input_ids: torch.Tensor) -> di
     Raises:
         SelfCheckError: Which check failed and why.
     """
-    facts = _structure_forward(hf_model, arch, input_ids)[0]
-    return {**facts, "weights": not any(p.is_meta for p in hf_model.parameters())}
+    meta = any(p.is_meta for p in hf_model.parameters())
+    return {**_structure_forward(hf_model, arch, input_ids, fake=meta)[0], "weights": not meta}
 
 
 @torch.inference_mode()
@@ -282,7 +282,8 @@ def self_check(hf_model, arch: Architecture, input_ids: torch.Tensor) -> dict:
         SelfCheckError: Which check failed and why.
     """
     input_ids = input_ids.to(next(hf_model.parameters()).device)
-    facts, base, sites, first = _structure_forward(hf_model, arch, input_ids)
+    # a real forward even when accelerate offloads weights (they sit on meta between calls)
+    facts, base, sites, first = _structure_forward(hf_model, arch, input_ids, fake=False)
     neuron = int(first.reshape(-1, first.shape[-1]).abs().amax(0).argmax())  # the most active
 
     def zero(_module, _inputs, output):
