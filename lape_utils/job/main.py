@@ -19,7 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from .. import analysis, plots, published
-from ..corpus import load_prompts
+from ..corpus import load_corpus, load_prompts
+from ..evaluate import nll
+from ..intervene import Intervention
 from ..lape import stability
 from ..models import load_model
 from ..steering import PAPER_GENERATION, SteerSpec
@@ -66,6 +68,17 @@ def _thresholds(selection) -> dict:
         "n_candidates": int(ident["n_candidates"]),
         "cutoff": float(entropy.max()) if entropy is not None and entropy.numel() else None,
     }
+
+
+def _example_zero(model, selection) -> dict | None:
+    """Notebook 03's first step: one held-out paragraph's NLL with its language zeroed."""
+    lang = "fr" if "fr" in selection.languages else selection.languages[0]
+    text = load_corpus("builtin", [lang], split="heldout").documents[lang][0]
+    ids = model.tokenizer(text, return_tensors="pt", truncation=True, max_length=64).input_ids
+    before = nll(model, ids, [], progress=False)[0]
+    after = nll(model, ids, [Intervention.zero(selection, lang)], progress=False)[0]
+    return {"language": lang, "before": before, "after": after,
+            "neurons": int(selection.flat(lang).numel())}
 
 
 def _specificity(stats, selection) -> dict:
@@ -154,6 +167,10 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         "regions": analysis.layer_region_shares(selection).to_dict(orient="index"),
     }
     summary["thresholds"] = _thresholds(selection)
+    lang = "zh" if "zh" in selection.languages and selection.flat("zh").numel() else None
+    if lang:  # the neuron notebook 02 looks at
+        layer, neuron = analysis.probability_profiles(stats, selection, lang, k=1).index[0]
+        summary["most_specific"] = {"language": lang, "layer": int(layer), "neuron": int(neuron)}
     summary["specificity"] = _specificity(stats, selection)
     summary["overlap_top"] = _overlap_top(selection)
     if stab is not None:
@@ -204,6 +221,8 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         summary["ppl_summary"] = matrix.summary().round(4).reset_index().to_dict(
             orient="records")
 
+        summary["example_zero"] = _example_zero(model, selection)
+
     if cfg.threshold_rates and cfg.threshold_languages:
         with timer.stage("threshold effect"):
             small = heldout_text(model, cfg, cfg.threshold_languages, cfg.threshold_tokens)
@@ -236,6 +255,12 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
                 figure(plots.plot_steering_sweep(sweep), "steering_sweep.png")
                 summary["sweep"] = sweep.round(4).to_dict(orient="records")
         summary["steering"] = table.round(4).to_dict(orient="records")
+        first = results[cfg.steer_targets[0]].rows.iloc[0]  # the prompt notebook 04 starts with
+        summary["example_steer"] = {
+            "target": cfg.steer_targets[0], "mass_before": float(first["target_mass_unsteered"]),
+            "mass_after": float(first["target_mass_steered"]),
+            "top1_changed": bool(first["top1_changed"]),
+        }
 
     if cfg.notebooks:
         with timer.stage("notebooks"):
