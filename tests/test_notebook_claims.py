@@ -42,3 +42,18 @@ def test_the_reference_run_is_the_default_job(reference):
 
     want = json.loads(json.dumps(asdict(JobConfig()), default=list))
     assert reference["config"] == want
+
+
+def test_value_at_finds_records_by_several_keys_with_dots_in_values():
+    summary = {"a": {"b": 3}, "rows": [{"rate": 0.04, "lang": "zh", "x": 1},
+                                       {"rate": 0.04, "lang": "ja", "x": 2},
+                                       {"rate": 0.01, "lang": "zh", "x": 5}]}
+    assert value_at(summary, "a.b") == 3
+    assert value_at(summary, "rows[rate=0.04,lang=ja].x") == 2
+    assert value_at(summary, "rows[lang=zh,rate=0.01].x") == 5
+    with pytest.raises(KeyError, match="2 records"):
+        value_at(summary, "rows[rate=0.04].x")
+    with pytest.raises(KeyError, match="no 'c'"):
+        value_at(summary, "a.c")
+    with pytest.raises(KeyError, match="bad path"):
+        value_at(summary, "a..b")

@@ -66,6 +66,7 @@ def _thresholds(selection) -> dict:
         "tau": float(ident["filter_threshold"]),
         "bar": float(ident["activation_bar"]),
         "n_candidates": int(ident["n_candidates"]),
+        "memberships": int(selection.counts().sum().sum()),
         "cutoff": float(entropy.max()) if entropy is not None and entropy.numel() else None,
     }
 
@@ -91,14 +92,14 @@ def _specificity(stats, selection) -> dict:
             for k, lang in enumerate(stats.languages)}
 
 
-def _overlap_top(selection, n: int = 5) -> list[dict]:
-    """The pairs of languages that share the most neurons."""
+def _overlaps(selection) -> list[dict]:
+    """Every pair of languages and the neurons they share, most first."""
     shared = analysis.overlap(selection)[0]
     langs = list(shared.index)
     pairs = [(int(shared.iloc[i, j]), langs[i], langs[j])
              for i in range(len(langs)) for j in range(i + 1, len(langs))]
     pairs.sort(key=lambda t: -t[0])
-    return [{"pair": f"{a}-{b}", "shared": c} for c, a, b in pairs[:n]]
+    return [{"pair": f"{a}-{b}", "shared": c} for c, a, b in pairs]
 
 
 def notebook_parameters(cfg: JobConfig, cache_dir: Path) -> dict:
@@ -172,7 +173,7 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         layer, neuron = analysis.probability_profiles(stats, selection, lang, k=1).index[0]
         summary["most_specific"] = {"language": lang, "layer": int(layer), "neuron": int(neuron)}
     summary["specificity"] = _specificity(stats, selection)
-    summary["overlap_top"] = _overlap_top(selection)
+    summary["overlaps"] = _overlaps(selection)
     if stab is not None:
         summary["stability_mean_jaccard"] = {k: float(v) for k, v in stab.mean_jaccard.items()}
         summary["stable_fraction"] = {
