@@ -379,7 +379,7 @@ def test_steering_panel_generates_only_on_the_button(steering_setup):
         "steered_label": "zh", "chrf": 3.0, "target_mass_unsteered": 0.1,
         "target_mass_steered": 0.2, "seconds": 0.5,
     }
-    with mock.patch.object(W, "run_steering", return_value=fake) as run:
+    with mock.patch("lape_utils.widgets.steering.run_steering", return_value=fake) as run:
         panel.target.value = "zh"
         panel.mode.value = "add"
         panel.strength.value = 3.0
