@@ -31,7 +31,7 @@ from .analysis import ALL, REGIONS, depth_profile, layer_counts, layer_region_sh
 from .config import LapeConfig
 from .corpus import data_dir
 from .languages import PAPER_LANGUAGES, sort_languages
-from .plots import _axes, _axes_array, _lines, _title
+from .plots._common import _axes, _axes_array, _lines, _title
 from .selection import NeuronSelection, _as_index_tensor
 
 logger = logging.getLogger(__name__)
