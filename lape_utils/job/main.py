@@ -27,7 +27,7 @@ from ..models import load_model
 from ..steering import PAPER_GENERATION, SteerSpec
 from .claims import check_claims
 from .config import JobConfig
-from .notebooks import execute_notebooks, notebooks_dir
+from .notebooks import execute_notebooks, notebooks_dir, run_seconds
 from .report import render_summary
 from .stages import (
     cached_ppl_matrix,
@@ -265,9 +265,12 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
 
     if cfg.notebooks:
         with timer.stage("notebooks"):
-            summary["notebooks"] = execute_notebooks(
-                out / "notebooks", parameters=notebook_parameters(cfg, cache)
-            )
+            html = execute_notebooks(out / "notebooks", parameters=notebook_parameters(cfg, cache))
+        summary["notebooks"] = {  # relative paths: a summary can be copied with its folder
+            name: {"html": str(Path(path).relative_to(out)),
+                   "seconds": run_seconds(Path(path).with_suffix(".ipynb"))}
+            for name, path in html.items()
+        }
 
     if cfg == JobConfig(notebooks=cfg.notebooks):  # the run the notebooks' text describes
         summary["claims"] = check_claims(summary, notebooks_dir())

@@ -57,3 +57,11 @@ def export_html(notebook: str | os.PathLike) -> Path:
     path = Path(notebook).with_suffix(".html")
     path.write_text(body, encoding="utf-8")
     return path
+
+
+def run_seconds(notebook: str | os.PathLike) -> float | None:
+    """Seconds papermill took to execute a notebook (from its metadata), or None."""
+    import nbformat
+
+    meta = nbformat.read(str(notebook), as_version=4).metadata.get("papermill", {})
+    return None if meta.get("duration") is None else round(float(meta["duration"]), 1)

@@ -88,7 +88,9 @@ def render_summary(summary: dict, matrix, steering: pd.DataFrame) -> str:
         "## Stage timings (seconds)",
         "",
         _md_table(pd.DataFrame({"seconds": summary["timings_s"]}).rename_axis("stage"), ".1f"),
-        f"\nTotal: {summary['total_s']:.1f} s.",
+        f"\nTotal: {summary['total_s']:.1f} s." + "".join(
+            f" {name}: {nb['seconds']} s." for name, nb in summary.get("notebooks", {}).items()
+        ),
         "",
         "## Corpus (detection split)",
         "",
