@@ -28,17 +28,8 @@ from .languages import LANGUAGE_ORDER, parse_languages, sort_languages
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CHARS_PER_TOKEN_ESTIMATE",
-    "SPLITS",
-    "ChatTemplateError",
-    "Corpus",
-    "CorpusError",
-    "PackedCorpus",
-    "chat_turn",
-    "data_dir",
-    "load_corpus",
-    "load_prompts",
-    "pack",
+    "CHARS_PER_TOKEN_ESTIMATE", "SPLITS", "ChatTemplateError", "Corpus", "CorpusError",
+    "PackedCorpus", "chat_turn", "data_dir", "load_corpus", "load_prompts", "pack",
     "tokenizer_identity",
 ]
 
@@ -197,8 +188,7 @@ class Corpus:
         """
         chosen = parse_languages(languages, self.languages)
         return Corpus(
-            source=self.source,
-            split=self.split,
+            source=self.source, split=self.split,
             documents={lang: list(self.documents[lang]) for lang in chosen},
             dropped={k: v for k, v in self.dropped.items() if k in chosen},
         )
@@ -314,17 +304,10 @@ class _Kept:
 
 
 def load_corpus(
-    source: str | os.PathLike = "builtin",
-    languages: str | Iterable[str] | None = None,
-    *,
-    split: str = "detect",
-    filter_language: bool = False,
-    tokens_per_language: int | None = None,
-    tokenizer=None,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    take_all: bool = False,
-    wikipedia_path: str | os.PathLike | None = None,
+    source: str | os.PathLike = "builtin", languages: str | Iterable[str] | None = None, *,
+    split: str = "detect", filter_language: bool = False, tokens_per_language: int | None = None,
+    tokenizer=None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+    take_all: bool = False, wikipedia_path: str | os.PathLike | None = None,
 ) -> Corpus:
     """Loads multilingual text.
 
@@ -878,15 +861,8 @@ def _rows(values: np.ndarray, k: int, first: int | bool | None) -> torch.Tensor:
 
 
 def pack(
-    corpus: Corpus,
-    tokenizer,
-    *,
-    seq_len: int = 512,
-    tokens_per_language: int | None = None,
-    seed: int = 0,
-    take_all: bool = False,
-    bos: bool = True,
-    chat: bool = False,
+    corpus: Corpus, tokenizer, *, seq_len: int = 512, tokens_per_language: int | None = None,
+    seed: int = 0, take_all: bool = False, bos: bool = True, chat: bool = False,
 ) -> PackedCorpus:
     r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
@@ -973,11 +949,8 @@ def pack(
         documents[lang], characters[lang] = _used(spans, n, len(sep))
 
     extra = {
-        "tokenizer": tokenizer_identity(tokenizer),
-        "tokens_per_language": budget,
-        "seed": seed,
-        "take_all": take_all,
-        "corpus_fingerprint": corpus.fingerprint,
+        "tokenizer": tokenizer_identity(tokenizer), "tokens_per_language": budget, "seed": seed,
+        "take_all": take_all, "corpus_fingerprint": corpus.fingerprint,
     }
     if chat:  # only then: plain text keeps its fingerprint
         template = str(tokenizer.chat_template).encode()
