@@ -155,15 +155,9 @@ class LapeModel:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    dtype: str | torch.dtype | None = "float32",
-    device_map: str | dict | None = None,
-    revision: str | None = None,
-    check: bool = True,
-    seed: int = 0,
-    remote: bool | str = False,
-    **hf_kwargs,
+    name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "float32",
+    device_map: str | dict | None = None, revision: str | None = None, check: bool = True,
+    seed: int = 0, remote: bool | str = False, **hf_kwargs,
 ) -> LapeModel:
     """Loads a causal LM and wraps it for nnsight.
 
@@ -230,14 +224,8 @@ def load_model(
 
 
 def wrap_model(
-    hf: torch.nn.Module,
-    tokenizer,
-    *,
-    name: str,
-    fingerprint: str,
-    check: bool = True,
-    remote: bool | str = False,
-    revision: str | None = None,
+    hf: torch.nn.Module, tokenizer, *, name: str, fingerprint: str, check: bool = True,
+    remote: bool | str = False, revision: str | None = None,
 ) -> LapeModel:
     """Wraps a transformers causal LM built by any means as a :class:`LapeModel`.
 
