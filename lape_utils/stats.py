@@ -335,8 +335,7 @@ class ActivationStats:
 
     @classmethod
     def from_reference(
-        cls,
-        files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+        cls, files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
         languages: Sequence[str] | None = None,
     ) -> ActivationStats:
         """Imports the reference code's per-language count files.
@@ -386,8 +385,7 @@ class ActivationStats:
             over_zero=torch.stack(counts, dim=-1),
             provenance={
                 "source": "reference count files",
-                "files": {lang: str(files[lang]) for lang in order},
-                "imported": now_utc(),
+                "files": {lang: str(files[lang]) for lang in order}, "imported": now_utc(),
             },
         )
 
