@@ -369,12 +369,9 @@ class NeuronSelection:
         langs = list(payload["languages"])
         tables = payload.get("tables") or {}
         sel = cls(
-            languages=langs,
-            indices=dict(zip(langs, payload["indices"], strict=True)),
-            n_layers=int(payload["n_layers"]),
-            n_neurons=int(payload["n_neurons"]),
-            method=payload["method"],
-            config=json.loads(payload["config_json"]),
+            languages=langs, indices=dict(zip(langs, payload["indices"], strict=True)),
+            n_layers=int(payload["n_layers"]), n_neurons=int(payload["n_neurons"]),
+            method=payload["method"], config=json.loads(payload["config_json"]),
             provenance=json.loads(payload["provenance_json"]),
             **{k: tables.get(k) for k in _TABLES},
         )
