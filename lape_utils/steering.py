@@ -60,21 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MODES",
-    "PAPER_GENERATION",
-    "PAPER_TEMPLATE",
-    "SteerResult",
-    "SteerSpec",
-    "chrf",
-    "format_prompts",
-    "language_token_ids",
-    "output_ppl",
-    "steer",
-    "steering_interventions",
-    "strength_sweep",
-    "target_mass",
-    "top1_changed",
-    "wilson_interval",
+    "MODES", "PAPER_GENERATION", "PAPER_TEMPLATE", "SteerResult", "SteerSpec", "chrf",
+    "format_prompts", "language_token_ids", "output_ppl", "steer", "steering_interventions",
+    "strength_sweep", "target_mass", "top1_changed", "wilson_interval",
 ]
 
 MODES: tuple[str, ...] = ("set", "add", "scale")
@@ -495,13 +483,8 @@ def _runner(model, neurons, stats, prompts, spec: SteerSpec, generation, control
 
 
 def steer(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    prompts: Sequence[str],
-    spec: SteerSpec,
-    *,
-    generation: GenerationConfig = PAPER_GENERATION,
+    model: LapeModel, neurons: NeuronSelection, stats: ActivationStats | None,
+    prompts: Sequence[str], spec: SteerSpec, *, generation: GenerationConfig = PAPER_GENERATION,
     controls: Mapping[str, NeuronSelection] | None = None,
 ) -> SteerResult:
     """Generates with and without steering and measures the outputs.
@@ -550,13 +533,8 @@ def steer(
 
 
 def strength_sweep(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    prompts: Sequence[str],
-    spec: SteerSpec,
-    strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-    *,
+    model: LapeModel, neurons: NeuronSelection, stats: ActivationStats | None,
+    prompts: Sequence[str], spec: SteerSpec, strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0), *,
     generation: GenerationConfig = PAPER_GENERATION,
     controls: Mapping[str, NeuronSelection] | None = None,
 ) -> pd.DataFrame:
