@@ -782,16 +782,10 @@ class PackedCorpus:
     def provenance(self) -> dict:
         """A JSON-able description (no tensors) for result sidecars."""
         return {
-            "fingerprint": self.fingerprint,
-            "source": self.source,
-            "split": self.split,
-            "languages": list(self.languages),
-            "seq_len": self.seq_len,
-            "bos": self.bos,
-            "tokens": dict(self.tokens),
-            "chunks": {k: self.n_chunks(k) for k in self.languages},
-            "documents": dict(self.documents),
-            "characters": dict(self.characters),
+            "fingerprint": self.fingerprint, "source": self.source, "split": self.split,
+            "languages": list(self.languages), "seq_len": self.seq_len, "bos": self.bos,
+            "tokens": dict(self.tokens), "chunks": {k: self.n_chunks(k) for k in self.languages},
+            "documents": dict(self.documents), "characters": dict(self.characters),
             **self.provenance_extra,
         }
 

@@ -132,17 +132,12 @@ class LapeModel:
     def describe(self) -> dict:
         """A JSON-able summary: name, family, layers, neurons, dtype, fingerprint, remote."""
         return {
-            "model": self.name,
-            "family": self.arch.family,
-            "model_type": self.hf.config.model_type,
-            "n_layers": self.n_layers,
-            "n_neurons": self.n_neurons,
+            "model": self.name, "family": self.arch.family, "model_type": self.hf.config.model_type,
+            "n_layers": self.n_layers, "n_neurons": self.n_neurons,
             "total_neurons": self.n_layers * self.n_neurons,
             "site": f"{self.arch.layers}[i].{self.arch.site}",
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "fingerprint": self.fingerprint,
-            "remote": self.remote,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "fingerprint": self.fingerprint, "remote": self.remote,
         }
 
     def __repr__(self) -> str:

@@ -292,15 +292,11 @@ class NeuronSelection:
     def _meta(self) -> dict[str, Any]:
         """What the sidecar says about the selection (for people and tools)."""
         return {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+            "format": _FORMAT, "format_version": _FORMAT_VERSION, "method": self.method,
             "languages": list(self.languages),
             "shape": {"n_layers": self.n_layers, "n_neurons": self.n_neurons},
-            "counts": self._totals(),
-            "total_distinct": self.total_distinct(),
-            "config": self.config,
-            "provenance": self.provenance,
+            "counts": self._totals(), "total_distinct": self.total_distinct(),
+            "config": self.config, "provenance": self.provenance,
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -322,13 +318,10 @@ class NeuronSelection:
         refuse_overwrite([path, sidecar], overwrite)
         meta = self._meta()
         payload = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+            "format": _FORMAT, "format_version": _FORMAT_VERSION, "method": self.method,
             "languages": list(self.languages),
             "indices": [list(self.indices[lang]) for lang in self.languages],
-            "n_layers": self.n_layers,
-            "n_neurons": self.n_neurons,
+            "n_layers": self.n_layers, "n_neurons": self.n_neurons,
             "config_json": _to_json(self.config, "config"),
             "provenance_json": _to_json(self.provenance, "provenance"),
             "tables": {name: getattr(self, name) for name in _TABLES},

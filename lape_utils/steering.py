@@ -512,22 +512,16 @@ def steer(
     prompts = _check_setup(model, neurons, stats, spec, prompts, controls)
     run, target_ids = _runner(model, neurons, stats, prompts, spec, generation, controls)
     config = {
-        "model": model.name,
-        "model_fingerprint": model.fingerprint,
-        **dataclasses.asdict(spec),
-        "chat_template_used": _uses_chat(model.tokenizer, spec),
-        "remote": model.remote,
+        "model": model.name, "model_fingerprint": model.fingerprint, **dataclasses.asdict(spec),
+        "chat_template_used": _uses_chat(model.tokenizer, spec), "remote": model.remote,
         "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
                      for name, sel in (controls or {}).items()},
-        "seed": generation.seed,
-        "generation": dataclasses.asdict(generation),
+        "seed": generation.seed, "generation": dataclasses.asdict(generation),
         "n_target_neurons": int(neurons.flat(spec.target).numel()),
         "n_source_neurons": int(neurons.flat(spec.source).numel()) if spec.zero_source else 0,
         "selection_method": neurons.method,
-        "target_tokens": {
-            "contrast": spec.source or "en",
-            "n": None if target_ids is None else int(target_ids.numel()),
-        },
+        "target_tokens": {"contrast": spec.source or "en",
+                          "n": None if target_ids is None else int(target_ids.numel())},
     }
     return SteerResult(run(spec), config)
 
