@@ -32,7 +32,7 @@ from .config import LapeConfig
 from .corpus import data_dir
 from .languages import PAPER_LANGUAGES, sort_languages
 from .plots._common import _axes, _axes_array, _lines, _title
-from .selection import NeuronSelection, _as_index_tensor
+from .selection import NeuronSelection, _as_index_tensor, _sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,6 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 # ---------------------------------------------------------------------- the format
 
 
-def _official_sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 def to_official(
     selection: NeuronSelection, path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
@@ -125,7 +121,7 @@ def to_official(
         The path written.
     """
     path = Path(path)
-    sidecar = _official_sidecar(path)
+    sidecar = _sidecar(path)
     refuse_overwrite([path, sidecar], overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save([[t.clone() for t in selection.indices[lang]] for lang in selection.languages], path)
@@ -179,7 +175,7 @@ def from_official(
         raise ValueError(f"{path}: languages have different layer counts {sorted(n_layers_set)}.")
     n_layers = n_layers_set.pop()
     name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
-    sidecar = _official_sidecar(path)
+    sidecar = _sidecar(path)
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if languages is not None:
         languages, languages_from = list(languages), "argument"
