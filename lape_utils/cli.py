@@ -270,8 +270,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, seed=args.seed,
     )
     controls = _controls(args, selection, stats)
-    result = steer(model, selection, stats, prompts, spec, generation=generation,
-                   controls=controls)
+    result = steer(model, selection, stats, prompts, spec, generation=generation, controls=controls)
     result.to_jsonl(out, overwrite=args.overwrite)
     print(result.summary().round(4).T.to_string())
     print(f"\nsaved {len(result.rows)} lines to {out} (+ {out.name}.json)")

@@ -37,11 +37,8 @@ SPLITS: tuple[str, ...] = ("detect", "heldout")
 """Splits of the built-in corpus: text for finding neurons, and separate text for perplexity."""
 
 CHARS_PER_TOKEN_ESTIMATE = 3.0
-"""Characters per token assumed without a tokenizer.
-
-Low (Gemma 3 gives 4-5 on Latin script, 1.4-1.8 on CJK), so that a Wikipedia budget errs
-towards fetching too much text.
-"""
+"""Characters per token assumed without a tokenizer: low (Gemma 3 gives 4-5 on Latin script,
+1.4-1.8 on CJK), so that a Wikipedia budget errs towards fetching too much text."""
 
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKIPEDIA_DEFAULT_DATE = "20231101"
@@ -673,8 +670,7 @@ def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.n
         texts.append(text[cut:])
         spans.append((start - cut, end - cut))
     try:
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     except NotImplementedError as err:
         raise ChatTemplateError(
             f"chat packing needs a fast tokenizer (token offsets); {type(tokenizer).__name__} "

@@ -147,8 +147,7 @@ def nll(
         )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bar = tqdm(total=chunks.shape[0], desc="nll", unit="chunk", disable=not progress,
-               leave=False)
+    bar = tqdm(total=chunks.shape[0], desc="nll", unit="chunk", disable=not progress, leave=False)
     sums, counts = _chunk_nll(model, chunks, ivs, batch_size, bar, attention_mask)
     bar.close()
     total, count = float(sums.sum()), int(counts.sum())
