@@ -120,10 +120,8 @@ def depth_profile(
     n_layers, total = len(count), count.sum()
     fraction = count / total if total else np.full(n_layers, np.nan)
     return pd.DataFrame(
-        {
-            "relative_depth": relative_depth(n_layers), "count": count, "fraction": fraction,
-            "density": fraction * n_layers, "cumulative": np.cumsum(fraction),
-        },
+        {"relative_depth": relative_depth(n_layers), "count": count, "fraction": fraction,
+         "density": fraction * n_layers, "cumulative": np.cumsum(fraction)},
         index=pd.RangeIndex(n_layers, name="layer"),
     )
 

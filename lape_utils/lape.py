@@ -252,8 +252,7 @@ def _check_languages(languages: Sequence[str], n_lang: int) -> list[str]:
     langs = [str(x) for x in languages]
     if len(langs) != n_lang:
         raise ValueError(
-            f"{len(langs)} languages given ({langs}) but the counts have {n_lang} language "
-            "columns."
+            f"{len(langs)} languages given ({langs}) but the counts have {n_lang} language columns."
         )
     if len(set(langs)) != len(langs):
         raise ValueError(f"languages must be unique, got {langs}.")

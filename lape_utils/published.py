@@ -276,8 +276,7 @@ def official_url(name: str) -> str:
     """Raw-file URL of a published neuron set, pinned to the commit that holds it."""
     info = _check_official_name(name)
     return (
-        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/"
-        f"{name}{_OFFICIAL_SUFFIX}"
+        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/{name}{_OFFICIAL_SUFFIX}"
     )
 
 

@@ -245,16 +245,13 @@ class NeuronSelection:
         flats = [self.flat(lang) for lang in self.languages]
         flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
         layer = torch.div(flat, self.n_neurons, rounding_mode="floor")
-        df = pd.DataFrame(
-            {
-                "language": pd.Categorical(
-                    [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())],
-                    categories=self.languages,
-                ),
-                "layer": layer.numpy(),
-                "neuron": (flat - layer * self.n_neurons).numpy(),
-            }
-        )
+        df = pd.DataFrame({
+            "language": pd.Categorical(
+                [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())],
+                categories=self.languages,
+            ),
+            "layer": layer.numpy(), "neuron": (flat - layer * self.n_neurons).numpy(),
+        })
         if self.selected is None or self.selected_prob is None:
             return df
         sel_flat = self.selected[:, 0] * self.n_neurons + self.selected[:, 1]
@@ -371,11 +368,8 @@ class NeuronSelection:
         sidecar = _sidecar(path)
         if sidecar.exists():
             meta, ours = json.loads(sidecar.read_text()), sel._meta()
-            bad = {
-                k: (meta.get(k), ours[k])
-                for k in ("method", "languages", "shape", "config")
-                if meta.get(k) != ours[k]
-            }
+            keys = ("method", "languages", "shape", "config")
+            bad = {k: (meta.get(k), ours[k]) for k in keys if meta.get(k) != ours[k]}
             if bad:
                 raise ValueError(
                     f"sidecar {sidecar} disagrees with {path} on {sorted(bad)}: "

@@ -392,14 +392,11 @@ class ActivationStats:
 
 def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> None:
     """Raises :class:`ProvenanceMismatchError` listing every expected field that differs."""
-    diffs = [
-        f"{key}: cached {have!r}, asked {want!r}"
-        for key, have, want in _differing(expect, found, expect)
-    ]
+    diffs = [f"{key}: cached {have!r}, asked {want!r}"
+             for key, have, want in _differing(expect, found, expect)]
     if diffs:
         raise ProvenanceMismatchError(
-            f"the statistics in {where} were made for something else:\n  "
-            + "\n  ".join(diffs)
+            f"the statistics in {where} were made for something else:\n  " + "\n  ".join(diffs)
             + "\nUse another output directory, or pass overwrite=True to recompute."
         )
 
