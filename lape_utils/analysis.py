@@ -25,20 +25,9 @@ from lape_utils.selection import NeuronSelection
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "REGIONS",
-    "EntropyTable",
-    "depth_profile",
-    "entropy_table",
-    "layer_counts",
-    "layer_distribution",
-    "layer_region_shares",
-    "layer_share",
-    "overlap",
-    "probability_profiles",
-    "region_layers",
-    "relative_depth",
-    "selection_frequencies",
-    "stability_table",
+    "REGIONS", "EntropyTable", "depth_profile", "entropy_table", "layer_counts",
+    "layer_distribution", "layer_region_shares", "layer_share", "overlap", "probability_profiles",
+    "region_layers", "relative_depth", "selection_frequencies", "stability_table",
 ]
 
 #: Names of the three layer regions, bottom to top.
@@ -131,13 +120,8 @@ def depth_profile(
     n_layers, total = len(count), count.sum()
     fraction = count / total if total else np.full(n_layers, np.nan)
     return pd.DataFrame(
-        {
-            "relative_depth": relative_depth(n_layers),
-            "count": count,
-            "fraction": fraction,
-            "density": fraction * n_layers,
-            "cumulative": np.cumsum(fraction),
-        },
+        {"relative_depth": relative_depth(n_layers), "count": count, "fraction": fraction,
+         "density": fraction * n_layers, "cumulative": np.cumsum(fraction)},
         index=pd.RangeIndex(n_layers, name="layer"),
     )
 
@@ -167,8 +151,7 @@ def region_layers(n_layers: int, bottom: float = 0.1, top: float = 0.25) -> dict
     n_bottom = math.floor(bottom * n_layers + 0.5)  # round half up, unlike round()
     n_top = min(math.floor(top * n_layers + 0.5), n_layers - n_bottom)
     return {
-        "bottom": range(0, n_bottom),
-        "middle": range(n_bottom, n_layers - n_top),
+        "bottom": range(0, n_bottom), "middle": range(n_bottom, n_layers - n_top),
         "top": range(n_layers - n_top, n_layers),
     }
 
@@ -312,14 +295,9 @@ def entropy_table(stats: Any, config: LapeConfig = LapeConfig()) -> EntropyTable
     for lang in ordered:
         df[f"prob_{lang}"] = rows[:, languages.index(lang)].double().numpy()
     return EntropyTable(
-        frame=df,
-        languages=ordered,
-        config=config,
-        tau=tau,
-        bar=bar,
+        frame=df, languages=ordered, config=config, tau=tau, bar=bar,
         cutoff=float(h[selected].max()) if bool(selected.any()) else math.nan,
-        max_entropy=math.log(n_lang),
-        n_candidates=int(info["n_candidates"]),
+        max_entropy=math.log(n_lang), n_candidates=int(info["n_candidates"]),
         n_selected=int(info["n_selected"]),
     )
 
@@ -412,9 +390,7 @@ def selection_frequencies(result: Any) -> pd.DataFrame:
         f = result.frequency[lang]
         layer, neuron = (f > 0).nonzero(as_tuple=True)
         frames.append(pd.DataFrame({
-            "language": lang,
-            "layer": layer.numpy(),
-            "neuron": neuron.numpy(),
+            "language": lang, "layer": layer.numpy(), "neuron": neuron.numpy(),
             "frequency": f[layer, neuron].double().numpy(),
         }))
     if not frames:

@@ -90,14 +90,9 @@ def _model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict
 
 
 def count_batch(
-    model: LapeModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    count_mask: torch.Tensor | None = None,
-    weights: torch.Tensor | None = None,
-    *,
-    backend: str = "nnsight",
-    remote: bool | str = False,
+    model: LapeModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    count_mask: torch.Tensor | None = None, weights: torch.Tensor | None = None, *,
+    backend: str = "nnsight", remote: bool | str = False,
 ) -> BatchCounts:
     """Runs one batch and returns the per-neuron counts of every layer.
 
@@ -129,11 +124,8 @@ def count_batch(
     boot = None if weights is None else torch.stack([r[2].cpu() for r in results], dim=1)
     per_seq_n = count_mask.sum(dim=1).long()
     return BatchCounts(
-        n=int(per_seq_n.sum()),
-        over_zero=over_zero,
-        activation_sum=act_sum,
-        boot_n=None if weights is None else weights.long() @ per_seq_n,
-        boot_over_zero=boot,
+        n=int(per_seq_n.sum()), over_zero=over_zero, activation_sum=act_sum,
+        boot_n=None if weights is None else weights.long() @ per_seq_n, boot_over_zero=boot,
     )
 
 
@@ -262,34 +254,21 @@ def capture_provenance(
         lang: [list(distributed.shard_range(n, batch_size, k, m))] for lang, n in n_chunks.items()
     }
     return {
-        "model": model.name,
-        "model_fingerprint": model.fingerprint,
-        "family": model.arch.family,
+        "model": model.name, "model_fingerprint": model.fingerprint, "family": model.arch.family,
         "site": f"{model.arch.layers}[i].{model.arch.site}",
         "dtype": str(model.dtype).replace("torch.", ""),
-        "tokenizer": {
-            "name_or_path": str(getattr(tok, "name_or_path", "")),
-            "vocab_size": len(tok),
-            "class": type(tok).__name__,
-        },
-        "corpus_source": packed.source,
-        "corpus_fingerprint": packed.fingerprint,
+        "tokenizer": {"name_or_path": str(getattr(tok, "name_or_path", "")),
+                      "vocab_size": len(tok), "class": type(tok).__name__},
+        "corpus_source": packed.source, "corpus_fingerprint": packed.fingerprint,
         "languages": list(packed.languages),
         "tokens_per_language": {lang: int(packed.tokens[lang]) for lang in packed.languages},
-        "seq_len": int(packed.seq_len),
-        "bos_prepended_not_counted": bool(packed.bos),
+        "seq_len": int(packed.seq_len), "bos_prepended_not_counted": bool(packed.bos),
         **({"chat_content_only": True} if packed.content_mask is not None else {}),
-        "batch_size": int(batch_size),
-        "bootstrap_replicates": int(replicates),
-        "bootstrap_seed": int(seed),
-        "backend": backend,
-        "remote": model.remote,
-        "chunks": chunks,
-        "corpus_chunks": n_chunks,
-        "budget_fractions": list(BUDGET_FRACTIONS),
+        "batch_size": int(batch_size), "bootstrap_replicates": int(replicates),
+        "bootstrap_seed": int(seed), "backend": backend, "remote": model.remote,
+        "chunks": chunks, "corpus_chunks": n_chunks, "budget_fractions": list(BUDGET_FRACTIONS),
         "budget_chunks": {lang: budget_chunks(n) for lang, n in n_chunks.items()},
-        "shard": None if shard is None else [k, m],
-        "world_size": int(world_size),
+        "shard": None if shard is None else [k, m], "world_size": int(world_size),
         "packages": package_versions(),
     }
 
@@ -305,20 +284,10 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def capture(
-    model: LapeModel,
-    packed,
-    out_dir: str | os.PathLike | None = None,
-    *,
-    batch_size: int = 4,
-    replicates: int = 16,
-    seed: int = 0,
-    backend: str = "nnsight",
-    checkpoint_every: int = 8,
-    overwrite: bool = False,
-    remote: bool | str | None = None,
-    progress: bool = True,
-    on_batch: Callable[[str, int], None] | None = None,
-    shard: tuple[int, int] | None = None,
+    model: LapeModel, packed, out_dir: str | os.PathLike | None = None, *, batch_size: int = 4,
+    replicates: int = 16, seed: int = 0, backend: str = "nnsight", checkpoint_every: int = 8,
+    overwrite: bool = False, remote: bool | str | None = None, progress: bool = True,
+    on_batch: Callable[[str, int], None] | None = None, shard: tuple[int, int] | None = None,
 ) -> ActivationStats:
     """Counts, per language, how often every MLP neuron is active.
 
@@ -464,12 +433,9 @@ def capture(
         if content is not None:
             total, done = int(content[first:stop].sum()), int(content[first : state.next_chunk].sum())
         bar = tqdm(
-            total=total,
-            initial=done,
+            total=total, initial=done,
             desc=f"capture {lang}" + (f" (rank 0's shard of {world})" if world > 1 else ""),
-            unit="tok",
-            unit_scale=True,
-            disable=not progress or rank != 0,
+            unit="tok", unit_scale=True, disable=not progress or rank != 0,
         )
         batches_since = 0
         while state.next_chunk < stop:
@@ -525,15 +491,8 @@ __all__ = [
 
 # ------------------------------------------------------------------ neuron inspection
 def top_activating_contexts(
-    model: LapeModel,
-    packed,
-    layer: int,
-    neuron: int,
-    *,
-    k: int = 5,
-    window: int = 12,
-    max_chunks: int | None = None,
-    batch_size: int = 4,
+    model: LapeModel, packed, layer: int, neuron: int, *, k: int = 5, window: int = 12,
+    max_chunks: int | None = None, batch_size: int = 4,
 ) -> pd.DataFrame:
     """The tokens and contexts of each language that activate one neuron most.
 
@@ -585,15 +544,11 @@ def top_activating_contexts(
             ids = chunks[c]
             lo, hi = max(int(packed.bos), pos - window), min(len(ids), pos + window + 1)
             rows.append({
-                "language": lang,
-                "activation": value,
-                "token": tok.decode(ids[pos : pos + 1]),
+                "language": lang, "activation": value, "token": tok.decode(ids[pos : pos + 1]),
                 "context": tok.decode(ids[lo:hi], skip_special_tokens=True),
-                "chunk": c,
-                "position": pos,
+                "chunk": c, "position": pos,
                 "tokens": [tok.decode(ids[t : t + 1]) for t in range(lo, hi)],
-                "activations": act[c, lo:hi].tolist(),
-                "center": pos - lo,
+                "activations": act[c, lo:hi].tolist(), "center": pos - lo,
             })
     df = pd.DataFrame(rows, columns=["language", "activation", "token", "context", "chunk",
                                      "position", "tokens", "activations", "center"])

@@ -21,12 +21,9 @@ log = logging.getLogger("lape_utils")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help=f"hub id, local directory, .gguf file, {DEFAULT_MODEL!r} (embedded default) "
-        "or tiny-<family> (default: %(default)s)",
-    )
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local directory, .gguf file, {DEFAULT_MODEL!r} (embedded "
+                   "default) or tiny-<family> (default: %(default)s)")
     p.add_argument("--dtype", default="float32", help="float32, bf16, fp16 or auto")
     p.add_argument("--device-map", default=None, help="e.g. 'auto' to shard over GPUs")
 
@@ -60,10 +57,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_corpus_args(p: argparse.ArgumentParser, split: str = "detect") -> None:
-    p.add_argument(
-        "--corpus", default="builtin",
-        help="builtin, a directory of <code>.txt files, or wikipedia (default: %(default)s)",
-    )
+    p.add_argument("--corpus", default="builtin", help="builtin, a directory of <code>.txt "
+                   "files, or wikipedia (default: %(default)s)")
     p.add_argument("--split", default=split, help="builtin corpus split (default: %(default)s)")
     p.add_argument("--languages", default=None,
                    help="comma-separated codes (default: all the corpus has)")
@@ -71,8 +66,7 @@ def _add_corpus_args(p: argparse.ArgumentParser, split: str = "detect") -> None:
                    help="token budget per language (default: what the smallest language has)")
     p.add_argument("--take-all", action="store_true",
                    help="use all text of a language short of the budget")
-    p.add_argument("--seq-len", type=int, default=512,
-                   help="tokens per chunk (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per chunk (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and bootstrap")
 
 
@@ -106,10 +100,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         model.hf.to(distributed.local_device())
     packed = _packed(args, model.tokenizer)
     say(packed.table().to_string(index=False))
-    stats = capture(
-        model, packed, args.out, batch_size=args.batch_size, replicates=args.replicates,
-        seed=args.seed, overwrite=args.overwrite, remote=args.remote, shard=args.shard,
-    )
+    stats = capture(model, packed, args.out, batch_size=args.batch_size, replicates=args.replicates,
+                    seed=args.seed, overwrite=args.overwrite, remote=args.remote, shard=args.shard)
     if torch.distributed.is_initialized():  # capture initialised it from torchrun's variables
         torch.distributed.destroy_process_group()
     say(stats)
@@ -159,14 +151,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
         from .languages import parse_languages
 
         stats = stats.subset(parse_languages(args.languages, stats.languages))
-    config = LapeConfig(
-        top_rate=args.top_rate, filter_rate=args.filter_rate,
-        activation_bar_ratio=args.activation_bar_ratio,
-    )
-    sel = identify(
-        stats.over_zero, stats.n, stats.languages, config, method=args.method,
-        activation_sum=stats.activation_sum, provenance=stats.provenance,
-    )
+    config = LapeConfig(top_rate=args.top_rate, filter_rate=args.filter_rate,
+                        activation_bar_ratio=args.activation_bar_ratio)
+    sel = identify(stats.over_zero, stats.n, stats.languages, config, method=args.method,
+                   activation_sum=stats.activation_sum, provenance=stats.provenance)
     print(sel)
     print(sel.counts().sum().to_string())
     if args.format == "official":
@@ -260,18 +248,15 @@ def cmd_steer(args: argparse.Namespace) -> int:
     model = _model(args)
     selection = load_neurons(args.neurons, model)
     check_selection(model, selection)
-    spec = SteerSpec(
-        args.target, source=args.source or prompt_lang, zero_source=args.zero_source,
-        mode=args.mode, strength=args.strength, positions=args.positions,
-        template=args.template.replace("\\n", "\n"), chat=args.chat,
-    )
+    spec = SteerSpec(args.target, source=args.source or prompt_lang, zero_source=args.zero_source,
+                     mode=args.mode, strength=args.strength, positions=args.positions,
+                     template=args.template.replace("\\n", "\n"), chat=args.chat)
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.sample,
         repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, seed=args.seed,
     )
     controls = _controls(args, selection, stats)
-    result = steer(model, selection, stats, prompts, spec, generation=generation,
-                   controls=controls)
+    result = steer(model, selection, stats, prompts, spec, generation=generation, controls=controls)
     result.to_jsonl(out, overwrite=args.overwrite)
     print(result.summary().round(4).T.to_string())
     print(f"\nsaved {len(result.rows)} lines to {out} (+ {out.name}.json)")
@@ -345,10 +330,8 @@ def _add_job_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lape``."""
-    parser = argparse.ArgumentParser(
-        prog="lape",
-        description="Find and steer language-specific neurons with LAPE (Tang et al., 2024).",
-    )
+    description = "Find and steer language-specific neurons with LAPE (Tang et al., 2024)."
+    parser = argparse.ArgumentParser(prog="lape", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -461,10 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lape`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 0

@@ -28,17 +28,8 @@ from .languages import LANGUAGE_ORDER, parse_languages, sort_languages
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CHARS_PER_TOKEN_ESTIMATE",
-    "SPLITS",
-    "ChatTemplateError",
-    "Corpus",
-    "CorpusError",
-    "PackedCorpus",
-    "chat_turn",
-    "data_dir",
-    "load_corpus",
-    "load_prompts",
-    "pack",
+    "CHARS_PER_TOKEN_ESTIMATE", "SPLITS", "ChatTemplateError", "Corpus", "CorpusError",
+    "PackedCorpus", "chat_turn", "data_dir", "load_corpus", "load_prompts", "pack",
     "tokenizer_identity",
 ]
 
@@ -46,11 +37,8 @@ SPLITS: tuple[str, ...] = ("detect", "heldout")
 """Splits of the built-in corpus: text for finding neurons, and separate text for perplexity."""
 
 CHARS_PER_TOKEN_ESTIMATE = 3.0
-"""Characters per token assumed without a tokenizer.
-
-Low (Gemma 3 gives 4-5 on Latin script, 1.4-1.8 on CJK), so that a Wikipedia budget errs
-towards fetching too much text.
-"""
+"""Characters per token assumed without a tokenizer: low (Gemma 3 gives 4-5 on Latin script,
+1.4-1.8 on CJK), so that a Wikipedia budget errs towards fetching too much text."""
 
 WIKIPEDIA_DATASET = "wikimedia/wikipedia"
 WIKIPEDIA_DEFAULT_DATE = "20231101"
@@ -197,8 +185,7 @@ class Corpus:
         """
         chosen = parse_languages(languages, self.languages)
         return Corpus(
-            source=self.source,
-            split=self.split,
+            source=self.source, split=self.split,
             documents={lang: list(self.documents[lang]) for lang in chosen},
             dropped={k: v for k, v in self.dropped.items() if k in chosen},
         )
@@ -314,17 +301,10 @@ class _Kept:
 
 
 def load_corpus(
-    source: str | os.PathLike = "builtin",
-    languages: str | Iterable[str] | None = None,
-    *,
-    split: str = "detect",
-    filter_language: bool = False,
-    tokens_per_language: int | None = None,
-    tokenizer=None,
-    seed: int = 0,
-    cache_dir: str | os.PathLike | None = None,
-    take_all: bool = False,
-    wikipedia_path: str | os.PathLike | None = None,
+    source: str | os.PathLike = "builtin", languages: str | Iterable[str] | None = None, *,
+    split: str = "detect", filter_language: bool = False, tokens_per_language: int | None = None,
+    tokenizer=None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+    take_all: bool = False, wikipedia_path: str | os.PathLike | None = None,
 ) -> Corpus:
     """Loads multilingual text.
 
@@ -690,8 +670,7 @@ def _chat_tokens(tokenizer, docs: list[str]) -> tuple[list[list[int]], list[np.n
         texts.append(text[cut:])
         spans.append((start - cut, end - cut))
     try:
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        verbose=False)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     except NotImplementedError as err:
         raise ChatTemplateError(
             f"chat packing needs a fast tokenizer (token offsets); {type(tokenizer).__name__} "
@@ -799,16 +778,10 @@ class PackedCorpus:
     def provenance(self) -> dict:
         """A JSON-able description (no tensors) for result sidecars."""
         return {
-            "fingerprint": self.fingerprint,
-            "source": self.source,
-            "split": self.split,
-            "languages": list(self.languages),
-            "seq_len": self.seq_len,
-            "bos": self.bos,
-            "tokens": dict(self.tokens),
-            "chunks": {k: self.n_chunks(k) for k in self.languages},
-            "documents": dict(self.documents),
-            "characters": dict(self.characters),
+            "fingerprint": self.fingerprint, "source": self.source, "split": self.split,
+            "languages": list(self.languages), "seq_len": self.seq_len, "bos": self.bos,
+            "tokens": dict(self.tokens), "chunks": {k: self.n_chunks(k) for k in self.languages},
+            "documents": dict(self.documents), "characters": dict(self.characters),
             **self.provenance_extra,
         }
 
@@ -878,15 +851,8 @@ def _rows(values: np.ndarray, k: int, first: int | bool | None) -> torch.Tensor:
 
 
 def pack(
-    corpus: Corpus,
-    tokenizer,
-    *,
-    seq_len: int = 512,
-    tokens_per_language: int | None = None,
-    seed: int = 0,
-    take_all: bool = False,
-    bos: bool = True,
-    chat: bool = False,
+    corpus: Corpus, tokenizer, *, seq_len: int = 512, tokens_per_language: int | None = None,
+    seed: int = 0, take_all: bool = False, bos: bool = True, chat: bool = False,
 ) -> PackedCorpus:
     r"""Tokenizes a corpus and cuts each language into fixed-length chunks (the paper's way).
 
@@ -973,11 +939,8 @@ def pack(
         documents[lang], characters[lang] = _used(spans, n, len(sep))
 
     extra = {
-        "tokenizer": tokenizer_identity(tokenizer),
-        "tokens_per_language": budget,
-        "seed": seed,
-        "take_all": take_all,
-        "corpus_fingerprint": corpus.fingerprint,
+        "tokenizer": tokenizer_identity(tokenizer), "tokens_per_language": budget, "seed": seed,
+        "take_all": take_all, "corpus_fingerprint": corpus.fingerprint,
     }
     if chat:  # only then: plain text keeps its fingerprint
         template = str(tokenizer.chat_template).encode()

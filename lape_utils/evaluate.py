@@ -45,11 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PplMatrix",
-    "delta_interval",
-    "nll",
-    "perplexity_matrix",
-    "score_continuations",
+    "PplMatrix", "delta_interval", "nll", "perplexity_matrix", "score_continuations",
     "threshold_effect",
 ]
 
@@ -110,13 +106,9 @@ def _chunk_nll(model, chunks, ivs, batch_size, bar=None, attention_mask=None):
 
 
 def nll(
-    model: LapeModel,
-    chunks: torch.Tensor,
-    interventions: Sequence[Intervention] | Intervention = (),
-    batch_size: int = 4,
-    *,
-    attention_mask: torch.Tensor | None = None,
-    progress: bool = True,
+    model: LapeModel, chunks: torch.Tensor,
+    interventions: Sequence[Intervention] | Intervention = (), batch_size: int = 4, *,
+    attention_mask: torch.Tensor | None = None, progress: bool = True,
 ) -> tuple[float, int]:
     """Mean next-token NLL of token chunks, with interventions.
 
@@ -155,8 +147,7 @@ def nll(
         )
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    bar = tqdm(total=chunks.shape[0], desc="nll", unit="chunk", disable=not progress,
-               leave=False)
+    bar = tqdm(total=chunks.shape[0], desc="nll", unit="chunk", disable=not progress, leave=False)
     sums, counts = _chunk_nll(model, chunks, ivs, batch_size, bar, attention_mask)
     bar.close()
     total, count = float(sums.sum()), int(counts.sum())
@@ -166,11 +157,8 @@ def nll(
 
 
 def score_continuations(
-    model: LapeModel,
-    prompt_ids: Sequence[torch.Tensor],
-    continuation_ids: Sequence[torch.Tensor],
-    *,
-    batch_size: int = 8,
+    model: LapeModel, prompt_ids: Sequence[torch.Tensor],
+    continuation_ids: Sequence[torch.Tensor], *, batch_size: int = 8,
 ) -> pd.DataFrame:
     """NLL of each continuation given its prompt, under the unmodified model (steering's cost).
 
@@ -429,14 +417,9 @@ def _chunks_path(path: Path) -> Path:
 
 
 def perplexity_matrix(
-    model: LapeModel,
-    selection: NeuronSelection,
-    heldout: PackedCorpus,
-    *,
-    controls: Mapping[str, NeuronSelection] | None = None,
-    batch_size: int = 4,
-    languages: Sequence[str] | None = None,
-    progress: bool = True,
+    model: LapeModel, selection: NeuronSelection, heldout: PackedCorpus, *,
+    controls: Mapping[str, NeuronSelection] | None = None, batch_size: int = 4,
+    languages: Sequence[str] | None = None, progress: bool = True,
 ) -> PplMatrix:
     """NLL of held-out text of each language with each language's neurons deactivated.
 
@@ -533,14 +516,8 @@ def perplexity_matrix(
 
 
 def threshold_effect(
-    model: LapeModel,
-    stats,
-    heldout: PackedCorpus,
-    top_rates: Sequence[float],
-    *,
-    config: LapeConfig = LapeConfig(),
-    batch_size: int = 4,
-    progress: bool = True,
+    model: LapeModel, stats, heldout: PackedCorpus, top_rates: Sequence[float], *,
+    config: LapeConfig = LapeConfig(), batch_size: int = 4, progress: bool = True,
 ) -> pd.DataFrame:
     """What the selection threshold does to the evidence.
 

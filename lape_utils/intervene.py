@@ -37,17 +37,8 @@ if TYPE_CHECKING:
     from .stats import ActivationStats
 
 __all__ = [
-    "BACKENDS",
-    "OPS",
-    "POSITIONS",
-    "Intervention",
-    "InterventionError",
-    "apply_in_trace",
-    "apply_op",
-    "check_interventions",
-    "check_selection",
-    "forward_logits",
-    "hooked",
+    "BACKENDS", "OPS", "POSITIONS", "Intervention", "InterventionError", "apply_in_trace",
+    "apply_op", "check_interventions", "check_selection", "forward_logits", "hooked",
 ]
 
 OPS: tuple[str, ...] = ("zero", "set", "add", "scale")
@@ -231,13 +222,8 @@ class Intervention:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_selection(
-        cls,
-        selection: NeuronSelection,
-        lang: str,
-        op: str = "zero",
-        value: float | Mapping[int, torch.Tensor] = 0.0,
-        *,
-        positions: str = "all",
+        cls, selection: NeuronSelection, lang: str, op: str = "zero",
+        value: float | Mapping[int, torch.Tensor] = 0.0, *, positions: str = "all",
         label: str | None = None,
     ) -> Intervention:
         """``op`` with ``value`` on the neurons of ``lang`` in ``selection`` (and its shape).
@@ -257,14 +243,8 @@ class Intervention:
 
     @classmethod
     def set_to(
-        cls,
-        selection: NeuronSelection,
-        lang: str,
-        stats: ActivationStats,
-        source_lang: str | None = None,
-        strength: float = 1.0,
-        *,
-        positions: str = "all",
+        cls, selection: NeuronSelection, lang: str, stats: ActivationStats,
+        source_lang: str | None = None, strength: float = 1.0, *, positions: str = "all",
     ) -> Intervention:
         """Set ``lang``'s neurons to ``strength`` x their mean activation (the paper's steering).
 
@@ -286,13 +266,8 @@ class Intervention:
 
     @classmethod
     def add(
-        cls,
-        selection: NeuronSelection,
-        lang: str,
-        value: float,
-        *,
-        stats: ActivationStats | None = None,
-        source_lang: str | None = None,
+        cls, selection: NeuronSelection, lang: str, value: float, *,
+        stats: ActivationStats | None = None, source_lang: str | None = None,
         positions: str = "all",
     ) -> Intervention:
         """Add to ``lang``'s neurons: ``value``, or ``value`` x mean activation if ``stats``.
@@ -364,10 +339,7 @@ def _mean_values(
 
 
 def apply_op(
-    act: torch.Tensor,
-    neurons: torch.Tensor,
-    op: str,
-    value: float | torch.Tensor = 0.0,
+    act: torch.Tensor, neurons: torch.Tensor, op: str, value: float | torch.Tensor = 0.0,
     position_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Applies one operation to some neurons of a site output (pure: returns a new tensor).
@@ -468,9 +440,7 @@ def _edit_step_nnsight(model: LapeModel, plan: _Plan, step: int, batch: int) -> 
 
 
 def apply_in_trace(
-    model: LapeModel,
-    interventions: Sequence[Intervention] | Intervention,
-    batch_size: int,
+    model: LapeModel, interventions: Sequence[Intervention] | Intervention, batch_size: int,
     step: int = 0,
 ) -> None:
     """Applies interventions from inside a ``model.nn.trace``/``generate`` block.
@@ -605,14 +575,9 @@ def _resolve_remote(model: LapeModel, remote: bool | str | None, backend: str = 
 
 
 def forward_logits(
-    model: LapeModel,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    interventions: Sequence[Intervention] | Intervention = (),
-    *,
-    last_only: bool = False,
-    backend: str = "nnsight",
-    remote: bool | str | None = None,
+    model: LapeModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    interventions: Sequence[Intervention] | Intervention = (), *, last_only: bool = False,
+    backend: str = "nnsight", remote: bool | str | None = None,
     reduce: Callable[[torch.Tensor], object] | None = None,
 ):
     """One forward pass (step 0) with interventions; returns the logits, or ``reduce`` of them.

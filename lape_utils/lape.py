@@ -106,10 +106,7 @@ def activation_probability(
 
 
 def mean_activation(
-    activation_sum: torch.Tensor,
-    n: torch.Tensor | Sequence[int],
-    *,
-    clip_negative: bool = True,
+    activation_sum: torch.Tensor, n: torch.Tensor | Sequence[int], *, clip_negative: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Mean activation ``activation_sum[l, j, k] / n[k]`` (computed in float64).
@@ -255,8 +252,7 @@ def _check_languages(languages: Sequence[str], n_lang: int) -> list[str]:
     langs = [str(x) for x in languages]
     if len(langs) != n_lang:
         raise ValueError(
-            f"{len(langs)} languages given ({langs}) but the counts have {n_lang} language "
-            "columns."
+            f"{len(langs)} languages given ({langs}) but the counts have {n_lang} language columns."
         )
     if len(set(langs)) != len(langs):
         raise ValueError(f"languages must be unique, got {langs}.")
@@ -264,14 +260,9 @@ def _check_languages(languages: Sequence[str], n_lang: int) -> list[str]:
 
 
 def identify(
-    over_zero: torch.Tensor,
-    n: torch.Tensor | Sequence[int],
-    languages: Sequence[str],
-    config: LapeConfig = LapeConfig(),
-    *,
-    method: Method = "lape",
-    activation_sum: torch.Tensor | None = None,
-    provenance: Mapping[str, Any] | None = None,
+    over_zero: torch.Tensor, n: torch.Tensor | Sequence[int], languages: Sequence[str],
+    config: LapeConfig = LapeConfig(), *, method: Method = "lape",
+    activation_sum: torch.Tensor | None = None, provenance: Mapping[str, Any] | None = None,
 ) -> NeuronSelection:
     """Identify language-specific neurons.
 
@@ -365,27 +356,17 @@ def identify(
     layer = torch.div(sel_flat, n_neurons, rounding_mode="floor")
     prov = dict(provenance or {})
     prov["identification"] = {
-        "method": method,
-        "value": value_name,
-        "shape": [n_layers, n_neurons, n_lang],
+        "method": method, "value": value_name, "shape": [n_layers, n_neurons, n_lang],
         "tokens": dict(zip(langs, torch.as_tensor(n).tolist(), strict=True)),
-        "filter_threshold": tau,
-        "activation_bar": bar,
-        "n_candidates": int(cand_flat.numel()),
-        "n_requested": n_requested,
-        "n_selected": int(sel_flat.numel()),
-        "n_unassigned": n_unassigned,
+        "filter_threshold": tau, "activation_bar": bar,
+        "n_candidates": int(cand_flat.numel()), "n_requested": n_requested,
+        "n_selected": int(sel_flat.numel()), "n_unassigned": n_unassigned,
     }
     return NeuronSelection.from_flat(
-        {lang: sel_flat[assign[:, k]] for k, lang in enumerate(langs)},
-        n_layers,
-        n_neurons,
-        method=method,
-        config=config.to_dict(),
-        provenance=prov,
+        {lang: sel_flat[assign[:, k]] for k, lang in enumerate(langs)}, n_layers, n_neurons,
+        method=method, config=config.to_dict(), provenance=prov,
         selected=torch.stack([layer, sel_flat - layer * n_neurons], dim=1),
-        selected_prob=sel_prob,
-        selected_entropy=sel_entropy,
+        selected_prob=sel_prob, selected_entropy=sel_entropy,
         selected_score=None if method == "lape" else sel_score,
     )
 
@@ -423,10 +404,7 @@ def random_matched(
 
 
 def activity_matched(
-    selection: NeuronSelection,
-    probability: torch.Tensor,
-    languages: Sequence[str],
-    seed: int,
+    selection: NeuronSelection, probability: torch.Tensor, languages: Sequence[str], seed: int
 ) -> NeuronSelection:
     """Activity-matched random control: as many neurons per layer, equally often active.
 
@@ -492,18 +470,10 @@ def _control(
 ) -> NeuronSelection:
     """A control selection: drawn ``indices``, the matched selection's shape and config."""
     return NeuronSelection(
-        list(selection.languages),
-        indices,
-        selection.n_layers,
-        selection.n_neurons,
-        method=method,
-        config=dict(selection.config),
-        provenance={
-            "matched_to": selection.method,
-            "seed": int(seed),
-            **facts,
-            "matched_provenance": selection.provenance,
-        },
+        list(selection.languages), indices, selection.n_layers, selection.n_neurons,
+        method=method, config=dict(selection.config),
+        provenance={"matched_to": selection.method, "seed": int(seed), **facts,
+                    "matched_provenance": selection.provenance},
     )
 
 
@@ -554,10 +524,7 @@ def agreement(a: NeuronSelection, b: NeuronSelection) -> pd.DataFrame:
     def row(ma: torch.Tensor, mb: torch.Tensor) -> dict[str, float]:
         inter, uni = int((ma & mb).sum()), int((ma | mb).sum())
         return {
-            "count_a": int(ma.sum()),
-            "count_b": int(mb.sum()),
-            "intersection": inter,
-            "union": uni,
+            "count_a": int(ma.sum()), "count_b": int(mb.sum()), "intersection": inter, "union": uni,
             "jaccard": inter / uni if uni else math.nan,
         }
 
@@ -629,13 +596,8 @@ class StabilityResult:
 
 
 def stability(
-    boot_over_zero: torch.Tensor,
-    boot_n: torch.Tensor,
-    languages: Sequence[str],
-    config: LapeConfig,
-    reference: NeuronSelection,
-    *,
-    method: Method = "lape",
+    boot_over_zero: torch.Tensor, boot_n: torch.Tensor, languages: Sequence[str],
+    config: LapeConfig, reference: NeuronSelection, *, method: Method = "lape",
     boot_activation_sum: torch.Tensor | None = None,
 ) -> StabilityResult:
     """Re-identify on each bootstrap replicate and compare with a reference selection.
@@ -683,8 +645,6 @@ def stability(
         columns={"count_a": "count", "count_b": "count_reference"}
     )
     return StabilityResult(
-        languages=langs,
-        n_replicates=n_rep,
-        frequency={lang: h.float() / n_rep for lang, h in hits.items()},
-        per_replicate=per,
+        languages=langs, n_replicates=n_rep,
+        frequency={lang: h.float() / n_rep for lang, h in hits.items()}, per_replicate=per,
     )

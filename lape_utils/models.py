@@ -132,17 +132,12 @@ class LapeModel:
     def describe(self) -> dict:
         """A JSON-able summary: name, family, layers, neurons, dtype, fingerprint, remote."""
         return {
-            "model": self.name,
-            "family": self.arch.family,
-            "model_type": self.hf.config.model_type,
-            "n_layers": self.n_layers,
-            "n_neurons": self.n_neurons,
+            "model": self.name, "family": self.arch.family, "model_type": self.hf.config.model_type,
+            "n_layers": self.n_layers, "n_neurons": self.n_neurons,
             "total_neurons": self.n_layers * self.n_neurons,
             "site": f"{self.arch.layers}[i].{self.arch.site}",
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "fingerprint": self.fingerprint,
-            "remote": self.remote,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "fingerprint": self.fingerprint, "remote": self.remote,
         }
 
     def __repr__(self) -> str:
@@ -155,15 +150,9 @@ class LapeModel:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    dtype: str | torch.dtype | None = "float32",
-    device_map: str | dict | None = None,
-    revision: str | None = None,
-    check: bool = True,
-    seed: int = 0,
-    remote: bool | str = False,
-    **hf_kwargs,
+    name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype | None = "float32",
+    device_map: str | dict | None = None, revision: str | None = None, check: bool = True,
+    seed: int = 0, remote: bool | str = False, **hf_kwargs,
 ) -> LapeModel:
     """Loads a causal LM and wraps it for nnsight.
 
@@ -230,14 +219,8 @@ def load_model(
 
 
 def wrap_model(
-    hf: torch.nn.Module,
-    tokenizer,
-    *,
-    name: str,
-    fingerprint: str,
-    check: bool = True,
-    remote: bool | str = False,
-    revision: str | None = None,
+    hf: torch.nn.Module, tokenizer, *, name: str, fingerprint: str, check: bool = True,
+    remote: bool | str = False, revision: str | None = None,
 ) -> LapeModel:
     """Wraps a transformers causal LM built by any means as a :class:`LapeModel`.
 

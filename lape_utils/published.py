@@ -32,23 +32,14 @@ from .config import LapeConfig
 from .corpus import data_dir
 from .languages import PAPER_LANGUAGES, sort_languages
 from .plots._common import _axes, _axes_array, _lines, _title
-from .selection import NeuronSelection, _as_index_tensor
+from .selection import NeuronSelection, _as_index_tensor, _sidecar
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "OFFICIAL_LANGUAGES",
-    "OFFICIAL_MODELS",
-    "OFFICIAL_REPO",
-    "OfficialModel",
-    "compare_with_published",
-    "download_official",
-    "official_path",
-    "official_url",
-    "plot_published_comparison",
-    "published_counts",
-    "published_sets",
-    "from_official",
+    "OFFICIAL_LANGUAGES", "OFFICIAL_MODELS", "OFFICIAL_REPO", "OfficialModel",
+    "compare_with_published", "download_official", "official_path", "official_url",
+    "plot_published_comparison", "published_counts", "published_sets", "from_official",
     "to_official",
 ]
 
@@ -112,10 +103,6 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 # ---------------------------------------------------------------------- the format
 
 
-def _official_sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
 def to_official(
     selection: NeuronSelection, path: str | os.PathLike, overwrite: bool = False
 ) -> Path:
@@ -134,7 +121,7 @@ def to_official(
         The path written.
     """
     path = Path(path)
-    sidecar = _official_sidecar(path)
+    sidecar = _sidecar(path)
     refuse_overwrite([path, sidecar], overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save([[t.clone() for t in selection.indices[lang]] for lang in selection.languages], path)
@@ -152,9 +139,7 @@ def to_official(
 
 
 def from_official(
-    path: str | os.PathLike,
-    languages: Sequence[str] | None = None,
-    n_neurons: int | None = None,
+    path: str | os.PathLike, languages: Sequence[str] | None = None, n_neurons: int | None = None
 ) -> NeuronSelection:
     """Read a ``*.neuron.pth`` file in the paper's format (``List[List[LongTensor]]``).
 
@@ -190,7 +175,7 @@ def from_official(
         raise ValueError(f"{path}: languages have different layer counts {sorted(n_layers_set)}.")
     n_layers = n_layers_set.pop()
     name = path.name[: -len(_OFFICIAL_SUFFIX)] if path.name.endswith(_OFFICIAL_SUFFIX) else None
-    sidecar = _official_sidecar(path)
+    sidecar = _sidecar(path)
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     if languages is not None:
         languages, languages_from = list(languages), "argument"
@@ -257,13 +242,9 @@ def from_official(
     else:
         provenance["config_note"] = "paper defaults assumed; the file does not record them"
     return NeuronSelection(
-        languages=languages,
-        indices=dict(zip(languages, tensors, strict=True)),
-        n_layers=n_layers,
-        n_neurons=n_neurons,
-        method=meta.get("method", "lape"),
-        config=meta.get("config") or LapeConfig().to_dict(),
-        provenance=provenance,
+        languages=languages, indices=dict(zip(languages, tensors, strict=True)),
+        n_layers=n_layers, n_neurons=n_neurons, method=meta.get("method", "lape"),
+        config=meta.get("config") or LapeConfig().to_dict(), provenance=provenance,
     )
 
 
@@ -295,8 +276,7 @@ def official_url(name: str) -> str:
     """Raw-file URL of a published neuron set, pinned to the commit that holds it."""
     info = _check_official_name(name)
     return (
-        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/"
-        f"{name}{_OFFICIAL_SUFFIX}"
+        f"https://raw.githubusercontent.com/{OFFICIAL_REPO}/{info.commit}/{name}{_OFFICIAL_SUFFIX}"
     )
 
 
@@ -390,9 +370,7 @@ def download_official(name: str, cache_dir: str | os.PathLike | None = None) -> 
 
 
 def published_sets(
-    names: Sequence[str] | None = None,
-    directory: str | os.PathLike | None = None,
-    *,
+    names: Sequence[str] | None = None, directory: str | os.PathLike | None = None, *,
     download: bool = True,
 ) -> dict[str, NeuronSelection]:
     """Load the paper's published neuron sets.
@@ -455,12 +433,8 @@ def published_counts(names: Sequence[str] | None = None) -> dict[str, pd.DataFra
 
 
 def compare_with_published(
-    ours: NeuronSelection | None,
-    published: Mapping[str, NeuronSelection | pd.DataFrame],
-    *,
-    ours_name: str = "ours",
-    bottom: float = 0.1,
-    top: float = 0.25,
+    ours: NeuronSelection | None, published: Mapping[str, NeuronSelection | pd.DataFrame], *,
+    ours_name: str = "ours", bottom: float = 0.1, top: float = 0.25,
 ) -> pd.DataFrame:
     """One line per model: size of the selection and where in the network it sits.
 
@@ -495,17 +469,12 @@ def compare_with_published(
         shares = layer_region_shares(counts, bottom, top).loc[ALL]
         selected = int(counts[ALL].sum())
         rows[name] = {
-            "layers": n_layers,
-            "neurons_per_layer": n_neurons,
-            "total_neurons": total,
-            "languages": len(per_lang),
-            "selected": selected,
+            "layers": n_layers, "neurons_per_layer": n_neurons, "total_neurons": total,
+            "languages": len(per_lang), "selected": selected,
             "pct_selected": 100.0 * selected / total,
             "pct_language_min": 100.0 * per_lang.min() / total if len(per_lang) else math.nan,
             "pct_language_max": 100.0 * per_lang.max() / total if len(per_lang) else math.nan,
-            "bottom": shares["bottom"],
-            "middle": shares["middle"],
-            "top": shares["top"],
+            "bottom": shares["bottom"], "middle": shares["middle"], "top": shares["top"],
         }
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "model"
@@ -516,15 +485,10 @@ def compare_with_published(
 
 
 def plot_published_comparison(
-    published: Mapping[str, NeuronSelection | pd.DataFrame],
-    ours: NeuronSelection | None = None,
-    ax: Axes | Sequence[Axes] | None = None,
-    *,
-    kind: Literal["depth", "regions", "both"] = "both",
-    ours_name: str = "ours",
-    bottom: float = 0.1,
-    top: float = 0.25,
-    title: str | None = None,
+    published: Mapping[str, NeuronSelection | pd.DataFrame], ours: NeuronSelection | None = None,
+    ax: Axes | Sequence[Axes] | None = None, *,
+    kind: Literal["depth", "regions", "both"] = "both", ours_name: str = "ours",
+    bottom: float = 0.1, top: float = 0.25, title: str | None = None,
 ) -> Axes | np.ndarray:
     """Our selection next to the paper's published sets: where in the network they sit.
 
@@ -549,8 +513,7 @@ def plot_published_comparison(
         axes = _axes_array(ax, 2, (13.0, 4.2))
         for a, k in zip(axes, ("depth", "regions")):
             plot_published_comparison(
-                published, ours, a, kind=k, ours_name=ours_name, bottom=bottom, top=top,
-                title=title,
+                published, ours, a, kind=k, ours_name=ours_name, bottom=bottom, top=top, title=title
             )
         return axes
     sets = ({ours_name: ours} if ours is not None else {}) | dict(published)
@@ -562,9 +525,7 @@ def plot_published_comparison(
             name: "black" if ours is not None and name == ours_name else next(others)
             for name in sets
         }
-        profiles = pd.concat(
-            [depth_profile(sel).assign(model=name) for name, sel in sets.items()]
-        )
+        profiles = pd.concat([depth_profile(sel).assign(model=name) for name, sel in sets.items()])
         ax = _axes(ax, (7.0, 4.2))
         ax.axvspan(0, bottom, color="#eeeeee", zorder=0)
         ax.axvspan(1 - top, 1, color="#eeeeee", zorder=0)

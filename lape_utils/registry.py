@@ -70,14 +70,8 @@ _REGISTRY: dict[str, Architecture] = {}
 
 
 def register_architecture(
-    family: str,
-    *,
-    model_types: tuple[str, ...] | list[str],
-    layers: str,
-    site: str,
-    width: WidthRule = "intermediate_size",
-    text_config: str | None = None,
-    replace: bool = False,
+    family: str, *, model_types: tuple[str, ...] | list[str], layers: str, site: str,
+    width: WidthRule = "intermediate_size", text_config: str | None = None, replace: bool = False,
 ) -> Architecture:
     """Registers a model family so that every tool of the workbook can find its neurons.
 

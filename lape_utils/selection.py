@@ -245,16 +245,13 @@ class NeuronSelection:
         flats = [self.flat(lang) for lang in self.languages]
         flat = torch.cat(flats) if flats else torch.zeros(0, dtype=torch.long)
         layer = torch.div(flat, self.n_neurons, rounding_mode="floor")
-        df = pd.DataFrame(
-            {
-                "language": pd.Categorical(
-                    [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())],
-                    categories=self.languages,
-                ),
-                "layer": layer.numpy(),
-                "neuron": (flat - layer * self.n_neurons).numpy(),
-            }
-        )
+        df = pd.DataFrame({
+            "language": pd.Categorical(
+                [lang for lang, f in zip(self.languages, flats) for _ in range(f.numel())],
+                categories=self.languages,
+            ),
+            "layer": layer.numpy(), "neuron": (flat - layer * self.n_neurons).numpy(),
+        })
         if self.selected is None or self.selected_prob is None:
             return df
         sel_flat = self.selected[:, 0] * self.n_neurons + self.selected[:, 1]
@@ -292,15 +289,11 @@ class NeuronSelection:
     def _meta(self) -> dict[str, Any]:
         """What the sidecar says about the selection (for people and tools)."""
         return {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+            "format": _FORMAT, "format_version": _FORMAT_VERSION, "method": self.method,
             "languages": list(self.languages),
             "shape": {"n_layers": self.n_layers, "n_neurons": self.n_neurons},
-            "counts": self._totals(),
-            "total_distinct": self.total_distinct(),
-            "config": self.config,
-            "provenance": self.provenance,
+            "counts": self._totals(), "total_distinct": self.total_distinct(),
+            "config": self.config, "provenance": self.provenance,
         }
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -322,13 +315,10 @@ class NeuronSelection:
         refuse_overwrite([path, sidecar], overwrite)
         meta = self._meta()
         payload = {
-            "format": _FORMAT,
-            "format_version": _FORMAT_VERSION,
-            "method": self.method,
+            "format": _FORMAT, "format_version": _FORMAT_VERSION, "method": self.method,
             "languages": list(self.languages),
             "indices": [list(self.indices[lang]) for lang in self.languages],
-            "n_layers": self.n_layers,
-            "n_neurons": self.n_neurons,
+            "n_layers": self.n_layers, "n_neurons": self.n_neurons,
             "config_json": _to_json(self.config, "config"),
             "provenance_json": _to_json(self.provenance, "provenance"),
             "tables": {name: getattr(self, name) for name in _TABLES},
@@ -369,23 +359,17 @@ class NeuronSelection:
         langs = list(payload["languages"])
         tables = payload.get("tables") or {}
         sel = cls(
-            languages=langs,
-            indices=dict(zip(langs, payload["indices"], strict=True)),
-            n_layers=int(payload["n_layers"]),
-            n_neurons=int(payload["n_neurons"]),
-            method=payload["method"],
-            config=json.loads(payload["config_json"]),
+            languages=langs, indices=dict(zip(langs, payload["indices"], strict=True)),
+            n_layers=int(payload["n_layers"]), n_neurons=int(payload["n_neurons"]),
+            method=payload["method"], config=json.loads(payload["config_json"]),
             provenance=json.loads(payload["provenance_json"]),
             **{k: tables.get(k) for k in _TABLES},
         )
         sidecar = _sidecar(path)
         if sidecar.exists():
             meta, ours = json.loads(sidecar.read_text()), sel._meta()
-            bad = {
-                k: (meta.get(k), ours[k])
-                for k in ("method", "languages", "shape", "config")
-                if meta.get(k) != ours[k]
-            }
+            keys = ("method", "languages", "shape", "config")
+            bad = {k: (meta.get(k), ours[k]) for k in keys if meta.get(k) != ours[k]}
             if bad:
                 raise ValueError(
                     f"sidecar {sidecar} disagrees with {path} on {sorted(bad)}: "

@@ -335,8 +335,7 @@ class ActivationStats:
 
     @classmethod
     def from_reference(
-        cls,
-        files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
+        cls, files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
         languages: Sequence[str] | None = None,
     ) -> ActivationStats:
         """Imports the reference code's per-language count files.
@@ -386,22 +385,18 @@ class ActivationStats:
             over_zero=torch.stack(counts, dim=-1),
             provenance={
                 "source": "reference count files",
-                "files": {lang: str(files[lang]) for lang in order},
-                "imported": now_utc(),
+                "files": {lang: str(files[lang]) for lang in order}, "imported": now_utc(),
             },
         )
 
 
 def check_provenance(found: Mapping, expect: Mapping, where: str = "cache") -> None:
     """Raises :class:`ProvenanceMismatchError` listing every expected field that differs."""
-    diffs = [
-        f"{key}: cached {have!r}, asked {want!r}"
-        for key, have, want in _differing(expect, found, expect)
-    ]
+    diffs = [f"{key}: cached {have!r}, asked {want!r}"
+             for key, have, want in _differing(expect, found, expect)]
     if diffs:
         raise ProvenanceMismatchError(
-            f"the statistics in {where} were made for something else:\n  "
-            + "\n  ".join(diffs)
+            f"the statistics in {where} were made for something else:\n  " + "\n  ".join(diffs)
             + "\nUse another output directory, or pass overwrite=True to recompute."
         )
 

@@ -60,21 +60,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MODES",
-    "PAPER_GENERATION",
-    "PAPER_TEMPLATE",
-    "SteerResult",
-    "SteerSpec",
-    "chrf",
-    "format_prompts",
-    "language_token_ids",
-    "output_ppl",
-    "steer",
-    "steering_interventions",
-    "strength_sweep",
-    "target_mass",
-    "top1_changed",
-    "wilson_interval",
+    "MODES", "PAPER_GENERATION", "PAPER_TEMPLATE", "SteerResult", "SteerSpec", "chrf",
+    "format_prompts", "language_token_ids", "output_ppl", "steer", "steering_interventions",
+    "strength_sweep", "target_mass", "top1_changed", "wilson_interval",
 ]
 
 MODES: tuple[str, ...] = ("set", "add", "scale")
@@ -495,13 +483,8 @@ def _runner(model, neurons, stats, prompts, spec: SteerSpec, generation, control
 
 
 def steer(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    prompts: Sequence[str],
-    spec: SteerSpec,
-    *,
-    generation: GenerationConfig = PAPER_GENERATION,
+    model: LapeModel, neurons: NeuronSelection, stats: ActivationStats | None,
+    prompts: Sequence[str], spec: SteerSpec, *, generation: GenerationConfig = PAPER_GENERATION,
     controls: Mapping[str, NeuronSelection] | None = None,
 ) -> SteerResult:
     """Generates with and without steering and measures the outputs.
@@ -529,34 +512,23 @@ def steer(
     prompts = _check_setup(model, neurons, stats, spec, prompts, controls)
     run, target_ids = _runner(model, neurons, stats, prompts, spec, generation, controls)
     config = {
-        "model": model.name,
-        "model_fingerprint": model.fingerprint,
-        **dataclasses.asdict(spec),
-        "chat_template_used": _uses_chat(model.tokenizer, spec),
-        "remote": model.remote,
+        "model": model.name, "model_fingerprint": model.fingerprint, **dataclasses.asdict(spec),
+        "chat_template_used": _uses_chat(model.tokenizer, spec), "remote": model.remote,
         "controls": {name: {"method": sel.method, "seed": sel.provenance.get("seed")}
                      for name, sel in (controls or {}).items()},
-        "seed": generation.seed,
-        "generation": dataclasses.asdict(generation),
+        "seed": generation.seed, "generation": dataclasses.asdict(generation),
         "n_target_neurons": int(neurons.flat(spec.target).numel()),
         "n_source_neurons": int(neurons.flat(spec.source).numel()) if spec.zero_source else 0,
         "selection_method": neurons.method,
-        "target_tokens": {
-            "contrast": spec.source or "en",
-            "n": None if target_ids is None else int(target_ids.numel()),
-        },
+        "target_tokens": {"contrast": spec.source or "en",
+                          "n": None if target_ids is None else int(target_ids.numel())},
     }
     return SteerResult(run(spec), config)
 
 
 def strength_sweep(
-    model: LapeModel,
-    neurons: NeuronSelection,
-    stats: ActivationStats | None,
-    prompts: Sequence[str],
-    spec: SteerSpec,
-    strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0),
-    *,
+    model: LapeModel, neurons: NeuronSelection, stats: ActivationStats | None,
+    prompts: Sequence[str], spec: SteerSpec, strengths: Sequence[float] = (0.5, 1.0, 2.0, 4.0), *,
     generation: GenerationConfig = PAPER_GENERATION,
     controls: Mapping[str, NeuronSelection] | None = None,
 ) -> pd.DataFrame:
