@@ -36,7 +36,8 @@ import torch
 
 def _setup(args):
     from lape_utils import load_model
-    from lape_utils.corpus import load_corpus, pack
+    from lape_utils.corpus import load_corpus
+    from lape_utils.packing import pack
 
     model = load_model(args.model)
     corpus = load_corpus("builtin", ["en", "fr", "zh", "ru"], split="detect")

@@ -28,11 +28,12 @@ languages) and :func:`kth_quantile` (the reference's pooled-quantile threshold).
 
 from .capture import capture
 from .config import LapeConfig
-from .corpus import load_corpus, load_prompts, pack
+from .corpus import load_corpus, load_prompts
 from .evaluate import perplexity_matrix
 from .intervene import Intervention
 from .lape import activation_probability, identify, kth_quantile, lape_entropy
 from .models import load_model
+from .packing import pack
 from .selection import NeuronSelection
 from .stats import ActivationStats
 from .steering import SteerSpec, steer

@@ -302,7 +302,7 @@ def capture(
 
     Args:
         model: The loaded model (:func:`lape_utils.load_model`).
-        packed: A :class:`lape_utils.corpus.PackedCorpus`. A leading BOS is not counted; for
+        packed: A :class:`lape_utils.packing.PackedCorpus`. A leading BOS is not counted; for
             chat text (``pack(chat=True)``) only the message tokens are.
         out_dir: Directory for ``stats.pt``, ``provenance.json`` and checkpoints; statistics
             already there with the same provenance are returned, others refused. ``None``:

@@ -71,7 +71,8 @@ def _add_corpus_args(p: argparse.ArgumentParser, split: str = "detect") -> None:
 
 
 def _packed(args, tokenizer):
-    from .corpus import load_corpus, pack
+    from .corpus import load_corpus
+    from .packing import pack
 
     corpus = load_corpus(
         args.corpus, args.languages, split=args.split, tokens_per_language=args.tokens_per_language,

@@ -38,8 +38,8 @@ from .intervene import (
 )
 
 if TYPE_CHECKING:
-    from .corpus import PackedCorpus
     from .models import LapeModel
+    from .packing import PackedCorpus
     from .selection import NeuronSelection
 
 log = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ def perplexity_matrix(
     Args:
         model: The loaded model.
         selection: The language-specific neurons (of this model).
-        heldout: Packed held-out text (:func:`~lape_utils.corpus.pack`): the columns.
+        heldout: Packed held-out text (:func:`~lape_utils.packing.pack`): the columns.
         controls: ``{name: selection}`` with the same languages, e.g. ``{"random":
             random_matched(sel, 0)}`` (the default); ``{}`` for none.
         batch_size: Chunks per forward pass.

@@ -36,7 +36,7 @@ import torch
 from sacrebleu.metrics import CHRF
 
 from ._files import refuse_overwrite
-from .corpus import chat_turn, load_corpus, tokenizer_identity
+from .corpus import load_corpus, tokenizer_identity
 from .evaluate import score_continuations
 from .generation import GenerationConfig, check_prompts, generate
 from .intervene import (
@@ -51,6 +51,7 @@ from .intervene import (
     check_selection,
 )
 from .langid import detect_batch
+from .packing import chat_turn
 
 if TYPE_CHECKING:
     from .models import LapeModel

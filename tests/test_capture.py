@@ -15,7 +15,8 @@ from lape_utils.capture import (
     reduce_site,
     top_activating_contexts,
 )
-from lape_utils.corpus import load_corpus, pack
+from lape_utils.corpus import load_corpus
+from lape_utils.packing import pack
 from lape_utils.stats import ActivationStats, ProvenanceMismatchError
 from lape_utils.tiny import TINY_FAMILIES
 

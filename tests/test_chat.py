@@ -13,10 +13,11 @@ import torch
 from tokenizers import processors
 
 from lape_utils.capture import capture
-from lape_utils.corpus import ChatTemplateError, Corpus, chat_turn, pack
+from lape_utils.corpus import Corpus
 from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import InterventionError
 from lape_utils.models import wrap_model
+from lape_utils.packing import ChatTemplateError, chat_turn, pack
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ProvenanceMismatchError
 from lape_utils.steering import SteerSpec, steer

@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from lape_utils import corpus as corpus_mod
+from lape_utils import packing
 from lape_utils.corpus import (
     Corpus,
     CorpusError,
-    PackedCorpus,
     data_dir,
     load_corpus,
     load_prompts,
-    pack,
     tokenizer_identity,
 )
 from lape_utils.languages import (
@@ -27,6 +26,7 @@ from lape_utils.languages import (
     parse_languages,
     sort_languages,
 )
+from lape_utils.packing import PackedCorpus, pack
 from lape_utils.tiny import byte_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -325,7 +325,7 @@ def test_pack_shapes_bos_and_equal_budget(tok):
 def test_pack_stream_is_the_documents_joined(tok):
     c = Corpus("s", "detect", {"en": EN})
     p = pack(c, tok, seq_len=32, seed=0, bos=False)
-    order = corpus_mod._permutation(len(EN), 0)
+    order = packing._permutation(len(EN), 0)
     text = "\n\n".join(EN[i] for i in order)
     decoded = tok.decode(p.chunks["en"].flatten().tolist())
     assert text.startswith(decoded)

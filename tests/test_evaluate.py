@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lape_utils.corpus import load_corpus, pack
+from lape_utils.corpus import load_corpus
 from lape_utils.evaluate import PplMatrix, nll, perplexity_matrix, score_continuations
 from lape_utils.intervene import Intervention, InterventionError
+from lape_utils.packing import pack
 from lape_utils.selection import NeuronSelection
 
 LANGS = ["en", "fr", "zh"]

@@ -12,8 +12,9 @@ import torch
 
 from lape_utils import load_model
 from lape_utils.capture import bootstrap_weights, capture, count_batch
-from lape_utils.corpus import load_corpus, pack
+from lape_utils.corpus import load_corpus
 from lape_utils.models import ModelLoadError, check_device_map
+from lape_utils.packing import pack
 
 SEED = 4
 LAYER_1_ON_DISK = {

@@ -21,7 +21,8 @@ import torch
 
 from lape_utils import load_model
 from lape_utils.capture import bootstrap_weights, capture, count_batch
-from lape_utils.corpus import load_corpus, pack
+from lape_utils.corpus import load_corpus
+from lape_utils.packing import pack
 from lape_utils.remote import (
     MissingNDIFKeyError,
     ModelLoadError,

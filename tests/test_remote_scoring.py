@@ -14,10 +14,11 @@ import torch
 from test_remote import _serve, llama7b_dir, ndif_key, no_network  # noqa: F401 (fixtures)
 
 from lape_utils import load_model
-from lape_utils.corpus import load_corpus, pack
+from lape_utils.corpus import load_corpus
 from lape_utils.evaluate import _chunk_nll, nll, perplexity_matrix, score_continuations
 from lape_utils.generation import GenerationConfig, generate
 from lape_utils.intervene import Intervention, InterventionError, forward_logits
+from lape_utils.packing import pack
 from lape_utils.remote import MissingNDIFKeyError, measure_remote_request
 from lape_utils.selection import NeuronSelection
 from lape_utils.stats import ActivationStats

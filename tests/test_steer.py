@@ -276,8 +276,9 @@ def test_cli_reads_official_format_for_this_model(tmp_path, tiny):
 @pytest.mark.slow
 def test_real_model_steering_end_to_end(default_model, tmp_path):
     from lape_utils.capture import capture
-    from lape_utils.corpus import load_corpus, pack
+    from lape_utils.corpus import load_corpus
     from lape_utils.lape import identify
+    from lape_utils.packing import pack
 
     model = default_model
     corpus = load_corpus("builtin", ["en", "fr"], split="detect")

@@ -19,11 +19,12 @@ import pandas as pd
 
 from ..capture import capture, top_activating_contexts
 from ..config import LapeConfig
-from ..corpus import load_corpus, pack
+from ..corpus import load_corpus
 from ..evaluate import PplMatrix, perplexity_matrix, threshold_effect
 from ..generation import GenerationConfig
 from ..lape import control_sets, identify
 from ..models import LapeModel
+from ..packing import pack
 from ..selection import NeuronSelection
 from ..steering import PAPER_GENERATION, SteerResult, SteerSpec, steer, strength_sweep
 from .config import JobConfig
