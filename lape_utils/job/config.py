@@ -154,6 +154,14 @@ class JobConfig:
         """The three LAPE thresholds as a :class:`~lape_utils.config.LapeConfig`."""
         return LapeConfig(self.top_rate, self.filter_rate, self.activation_bar_ratio)
 
+    def score_batch_size(self) -> int:
+        """Chunks per scoring forward (perplexity matrix, threshold → effect).
+
+        Scoring computes every position's logits, so short held-out chunks are batched up
+        to 512 tokens (at most 8 chunks), and never fewer than ``batch_size``.
+        """
+        return max(self.batch_size, min(8, 512 // self.heldout_seq_len))
+
     def with_preset(self, name: str) -> JobConfig:
         """These settings with a preset's values (see :data:`PRESETS`) on top."""
         if name not in PRESETS:

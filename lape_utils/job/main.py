@@ -206,8 +206,7 @@ def run_main_job(out_dir: str | os.PathLike = "results", config: JobConfig | Non
         ).reset_index().to_dict(orient="records")
 
     matrix = None
-    # scoring computes the logits of every position; short held-out chunks batch better
-    score_batch = max(cfg.batch_size, min(8, 512 // cfg.heldout_seq_len))
+    score_batch = cfg.score_batch_size()
     ppl_langs = [lang for lang in cfg.ppl_languages if lang in selection.languages]
     if ppl_langs:
         with timer.stage("perplexity matrix"):
